@@ -1,0 +1,103 @@
+#pragma once
+// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) as LibTorch modules whose parameter
+// names are exactly Hugging Face's ("model.layers.3.self_attn.q_proj.weight", ...), so loading
+// and saving are name-for-name copies.
+//
+// Attention is split into three steps so later stages can hook in between them:
+//   project(x)      -> q [B, L, Hq, D], k, v [B, L, Hkv, D], RoPE applied
+//   attend(q, k, v) -> per-head outputs [B, L, Hq, D], each KV group under its own span
+//   output(heads)   -> o_proj
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <vector>
+
+#include "consa/attention/attention.h"
+#include "consa/model/config.h"
+#include "consa/model/layers.h"
+#include "consa/model/rope.h"
+
+namespace consa {
+
+struct ProjectedQKV {
+  at::Tensor q;  // [B, L, Hq, D]
+  at::Tensor k;  // [B, L, Hkv, D]
+  at::Tensor v;  // [B, L, Hkv, D]
+};
+
+class SelfAttentionImpl : public torch::nn::Module {
+ public:
+  SelfAttentionImpl(const ModelConfig& config, int64_t layer, const at::TensorOptions& options);
+
+  at::Tensor forward(const at::Tensor& x, const RopeTables& rope);
+  ProjectedQKV project(const at::Tensor& x, const RopeTables& rope) const;
+  at::Tensor attend(const ProjectedQKV& qkv) const;
+  at::Tensor output(const at::Tensor& heads) const;  // [B, L, Hq, D] -> [B, L, hidden]
+
+  int64_t num_heads, num_kv_heads, head_dim;
+  double scale;
+  // One span per KV group; runs of equal spans are computed in one backend call.
+  std::vector<AttentionSpan> group_spans;
+  std::shared_ptr<const AttentionBackend> backend;
+
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
+};
+TORCH_MODULE(SelfAttention);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& hidden, const RopeTables& rope);
+
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  SelfAttention self_attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// "model.*": embeddings, layers and the final norm.
+class DecoderStackImpl : public torch::nn::Module {
+ public:
+  DecoderStackImpl(const ModelConfig& config, const at::TensorOptions& options);
+  Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  std::vector<DecoderLayer> layer_list;  // typed view of `layers`
+};
+TORCH_MODULE(DecoderStack);
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  CausalLMImpl(ModelConfig config, const at::TensorOptions& options);
+
+  // input_ids [B, L] (int64) -> logits [B, L, vocab].
+  at::Tensor forward(const at::Tensor& input_ids);
+  // input_ids [B, L] -> final normed hidden states [B, L, hidden].
+  at::Tensor hidden_states(const at::Tensor& input_ids);
+  at::Tensor logits(const at::Tensor& hidden) const;
+
+  const ModelConfig& config() const { return config_; }
+  int64_t num_layers() const { return config_.num_layers; }
+  SelfAttentionImpl& attention(int64_t layer) { return *model->layer_list.at(layer)->self_attn; }
+  void set_attention_backend(std::shared_ptr<const AttentionBackend> backend);
+  int64_t parameter_count() const;
+  at::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
+  at::Device device() const { return model->embed_tokens->weight.device(); }
+
+  DecoderStack model{nullptr};
+  Linear lm_head{nullptr};  // absent (null) when tie_word_embeddings
+
+ private:
+  ModelConfig config_;
+  at::Tensor inv_freq_;  // fp32 on the CPU; moved per call (tiny)
+};
+TORCH_MODULE(CausalLM);
+
+// Fills weights as transformers' _init_weights does: normal(0, std) for linear and embedding
+// weights, zeros for biases, ones for norms. Deterministic for a given seed.
+void init_random_weights(CausalLM& model, double std, uint64_t seed);
+
+}  // namespace consa

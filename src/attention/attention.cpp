@@ -1,0 +1,168 @@
+#include "consa/attention/attention.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <limits>
+
+#include "consa/core/error.h"
+#include "consa/core/torch_compat.h"
+
+namespace consa {
+
+std::string AttentionSpan::describe() const {
+  if (is_full()) return "full";
+  std::string s = "swa(W=" + std::to_string(window);
+  if (sinks > 0) s += ",S=" + std::to_string(sinks);
+  return s + ")";
+}
+
+bool key_visible(int64_t i, int64_t j, const AttentionSpan& span) {
+  if (j > i) return false;
+  if (span.is_full()) return true;
+  return j > i - span.window || j < span.sinks;
+}
+
+at::Tensor visibility_mask(int64_t lq, int64_t lk, const AttentionSpan& span, at::Device device) {
+  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor i = at::arange(lk - lq, lk, opts).unsqueeze(1);  // query positions
+  at::Tensor j = at::arange(0, lk, opts).unsqueeze(0);        // key positions
+  at::Tensor visible = j <= i;
+  if (!span.is_full()) visible = visible & ((j > i - span.window) | (j < span.sinks));
+  return visible;
+}
+
+namespace {
+
+void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  CONSA_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "attention: expected q, k, v of shape [B, L, H, D]");
+  CONSA_CHECK(k.sizes() == v.sizes(), "attention: k and v shapes differ");
+  CONSA_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3) && q.size(1) <= k.size(1),
+              "attention: q ", q.sizes(), " does not match k ", k.sizes());
+  CONSA_CHECK(q.size(2) % k.size(2) == 0, "attention: ", q.size(2),
+              " query heads are not a multiple of ", k.size(2), " KV heads");
+}
+
+// Scores of q [B, Lq, Hq, D] against k [B, Lk, Hkv, D], grouped so KV heads are not copied:
+// returns [B, Hkv, rep, Lq, Lk].
+at::Tensor grouped_scores(const at::Tensor& q, const at::Tensor& k, double scale) {
+  const int64_t b = q.size(0), lq = q.size(1), hq = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(2);
+  at::Tensor qg = q.transpose(1, 2).reshape({b, hkv, hq / hkv, lq, d});
+  at::Tensor kg = k.transpose(1, 2).unsqueeze(2);  // [B, Hkv, 1, Lk, D]
+  return at::matmul(qg, kg.transpose(-1, -2)) * scale;
+}
+
+// probs [B, Hkv, rep, Lq, Lk] x v [B, Lk, Hkv, D] -> [B, Lq, Hq, D]
+at::Tensor grouped_output(const at::Tensor& probs, const at::Tensor& v) {
+  const int64_t b = probs.size(0), hkv = probs.size(1), rep = probs.size(2), lq = probs.size(3);
+  at::Tensor out = at::matmul(probs, v.transpose(1, 2).unsqueeze(2));  // [B, Hkv, rep, Lq, D]
+  return out.reshape({b, hkv * rep, lq, v.size(3)}).transpose(1, 2);
+}
+
+class MathAttention : public AttentionBackend {
+ public:
+  std::string name() const override { return "math"; }
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const AttentionSpan& span, double scale) const override {
+    check_shapes(q, k, v);
+    at::Tensor scores = grouped_scores(q, k, scale);
+    at::Tensor visible = visibility_mask(q.size(1), k.size(1), span, q.device());
+    scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+    // Softmax in (at least) fp32 and back, as Hugging Face's eager attention does.
+    const at::ScalarType softmax_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    at::Tensor probs = at::softmax(scores, -1, softmax_dtype).to(q.scalar_type());
+    return grouped_output(probs, v);
+  }
+};
+
+class FlashAttention : public AttentionBackend {
+ public:
+  std::string name() const override { return "flash"; }
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const AttentionSpan& span, double scale) const override {
+    check_shapes(q, k, v);
+    const std::string why = flash_attention_unsupported_reason(q);
+    CONSA_CHECK(why.empty(), "attention backend flash cannot run here: ", why);
+    const int64_t window_left = span.is_full() ? -1 : span.window - 1;
+    auto [out, lse] =
+        compat::flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale, window_left);
+    if (span.is_full() || span.sinks == 0) return out;
+    return merge_sinks(q, k, v, span, scale, out, lse);
+  }
+
+ private:
+  // Adds the sink keys that lie left of the window: a [Lq, S] softmax block merged with the
+  // window's output through their log-sum-exps. Flash does not differentiate its log-sum-exp,
+  // so this path is forward-only.
+  static at::Tensor merge_sinks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const AttentionSpan& span, double scale, const at::Tensor& out,
+                                const at::Tensor& lse) {
+    CONSA_CHECK(!(at::GradMode::is_enabled() &&
+                  (q.requires_grad() || k.requires_grad() || v.requires_grad())),
+                "attention backend flash: sinks (S=", span.sinks,
+                ") are supported for inference only; use the math backend to train with sinks");
+    const int64_t lq = q.size(1), lk = k.size(1), s = std::min(span.sinks, lk);
+    at::Tensor ks = k.narrow(1, 0, s), vs = v.narrow(1, 0, s);
+    at::Tensor scores = grouped_scores(q.to(at::kFloat), ks.to(at::kFloat), scale);
+    auto opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+    at::Tensor i = at::arange(lk - lq, lk, opts).unsqueeze(1);
+    at::Tensor j = at::arange(0, s, opts).unsqueeze(0);
+    at::Tensor outside_window = j <= i - span.window;  // sinks inside the window are in `out`
+    scores = scores.masked_fill(outside_window.logical_not(), -std::numeric_limits<float>::infinity());
+    const int64_t b = q.size(0), hq = q.size(2), hkv = k.size(2);
+    at::Tensor window_lse =
+        lse.narrow(-1, 0, lq).to(at::kFloat).reshape({b, hkv, hq / hkv, lq, 1});
+    at::Tensor total = at::logaddexp(window_lse, at::logsumexp(scores, -1, true));
+    at::Tensor sink_part = grouped_output(at::exp(scores - total), vs.to(at::kFloat));
+    at::Tensor window_weight =
+        at::exp(window_lse - total).reshape({b, hq, lq, 1}).transpose(1, 2);  // [B, Lq, Hq, 1]
+    return (out.to(at::kFloat) * window_weight + sink_part).to(q.scalar_type());
+  }
+};
+
+class AutoAttention : public AttentionBackend {
+ public:
+  std::string name() const override { return "auto"; }
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const AttentionSpan& span, double scale) const override {
+    const bool flash_ok = flash_attention_unsupported_reason(q).empty() &&
+                          !(span.sinks > 0 && !span.is_full() && at::GradMode::is_enabled());
+    return flash_ok ? flash_.attend(q, k, v, span, scale) : math_.attend(q, k, v, span, scale);
+  }
+
+ private:
+  FlashAttention flash_;
+  MathAttention math_;
+};
+
+}  // namespace
+
+std::string flash_attention_unsupported_reason(const at::Tensor& q) {
+  if (!compat::flash_attention_compiled())
+    return "LibTorch " + compat::torch_version() + " has no windowed flash attention (needs >= 2.4)";
+  if (!q.is_cuda()) return "tensors are on " + q.device().str() + ", flash needs CUDA";
+  if (q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16)
+    return std::string("dtype ") + c10::toString(q.scalar_type()) + ", flash needs float16 or bfloat16";
+  if (q.size(3) % 8 != 0 || q.size(3) > 256)
+    return "head_dim " + std::to_string(q.size(3)) + ", flash needs a multiple of 8 up to 256";
+  return "";
+}
+
+AttentionImpl parse_attention_impl(const std::string& name) {
+  if (name == "auto") return AttentionImpl::Auto;
+  if (name == "math") return AttentionImpl::Math;
+  if (name == "flash") return AttentionImpl::Flash;
+  fail("unknown attention backend '", name, "'; supported: auto, math, flash");
+}
+
+std::shared_ptr<const AttentionBackend> make_attention_backend(AttentionImpl impl) {
+  switch (impl) {
+    case AttentionImpl::Math: return std::make_shared<MathAttention>();
+    case AttentionImpl::Flash: return std::make_shared<FlashAttention>();
+    case AttentionImpl::Auto: break;
+  }
+  return std::make_shared<AutoAttention>();
+}
+
+}  // namespace consa

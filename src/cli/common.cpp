@@ -1,0 +1,130 @@
+#include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+
+#include <iomanip>
+#include <sstream>
+
+#include "commands.h"
+#include "consa/core/dtype.h"
+#include "consa/core/error.h"
+
+namespace consa::cli {
+
+at::Device parse_device(const std::string& name) {
+  CONSA_CHECK(name == "cpu" || name.rfind("cuda", 0) == 0, "--device: unknown device '", name,
+              "'; supported: cpu, cuda, cuda:N");
+  if (name != "cpu")
+    CONSA_CHECK(at::hasCUDA(), "--device ", name,
+                ": this build or machine has no CUDA device; use --device cpu");
+  return at::Device(name);
+}
+
+std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& option) {
+  std::vector<int64_t> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    long long value = -1;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    CONSA_CHECK(used == item.size() && !item.empty() && value >= 0, option, ": '", item,
+                "' is not a token id; expected comma-separated non-negative integers like 1,2,3");
+    ids.push_back(value);
+  }
+  CONSA_CHECK(!ids.empty(), option, ": expected at least one token id");
+  return ids;
+}
+
+namespace {
+
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string layer_attention_summary(CausalLM& model) {
+  std::ostringstream out;
+  const int64_t n = model->num_layers();
+  for (int64_t start = 0; start < n;) {
+    const auto& spans = model->attention(start).group_spans;
+    int64_t end = start + 1;
+    while (end < n && model->attention(end).group_spans == spans) ++end;
+    out << (start ? ", " : "") << "layers " << start << "-" << end - 1 << ": ";
+    bool uniform = std::all_of(spans.begin(), spans.end(), [&](const AttentionSpan& s) { return s == spans[0]; });
+    if (uniform) {
+      out << spans[0].describe();
+    } else {
+      for (size_t g = 0; g < spans.size(); ++g) out << (g ? "/" : "") << spans[g].describe();
+    }
+    start = end;
+  }
+  return out.str();
+}
+
+void check_vocab(CausalLM& model, const std::vector<int64_t>& ids) {
+  for (int64_t id : ids)
+    CONSA_CHECK(id < model->config().vocab_size, "--prompt-ids: token id ", id,
+                " is outside the vocabulary of ", model->config().vocab_size);
+}
+
+}  // namespace
+
+void print_model_summary(std::ostream& out, CausalLM& model, const std::string& source) {
+  const ModelConfig& c = model->config();
+  std::ostringstream rope;
+  rope << c.rope.type << ", theta " << c.rope.theta;
+  if (c.rope.type != "default") rope << ", factor " << c.rope.factor;
+  out << "model         " << source << "\n"
+      << "architecture  " << architecture_name(c.arch) << "\n"
+      << "layers        " << c.num_layers << "\n"
+      << "heads         " << c.num_heads << " query, " << c.num_kv_heads << " KV (" << c.group_size()
+      << " per group), head_dim " << c.head_dim << "\n"
+      << "hidden        " << c.hidden_size << ", intermediate " << c.intermediate_size << ", vocab "
+      << c.vocab_size << "\n"
+      << "parameters    " << with_commas(model->parameter_count())
+      << (c.tie_word_embeddings ? " (tied embeddings)" : "") << "\n"
+      << "dtype         " << dtype_name(model->dtype()) << " (stored " << c.dtype << ") on "
+      << model->device().str() << "\n"
+      << "rope          " << rope.str() << "\n"
+      << "attention     " << layer_attention_summary(model) << "\n";
+}
+
+void print_next_tokens(std::ostream& out, CausalLM& model, const std::vector<int64_t>& prompt,
+                       int64_t top) {
+  check_vocab(model, prompt);
+  at::NoGradGuard no_grad;
+  at::Tensor ids = at::tensor(prompt, at::kLong).unsqueeze(0);
+  at::Tensor last = model->forward(ids)[0][-1].to(at::kFloat).cpu();
+  at::Tensor probs = at::softmax(last, -1);
+  auto best = at::topk(probs, std::min<int64_t>(top, probs.size(0)));
+  out << "next tokens after " << prompt.size() << " prompt tokens:\n";
+  for (int64_t i = 0; i < std::get<0>(best).size(0); ++i) {
+    const int64_t id = std::get<1>(best)[i].item<int64_t>();
+    out << "  id " << std::setw(7) << id << "  p " << std::fixed << std::setprecision(4)
+        << std::get<0>(best)[i].item<float>() << "  logit " << std::setprecision(4)
+        << last[id].item<float>() << "\n";
+  }
+  out.unsetf(std::ios::fixed);
+}
+
+std::vector<int64_t> greedy_continue(CausalLM& model, const std::vector<int64_t>& prompt,
+                                     int64_t count) {
+  check_vocab(model, prompt);
+  at::NoGradGuard no_grad;
+  std::vector<int64_t> tokens = prompt;
+  for (int64_t step = 0; step < count; ++step) {
+    at::Tensor ids = at::tensor(tokens, at::kLong).unsqueeze(0);
+    tokens.push_back(model->forward(ids)[0][-1].argmax().item<int64_t>());
+  }
+  return std::vector<int64_t>(tokens.begin() + static_cast<long>(prompt.size()), tokens.end());
+}
+
+}  // namespace consa::cli

@@ -1,0 +1,46 @@
+// consa inspect MODEL_DIR [--prompt-ids 1,2,3]
+#include <cxxopts.hpp>
+#include <iostream>
+
+#include "commands.h"
+#include "consa/core/dtype.h"
+#include "consa/core/error.h"
+#include "consa/load/pretrained.h"
+
+namespace consa::cli {
+
+int run_inspect(int argc, char** argv) {
+  cxxopts::Options options("consa inspect", "Summarise a Hugging Face checkpoint directory.");
+  options.positional_help("MODEL_DIR");
+  options.add_options()
+      ("model", "checkpoint directory (config.json + safetensors)", cxxopts::value<std::string>())
+      ("prompt-ids", "comma-separated token ids; prints the most likely next tokens", cxxopts::value<std::string>())
+      ("top", "how many next tokens to print", cxxopts::value<int64_t>()->default_value("5"))
+      ("dtype", "compute dtype: float32, bfloat16, float16 (default: as stored)", cxxopts::value<std::string>())
+      ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
+      ("attention", "attention backend: auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
+      ("h,help", "show this help");
+  options.parse_positional({"model"});
+  auto args = options.parse(argc, argv);
+  if (args.count("help")) {
+    std::cout << options.help() << "\n";
+    return 0;
+  }
+  CONSA_CHECK(args.count("model"), "consa inspect: missing MODEL_DIR (see consa inspect --help)");
+
+  LoadOptions load;
+  load.device = parse_device(args["device"].as<std::string>());
+  load.attention = parse_attention_impl(args["attention"].as<std::string>());
+  if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
+  const std::string dir = args["model"].as<std::string>();
+  CausalLM model = load_pretrained(dir, load);
+  print_model_summary(std::cout, model, dir);
+  if (args.count("prompt-ids")) {
+    const int64_t top = args["top"].as<int64_t>();
+    CONSA_CHECK(top > 0, "--top must be > 0, got ", top);
+    print_next_tokens(std::cout, model, parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids"), top);
+  }
+  return 0;
+}
+
+}  // namespace consa::cli

@@ -1,0 +1,58 @@
+// consa: turn a pretrained decoder LLM into a hybrid full / sliding-window attention model.
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <iostream>
+
+#include "commands.h"
+#include "consa/core/error.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+
+constexpr Command kCommands[] = {
+    {"demo", consa::cli::run_demo, "create a small model, reload it and decode (no download)"},
+    {"inspect", consa::cli::run_inspect, "summarise a Hugging Face checkpoint; --prompt-ids for next tokens"},
+};
+
+void print_usage(std::ostream& out) {
+  out << "usage: consa COMMAND [options]   (consa COMMAND --help for a command's options)\n\n"
+         "commands:\n";
+  for (const auto& c : kCommands) out << "  " << c.name << std::string(10 - std::strlen(c.name), ' ') << c.summary << "\n";
+}
+
+// First line of a LibTorch error, without its C++ backtrace.
+std::string first_line(const char* text) {
+  std::string s(text);
+  return s.substr(0, s.find('\n'));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    print_usage(argc < 2 ? std::cerr : std::cout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(argc - 1, argv + 1);
+    } catch (const consa::Error& e) {
+      std::cerr << "consa: error: " << e.what() << "\n";
+    } catch (const c10::Error& e) {
+      std::cerr << "consa: error: " << first_line(e.what_without_backtrace()) << "\n";
+    } catch (const std::exception& e) {
+      std::cerr << "consa: error: " << first_line(e.what()) << "\n";
+    }
+    return 1;
+  }
+  std::cerr << "consa: error: unknown command '" << argv[1] << "'\n";
+  print_usage(std::cerr);
+  return 2;
+}

@@ -1,0 +1,307 @@
+#include "consa/load/hf_config.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "consa/core/atomic_file.h"
+#include "consa/core/error.h"
+
+namespace consa {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct ArchitectureEntry {
+  Architecture arch;
+  const char* class_name;
+  const char* model_type;
+};
+constexpr ArchitectureEntry kArchitectures[] = {
+    {Architecture::Llama, "LlamaForCausalLM", "llama"},
+    {Architecture::Mistral, "MistralForCausalLM", "mistral"},
+    {Architecture::Qwen2, "Qwen2ForCausalLM", "qwen2"},
+    {Architecture::Qwen3, "Qwen3ForCausalLM", "qwen3"},
+};
+
+std::string supported_architectures() {
+  std::string list;
+  for (const auto& a : kArchitectures) list += (list.empty() ? "" : ", ") + std::string(a.class_name);
+  return list;
+}
+
+const char* const kRopeTypes = "default, linear, llama3";
+
+// Typed accessors: each names the file and key on failure.
+class ConfigReader {
+ public:
+  ConfigReader(const json& j, std::string source) : j_(j), source_(std::move(source)) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  int64_t positive_int(const char* key) const {
+    CONSA_CHECK(has(key), source_, ": missing required key '", key, "'");
+    return positive_int_value(j_[key], key);
+  }
+  int64_t positive_int(const char* key, int64_t fallback) const {
+    return has(key) ? positive_int_value(j_[key], key) : fallback;
+  }
+  double number(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    CONSA_CHECK(j_[key].is_number(), source_, ": key '", key, "' must be a number, got ",
+                j_[key].dump());
+    return j_[key].get<double>();
+  }
+  bool boolean(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    CONSA_CHECK(j_[key].is_boolean(), source_, ": key '", key, "' must be true or false, got ",
+                j_[key].dump());
+    return j_[key].get<bool>();
+  }
+  std::string string(const char* key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    CONSA_CHECK(j_[key].is_string(), source_, ": key '", key, "' must be a string, got ",
+                j_[key].dump());
+    return j_[key].get<std::string>();
+  }
+  const json& at(const char* key) const { return j_[key]; }
+  const std::string& source() const { return source_; }
+
+ private:
+  int64_t positive_int_value(const json& v, const char* key) const {
+    CONSA_CHECK(v.is_number_integer() && v.get<int64_t>() > 0, source_, ": key '", key,
+                "' must be a positive integer, got ", v.dump());
+    return v.get<int64_t>();
+  }
+  const json& j_;
+  std::string source_;
+};
+
+Architecture parse_architecture(const ConfigReader& r) {
+  std::string name;
+  if (r.has("architectures")) {
+    const json& list = r.at("architectures");
+    CONSA_CHECK(list.is_array() && !list.empty() && list[0].is_string(), r.source(),
+                ": 'architectures' must be a non-empty list of class names");
+    name = list[0].get<std::string>();
+    for (const auto& a : kArchitectures)
+      if (name == a.class_name) return a.arch;
+  } else {
+    name = r.string("model_type", "");
+    for (const auto& a : kArchitectures)
+      if (name == a.model_type) return a.arch;
+  }
+  fail(r.source(), ": unsupported architecture '", name, "'; supported: ",
+       supported_architectures());
+}
+
+// RoPE from either `rope_parameters` (newer files) or `rope_theta` + `rope_scaling`.
+RopeConfig parse_rope(const ConfigReader& r) {
+  RopeConfig rope;
+  json params = json::object();
+  std::string where;
+  if (r.has("rope_parameters")) {
+    params = r.at("rope_parameters");
+    where = "rope_parameters";
+    CONSA_CHECK(params.is_object(), r.source(), ": 'rope_parameters' must be an object");
+    CONSA_CHECK(!params.contains("full_attention") && !params.contains("sliding_attention"),
+                r.source(),
+                ": per-layer-type 'rope_parameters' are not supported; supported: one set of "
+                "rope parameters for every layer");
+  } else {
+    if (r.has("rope_scaling")) {
+      params = r.at("rope_scaling");
+      CONSA_CHECK(params.is_object(), r.source(), ": 'rope_scaling' must be an object or null");
+    }
+    where = "rope_scaling";
+    params["rope_theta"] = r.number("rope_theta", rope.theta);
+  }
+  ConfigReader p(params, r.source() + ": " + where);
+  rope.theta = p.number("rope_theta", rope.theta);
+  CONSA_CHECK(rope.theta > 0, r.source(), ": rope_theta must be > 0, got ", rope.theta);
+  rope.type = p.string("rope_type", p.string("type", "default"));
+  if (rope.type == "default") return rope;
+  if (rope.type == "linear") {
+    CONSA_CHECK(p.has("factor"), p.source(), ": rope type 'linear' needs 'factor'");
+    rope.factor = p.number("factor", 1.0);
+    return rope;
+  }
+  if (rope.type == "llama3") {
+    for (const char* key : {"factor", "low_freq_factor", "high_freq_factor",
+                            "original_max_position_embeddings"})
+      CONSA_CHECK(p.has(key), p.source(), ": rope type 'llama3' needs '", key, "'");
+    rope.factor = p.number("factor", 1.0);
+    rope.low_freq_factor = p.number("low_freq_factor", 1.0);
+    rope.high_freq_factor = p.number("high_freq_factor", 4.0);
+    rope.original_max_position_embeddings = p.positive_int("original_max_position_embeddings");
+    CONSA_CHECK(rope.high_freq_factor > rope.low_freq_factor, p.source(),
+                ": llama3 high_freq_factor must exceed low_freq_factor");
+    return rope;
+  }
+  fail(p.source(), ": unsupported rope type '", rope.type, "'; supported: ", kRopeTypes);
+}
+
+std::vector<int64_t> parse_layer_windows(const ConfigReader& r, Architecture arch,
+                                         int64_t num_layers) {
+  std::vector<int64_t> windows(num_layers, 0);
+  const int64_t window = r.has("sliding_window") ? r.positive_int("sliding_window") : 0;
+  if (r.has("layer_types")) {
+    const json& types = r.at("layer_types");
+    CONSA_CHECK(types.is_array() && static_cast<int64_t>(types.size()) == num_layers, r.source(),
+                ": 'layer_types' must list one type per layer (", num_layers, ")");
+    for (int64_t i = 0; i < num_layers; ++i) {
+      const std::string type = types[i].is_string() ? types[i].get<std::string>() : types[i].dump();
+      if (type == "full_attention") continue;
+      CONSA_CHECK(type == "sliding_attention", r.source(), ": layer_types[", i, "] is '", type,
+                  "'; supported: full_attention, sliding_attention");
+      CONSA_CHECK(window > 0, r.source(), ": layer_types[", i,
+                  "] is sliding_attention but 'sliding_window' is not set");
+      windows[i] = window;
+    }
+    return windows;
+  }
+  if (window == 0) return windows;
+  if (arch == Architecture::Mistral) {
+    std::fill(windows.begin(), windows.end(), window);
+  } else if ((arch == Architecture::Qwen2 || arch == Architecture::Qwen3) &&
+             r.boolean("use_sliding_window", false)) {
+    const int64_t first = r.positive_int("max_window_layers", num_layers);
+    for (int64_t i = first; i < num_layers; ++i) windows[i] = window;
+  }
+  return windows;
+}
+
+}  // namespace
+
+const char* architecture_name(Architecture arch) {
+  for (const auto& a : kArchitectures)
+    if (a.arch == arch) return a.class_name;
+  return "?";
+}
+
+const char* model_type_name(Architecture arch) {
+  for (const auto& a : kArchitectures)
+    if (a.arch == arch) return a.model_type;
+  return "?";
+}
+
+void ModelConfig::validate(const std::string& source) const {
+  CONSA_CHECK(num_heads % num_kv_heads == 0, source, ": num_attention_heads (", num_heads,
+              ") must be a multiple of num_key_value_heads (", num_kv_heads, ")");
+  CONSA_CHECK(head_dim % 2 == 0, source, ": head_dim must be even for RoPE, got ", head_dim);
+  CONSA_CHECK(static_cast<int64_t>(layer_window.size()) == num_layers, source,
+              ": one attention window per layer expected");
+  CONSA_CHECK(rms_norm_eps > 0, source, ": rms_norm_eps must be > 0");
+}
+
+ModelConfig parse_hf_config(const json& j, const std::string& source) {
+  CONSA_CHECK(j.is_object(), source, ": expected a JSON object");
+  ConfigReader r(j, source);
+  ModelConfig c;
+  c.arch = parse_architecture(r);
+
+  CONSA_CHECK(!r.has("quantization_config"), source,
+              ": quantization_config is not supported; consa loads unquantized F32, F16 or BF16 "
+              "weights");
+  CONSA_CHECK(std::abs(r.number("partial_rotary_factor", 1.0) - 1.0) < 1e-12, source,
+              ": partial_rotary_factor ", r.number("partial_rotary_factor", 1.0),
+              " is not supported; supported: 1.0 (rotary over the whole head)");
+  const std::string act = r.string("hidden_act", "silu");
+  CONSA_CHECK(act == "silu", source, ": hidden_act '", act, "' is not supported; supported: silu");
+  CONSA_CHECK(!r.boolean("mlp_bias", false), source,
+              ": mlp_bias = true is not supported; supported: false");
+
+  c.vocab_size = r.positive_int("vocab_size");
+  c.hidden_size = r.positive_int("hidden_size");
+  c.intermediate_size = r.positive_int("intermediate_size");
+  c.num_layers = r.positive_int("num_hidden_layers");
+  c.num_heads = r.positive_int("num_attention_heads");
+  c.num_kv_heads = r.positive_int("num_key_value_heads", c.num_heads);
+  if (r.has("head_dim")) {
+    c.head_dim = r.positive_int("head_dim");
+  } else {
+    CONSA_CHECK(c.hidden_size % c.num_heads == 0, source, ": hidden_size (", c.hidden_size,
+                ") is not a multiple of num_attention_heads (", c.num_heads,
+                ") and no head_dim is given");
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
+  c.max_position_embeddings = r.positive_int("max_position_embeddings", 4096);
+  c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
+  const bool attention_bias = r.boolean("attention_bias", false);
+  c.qkv_bias = c.arch == Architecture::Qwen2 || attention_bias;
+  c.o_bias = c.arch != Architecture::Qwen2 && attention_bias;
+  c.qk_norm = c.arch == Architecture::Qwen3;
+  c.rope = parse_rope(r);
+  c.layer_window = parse_layer_windows(r, c.arch, c.num_layers);
+  c.dtype = r.string("dtype", r.string("torch_dtype", "float32"));
+  c.validate(source);
+  return c;
+}
+
+ModelConfig read_hf_config(const std::string& path) {
+  std::string file = path;
+  if (fs::is_directory(path)) file = (fs::path(path) / "config.json").string();
+  CONSA_CHECK(fs::exists(file), file, ": not found (expected a Hugging Face config.json)");
+  json j;
+  try {
+    j = json::parse(read_text_file(file));
+  } catch (const json::exception& e) {
+    fail(file, ": not valid JSON: ", e.what());
+  }
+  return parse_hf_config(j, file);
+}
+
+json to_hf_config(const ModelConfig& c) {
+  json rope = {{"rope_type", c.rope.type}, {"rope_theta", c.rope.theta}};
+  if (c.rope.type != "default") rope["factor"] = c.rope.factor;
+  if (c.rope.type == "llama3") {
+    rope["low_freq_factor"] = c.rope.low_freq_factor;
+    rope["high_freq_factor"] = c.rope.high_freq_factor;
+    rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
+  }
+  json j = {
+      {"architectures", {architecture_name(c.arch)}},
+      {"model_type", model_type_name(c.arch)},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_layers},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", c.rms_norm_eps},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"rope_parameters", rope},
+      // Older transformers read these two instead of rope_parameters.
+      {"rope_theta", c.rope.theta},
+      {"rope_scaling", c.rope.type == "default" ? json(nullptr) : rope},
+      {"dtype", c.dtype},
+      {"torch_dtype", c.dtype},
+  };
+  if (c.arch != Architecture::Qwen2) j["attention_bias"] = c.o_bias;
+  int64_t window = 0;
+  bool any_sliding = false;
+  for (int64_t w : c.layer_window) {
+    if (w > 0) {
+      CONSA_CHECK(window == 0 || window == w, "config: transformers supports one sliding_window "
+                  "per model, got ", window, " and ", w);
+      window = w;
+      any_sliding = true;
+    }
+  }
+  if (any_sliding) {
+    json types = json::array();
+    for (int64_t w : c.layer_window) types.push_back(w > 0 ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
+    j["sliding_window"] = window;
+    if (c.arch == Architecture::Qwen2 || c.arch == Architecture::Qwen3) j["use_sliding_window"] = true;
+  } else {
+    j["sliding_window"] = nullptr;
+  }
+  return j;
+}
+
+}  // namespace consa

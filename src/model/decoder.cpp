@@ -1,0 +1,144 @@
+#include "consa/model/decoder.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+#include "consa/core/error.h"
+
+namespace consa {
+
+SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& c, int64_t layer,
+                                     const at::TensorOptions& options)
+    : num_heads(c.num_heads),
+      num_kv_heads(c.num_kv_heads),
+      head_dim(c.head_dim),
+      scale(1.0 / std::sqrt(static_cast<double>(c.head_dim))),
+      group_spans(c.num_kv_heads, c.layer_is_sliding(layer) ? AttentionSpan::sliding(c.layer_window[layer])
+                                                            : AttentionSpan::full()),
+      backend(make_attention_backend(AttentionImpl::Auto)) {
+  q_proj = register_module("q_proj", Linear(c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias, options));
+  k_proj = register_module("k_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));
+  v_proj = register_module("v_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));
+  o_proj = register_module("o_proj", Linear(c.num_heads * c.head_dim, c.hidden_size, c.o_bias, options));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(c.head_dim, c.rms_norm_eps, options));
+    k_norm = register_module("k_norm", RMSNorm(c.head_dim, c.rms_norm_eps, options));
+  }
+}
+
+ProjectedQKV SelfAttentionImpl::project(const at::Tensor& x, const RopeTables& rope) const {
+  const int64_t b = x.size(0), l = x.size(1);
+  at::Tensor q = q_proj->forward(x).view({b, l, num_heads, head_dim});
+  at::Tensor k = k_proj->forward(x).view({b, l, num_kv_heads, head_dim});
+  at::Tensor v = v_proj->forward(x).view({b, l, num_kv_heads, head_dim});
+  if (q_norm) {  // Qwen3 normalises each head before RoPE
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  return {apply_rope(q, rope), apply_rope(k, rope), v};
+}
+
+at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv) const {
+  const int64_t group = num_heads / num_kv_heads;
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < num_kv_heads;) {
+    int64_t end = start + 1;
+    while (end < num_kv_heads && group_spans[end] == group_spans[start]) ++end;
+    if (start == 0 && end == num_kv_heads)
+      return backend->attend(qkv.q, qkv.k, qkv.v, group_spans[start], scale);
+    parts.push_back(backend->attend(qkv.q.narrow(2, start * group, (end - start) * group),
+                                    qkv.k.narrow(2, start, end - start),
+                                    qkv.v.narrow(2, start, end - start), group_spans[start], scale));
+    start = end;
+  }
+  return at::cat(parts, 2);
+}
+
+at::Tensor SelfAttentionImpl::output(const at::Tensor& heads) const {
+  return o_proj->forward(heads.reshape({heads.size(0), heads.size(1), num_heads * head_dim}));
+}
+
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const RopeTables& rope) {
+  return output(attend(project(x, rope)));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer,
+                                   const at::TensorOptions& options) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+  self_attn = register_module("self_attn", SelfAttention(c, layer, options));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+  mlp = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size, options));
+}
+
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& hidden, const RopeTables& rope) {
+  at::Tensor h = hidden + self_attn->forward(input_layernorm->forward(hidden), rope);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+DecoderStackImpl::DecoderStackImpl(const ModelConfig& c, const at::TensorOptions& options) {
+  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, options));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    layer_list.push_back(DecoderLayer(c, i, options));
+    layers->push_back(layer_list.back());
+  }
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+}
+
+CausalLMImpl::CausalLMImpl(ModelConfig config, const at::TensorOptions& options)
+    : config_(std::move(config)) {
+  config_.validate("model config");
+  model = register_module("model", DecoderStack(config_, options));
+  if (!config_.tie_word_embeddings)
+    lm_head = register_module("lm_head", Linear(config_.hidden_size, config_.vocab_size, false, options));
+  inv_freq_ = rope_inv_freq(config_.rope, config_.head_dim);
+}
+
+at::Tensor CausalLMImpl::hidden_states(const at::Tensor& input_ids) {
+  CONSA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, length], got ", input_ids.sizes());
+  at::Tensor h = model->embed_tokens->forward(input_ids.to(device()));
+  RopeTables rope = rope_tables(inv_freq_, 0, input_ids.size(1), h.scalar_type(), h.device());
+  for (auto& layer : model->layer_list) h = layer->forward(h, rope);
+  return model->norm->forward(h);
+}
+
+at::Tensor CausalLMImpl::logits(const at::Tensor& hidden) const {
+  return at::linear(hidden, lm_head ? lm_head->weight : model->embed_tokens->weight);
+}
+
+at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids) {
+  return logits(hidden_states(input_ids));
+}
+
+void CausalLMImpl::set_attention_backend(std::shared_ptr<const AttentionBackend> backend) {
+  for (auto& layer : model->layer_list) layer->self_attn->backend = backend;
+}
+
+int64_t CausalLMImpl::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+void init_random_weights(CausalLM& model, double std, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor p = item.value();
+    at::Tensor value;
+    if (name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0) {
+      value = at::ones(p.sizes(), at::kFloat);
+    } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+      value = at::zeros(p.sizes(), at::kFloat);
+    } else {
+      value = at::normal(0.0, std, p.sizes(), gen);
+    }
+    p.copy_(value);
+  }
+}
+
+}  // namespace consa

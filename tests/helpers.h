@@ -1,0 +1,23 @@
+#pragma once
+// Shared test utilities: fixture paths, scratch directories, tensor comparisons.
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace consa_test {
+
+// tests/fixtures/<name>: checkpoints written by scripts/make_parity_fixtures.py.
+std::string fixture(const std::string& name);
+
+// A fresh empty directory under the system temp folder, removed at exit.
+std::string scratch_dir(const std::string& tag);
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+// Runs the consa binary with `args`; returns the exit code and fills stdout/stderr.
+int run_consa(const std::string& args, std::string* out, std::string* err);
+
+void write_text(const std::string& path, const std::string& text);
+std::string read_text(const std::string& path);
+
+}  // namespace consa_test
