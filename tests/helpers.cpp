@@ -1,5 +1,7 @@
 #include "helpers.h"
 
+#include <ftw.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,18 +15,21 @@ namespace consa_test {
 namespace fs = std::filesystem;
 
 namespace {
-struct ScratchRegistry {
-  std::vector<std::string> dirs;
-  ~ScratchRegistry() {
-    std::error_code ec;
-    for (const auto& d : dirs) fs::remove_all(d, ec);
-  }
-};
-ScratchRegistry& registry() {
-  static ScratchRegistry r;
-  return r;
+// Directories made by scratch_dir; removed by remove_scratch_dirs() from main(), explicitly
+// rather than from a static destructor that would run amid library teardown.
+std::vector<std::string>& scratch_dirs() {
+  static std::vector<std::string> dirs;
+  return dirs;
 }
 }  // namespace
+
+// POSIX nftw instead of std::filesystem::remove_all: pip builds of libtorch.so export their own
+// copy of remove_all, which the dynamic linker may pick and which crashes there.
+void remove_scratch_dirs() {
+  auto remove_entry = [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); };
+  for (const auto& d : scratch_dirs()) ::nftw(d.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  scratch_dirs().clear();
+}
 
 std::string fixture(const std::string& name) { return std::string(CONSA_FIXTURES_DIR) + "/" + name; }
 
@@ -32,7 +37,7 @@ std::string scratch_dir(const std::string& tag) {
   std::string pattern = (fs::temp_directory_path() / ("consa-test-" + tag + "-XXXXXX")).string();
   char* made = ::mkdtemp(pattern.data());
   if (!made) throw std::runtime_error("mkdtemp failed for " + pattern);
-  registry().dirs.push_back(made);
+  scratch_dirs().push_back(made);
   return made;
 }
 

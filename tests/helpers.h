@@ -9,8 +9,9 @@ namespace consa_test {
 // tests/fixtures/<name>: checkpoints written by scripts/make_parity_fixtures.py.
 std::string fixture(const std::string& name);
 
-// A fresh empty directory under the system temp folder, removed at exit.
+// A fresh empty directory under the system temp folder, removed by remove_scratch_dirs().
 std::string scratch_dir(const std::string& tag);
+void remove_scratch_dirs();
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 

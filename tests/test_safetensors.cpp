@@ -1,5 +1,7 @@
 // safetensors reader/writer: the reader is checked against files built byte-by-byte from the
 // format's spec, and every malformed-input case is refused with a message naming file and tensor.
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Build consa against the CUDA LibTorch inside the local PyTorch, run the whole test suite
+# (including the [cuda] tests) and save the logs. Meant for a GPU machine, in one command:
+#   OUT=/some/dir bash scripts/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}
+BUILD=${BUILD:-build-gpu}
+mkdir -p "$OUT"
+PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c 'import torch;print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUT/gpu.txt"
+
+if ! cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
+     >"$OUT/configure.log" 2>&1; then
+  tail -40 "$OUT/configure.log"; exit 1
+fi
+grep "consa:" "$OUT/configure.log"
+if ! cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1; then
+  grep -E "error|Error" -A3 "$OUT/build.log" | head -60; exit 1
+fi
+(cd "$BUILD" && ctest --output-on-failure 2>&1 | tee "$OUT/ctest.log" | tail -15)
+status=${PIPESTATUS[0]}
+"$BUILD/tests/consa_tests" "[cuda],[parity]" 2>&1 | grep -E "^(parity|cuda)" | tee "$OUT/figures.txt"
+"$BUILD/consa" inspect tests/fixtures/qwen3_norm --device cuda --dtype bfloat16 --prompt-ids 1,2,3 \
+  | tee "$OUT/inspect.txt" || status=1
+if [ "$status" != 0 ] && command -v cuda-gdb >/dev/null; then
+  # No gdb on the GPU machine; cuda-gdb debugs host code too.
+  cuda-gdb -batch -ex run -ex bt --args "$BUILD/tests/consa_tests" "[config]" 2>&1 | tail -30
+fi
+exit "$status"

@@ -1,0 +1,128 @@
+// CUDA-only checks, registered with ctest only for CUDA LibTorch builds (tests/CMakeLists.txt):
+// the flash backend against the math backend (forward and backward, full and sliding window),
+// and the parity fixtures on the GPU in fp32 and bf16. Figures are printed for docs/parity.md.
+#include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <iostream>
+
+#include "catch_compat.h"
+#include "consa/attention/attention.h"
+#include "consa/load/pretrained.h"
+#include "consa/load/safetensors.h"
+#include "helpers.h"
+
+using namespace consa;
+using namespace consa_test;
+
+namespace {
+
+struct Result {
+  at::Tensor out, dq, dk, dv;
+};
+
+// Output and gradients of sum(attend(q, k, v) * weights), computed in `dtype`.
+Result run(const AttentionBackend& backend, const at::Tensor& q, const at::Tensor& k,
+           const at::Tensor& v, const at::Tensor& weights, const AttentionSpan& span,
+           at::ScalarType dtype) {
+  at::Tensor qq = q.to(dtype).detach().requires_grad_(true);
+  at::Tensor kk = k.to(dtype).detach().requires_grad_(true);
+  at::Tensor vv = v.to(dtype).detach().requires_grad_(true);
+  at::Tensor out = backend.attend(qq, kk, vv, span, 1.0 / 8.0);
+  (out.to(at::kFloat) * weights).sum().backward();
+  return {out.detach(), qq.grad(), kk.grad(), vv.grad()};
+}
+
+// Max error relative to the reference's largest magnitude (at least 1, so all-zero references,
+// such as dq for a window of 1, compare in absolute terms).
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  return max_abs_diff(got, want) / std::max(1.0, want.abs().max().item<double>());
+}
+
+}  // namespace
+
+TEST_CASE("flash attention matches math attention on CUDA, forward and backward", "[cuda]") {
+  REQUIRE(at::hasCUDA());
+  auto flash = make_attention_backend(AttentionImpl::Flash);
+  auto math = make_attention_backend(AttentionImpl::Math);
+  at::manual_seed(0);
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+  const int64_t b = 2, l = 1024, hq = 8, hkv = 2, d = 64;
+  // Inputs rounded to bf16 first, so every path sees the same values.
+  at::Tensor q = at::randn({b, l, hq, d}, f32).to(at::kBFloat16).to(at::kFloat) * 2;
+  at::Tensor k = at::randn({b, l, hkv, d}, f32).to(at::kBFloat16).to(at::kFloat) * 2;
+  at::Tensor v = at::randn({b, l, hkv, d}, f32).to(at::kBFloat16).to(at::kFloat);
+  at::Tensor w = at::randn({b, l, hq, d}, f32);
+
+  at::Tensor full_out;
+  for (AttentionSpan span : {AttentionSpan::full(), AttentionSpan::sliding(128), AttentionSpan::sliding(1)}) {
+    Result ref = run(*math, q, k, v, w, span, at::kFloat);
+    Result fl = run(*flash, q, k, v, w, span, at::kBFloat16);
+    Result mb = run(*math, q, k, v, w, span, at::kBFloat16);
+    const double e_out = rel_err(fl.out, ref.out), e_dq = rel_err(fl.dq, ref.dq);
+    const double e_dk = rel_err(fl.dk, ref.dk), e_dv = rel_err(fl.dv, ref.dv);
+    std::cout << "cuda flash-bf16 vs math-fp32 " << span.describe() << ": rel err out " << e_out
+              << " dq " << e_dq << " dk " << e_dk << " dv " << e_dv
+              << " | math-bf16 vs math-fp32: out " << rel_err(mb.out, ref.out) << " dq "
+              << rel_err(mb.dq, ref.dq) << "\n";
+    INFO(span.describe());
+    // bf16 carries 8 bits of mantissa (relative step 2^-8 = 0.0039).
+    CHECK(e_out < 1e-2);
+    CHECK(e_dq < 2e-2);
+    CHECK(e_dk < 2e-2);
+    CHECK(e_dv < 2e-2);
+    if (span.is_full()) full_out = ref.out;
+    else CHECK(rel_err(ref.out, full_out) > 0.1);  // the window changes the result
+  }
+}
+
+TEST_CASE("flash attention with sinks matches math attention (inference)", "[cuda]") {
+  REQUIRE(at::hasCUDA());
+  at::NoGradGuard no_grad;
+  at::manual_seed(1);
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+  at::Tensor q = at::randn({1, 300, 4, 64}, f32).to(at::kBFloat16);
+  at::Tensor k = at::randn({1, 300, 2, 64}, f32).to(at::kBFloat16);
+  at::Tensor v = at::randn({1, 300, 2, 64}, f32).to(at::kBFloat16);
+  const AttentionSpan span = AttentionSpan::sliding(32, 4);
+  at::Tensor ref = make_attention_backend(AttentionImpl::Math)
+                       ->attend(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), span, 0.125);
+  at::Tensor got = make_attention_backend(AttentionImpl::Flash)->attend(q, k, v, span, 0.125);
+  at::Tensor no_sinks = make_attention_backend(AttentionImpl::Flash)->attend(q, k, v, AttentionSpan::sliding(32), 0.125);
+  std::cout << "cuda flash-bf16 sinks " << span.describe() << ": rel err out " << rel_err(got, ref) << "\n";
+  CHECK(rel_err(got, ref) < 1e-2);
+  CHECK(rel_err(no_sinks, ref) > 0.05);  // the sinks are really attended to
+}
+
+TEST_CASE("parity fixtures on CUDA in fp32 and bf16", "[cuda]") {
+  REQUIRE(at::hasCUDA());
+  for (const char* name : {"llama_gqa", "llama3_tied_mha", "mistral_swa", "qwen2_bias", "qwen3_norm"}) {
+    const std::string dir = fixture(name);
+    SafetensorsFile ref = SafetensorsFile::open(dir + "/reference.safetensors");
+    at::Tensor ids = ref.tensor("input_ids"), want = ref.tensor("logits");
+    at::NoGradGuard no_grad;
+    LoadOptions opts;
+    opts.device = at::kCUDA;
+    opts.dtype = at::kFloat;  // auto -> math (flash has no fp32)
+    const double e32 = max_abs_diff(load_pretrained(dir, opts)->forward(ids), want);
+    opts.dtype = at::kBFloat16;  // auto -> flash
+    at::Tensor flash_logits = load_pretrained(dir, opts)->forward(ids);
+    opts.attention = AttentionImpl::Math;
+    at::Tensor math_logits = load_pretrained(dir, opts)->forward(ids);
+    const double e_flash = max_abs_diff(flash_logits, want);
+    const double mean_flash = (flash_logits.to(at::kFloat).cpu() - want).abs().mean().item<double>();
+    const double e_math = max_abs_diff(math_logits, want);
+    std::cout << "parity cuda " << name << ": fp32 max " << e32 << " | bf16 flash max " << e_flash
+              << " mean " << mean_flash << " | bf16 math max " << e_math
+              << " | max |logit| " << want.abs().max().item<double>() << "\n";
+    INFO(name);
+    CHECK(e32 <= 1e-4);
+    // bf16 tolerance, relative to the largest logit (~9 here): rounding weights and activations
+    // to 8-bit mantissas moves logits by ~0.5% on average and up to ~5% at worst.
+    const double scale = want.abs().max().item<double>();
+    CHECK(e_flash <= 0.075 * scale);
+    CHECK(mean_flash <= 0.01 * scale);
+    CHECK(e_math <= 0.075 * scale);
+  }
+}
