@@ -41,6 +41,13 @@ ProjectedQKV SelfAttentionImpl::project(const at::Tensor& x, const RopeTables& r
 }
 
 at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv) const {
+  if (fa_weight.defined()) {
+    at::Tensor full = backend->attend(qkv.q, qkv.k, qkv.v, AttentionSpan::full(), scale);
+    at::Tensor swa = backend->attend(qkv.q, qkv.k, qkv.v, swa_span, scale);
+    at::Tensor z = fa_weight.to(full.device(), full.scalar_type()).view({1, 1, num_heads, 1});
+    // z * FA + (1 - z) * SWA: exactly FA where z == 1 and exactly SWA where z == 0.
+    return full * z + swa * (1 - z);
+  }
   const int64_t group = num_heads / num_kv_heads;
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < num_kv_heads;) {

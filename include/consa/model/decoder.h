@@ -5,7 +5,8 @@
 //
 // Attention is split into three steps so later stages can hook in between them:
 //   project(x)      -> q [B, L, Hq, D], k, v [B, L, Hkv, D], RoPE applied
-//   attend(q, k, v) -> per-head outputs [B, L, Hq, D], each KV group under its own span
+//   attend(q, k, v) -> per-head outputs [B, L, Hq, D], each KV group under its own span, or
+//                      (gated) a per-head mix of full and sliding-window attention
 //   output(heads)   -> o_proj
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -40,6 +41,10 @@ class SelfAttentionImpl : public torch::nn::Module {
   double scale;
   // One span per KV group; runs of equal spans are computed in one backend call.
   std::vector<AttentionSpan> group_spans;
+  // Gated mode (set by AttentionGates::apply): when defined, every query head h outputs
+  // fa_weight[h] * FA + (1 - fa_weight[h]) * SWA(swa_span), and group_spans is not used.
+  at::Tensor fa_weight;  // [num_heads]
+  AttentionSpan swa_span;
   std::shared_ptr<const AttentionBackend> backend;
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};

@@ -1,0 +1,75 @@
+#include "consa/gate/attention_gates.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include "consa/core/error.h"
+
+namespace consa {
+
+GateUnit parse_gate_unit(const std::string& name) {
+  if (name == "layer") return GateUnit::Layer;
+  if (name == "kv_head") return GateUnit::KvHead;
+  if (name == "head") return GateUnit::Head;
+  fail("unknown gate unit '", name, "'; supported: layer, kv_head, head");
+}
+
+const char* gate_unit_name(GateUnit unit) {
+  switch (unit) {
+    case GateUnit::Layer: return "layer";
+    case GateUnit::KvHead: return "kv_head";
+    case GateUnit::Head: return "head";
+  }
+  return "?";
+}
+
+AttentionGatesImpl::AttentionGatesImpl(const ModelConfig& config, GateOptions options)
+    : options_(options),
+      hard_concrete_(options.hard_concrete),
+      num_heads_(config.num_heads),
+      num_kv_heads_(config.num_kv_heads) {
+  CONSA_CHECK(!options_.swa.is_full(), "gates: the sliding window must be > 0, got ", options_.swa.window);
+  const int64_t units = options_.unit == GateUnit::Layer    ? 1
+                        : options_.unit == GateUnit::KvHead ? config.num_kv_heads
+                                                            : config.num_heads;
+  log_alpha = register_parameter(
+      "log_alpha", at::full({config.num_layers, units}, hard_concrete_.initial_log_alpha(), at::kFloat));
+}
+
+at::Tensor AttentionGatesImpl::sample(c10::optional<at::Generator> generator) const {
+  return hard_concrete_.sample(log_alpha, generator);
+}
+
+at::Tensor AttentionGatesImpl::deterministic() const { return hard_concrete_.deterministic(log_alpha); }
+
+at::Tensor AttentionGatesImpl::prob_nonzero() const { return hard_concrete_.prob_nonzero(log_alpha); }
+
+at::Tensor AttentionGatesImpl::head_weights(const at::Tensor& z) const {
+  CONSA_CHECK(z.sizes() == log_alpha.sizes(), "gates: z has shape ", z.sizes(), ", expected ",
+              log_alpha.sizes());
+  // Query head h belongs to KV group h / (num_heads / num_kv_heads).
+  const int64_t repeat = num_heads_ / z.size(1);
+  return repeat == 1 ? z : z.repeat_interleave(repeat, 1);
+}
+
+void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z) const {
+  CONSA_CHECK(model->num_layers() == num_layers(), "gates: built for ", num_layers(),
+              " layers, model has ", model->num_layers());
+  at::Tensor weights = head_weights(z);
+  for (int64_t l = 0; l < num_layers(); ++l) {
+    SelfAttentionImpl& attn = model->attention(l);
+    attn.fa_weight = weights[l];
+    attn.swa_span = options_.swa;
+  }
+}
+
+void AttentionGatesImpl::clamp_log_alpha() {
+  at::NoGradGuard no_grad;
+  const double c = options_.hard_concrete.log_alpha_clamp;
+  log_alpha.clamp_(-c, c);
+}
+
+void remove_gates(CausalLM& model) {
+  for (int64_t l = 0; l < model->num_layers(); ++l) model->attention(l).fa_weight = at::Tensor();
+}
+
+}  // namespace consa

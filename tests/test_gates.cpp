@@ -1,0 +1,139 @@
+// Hard-concrete gates: sampling range, the deterministic value and P(z > 0) against closed forms
+// and Monte Carlo; gated models at z = 1 and z = 0 against the dense and pure-SWA models.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+#include "catch_compat.h"
+#include "consa/core/error.h"
+#include "consa/gate/attention_gates.h"
+#include "helpers.h"
+
+using namespace consa;
+using namespace consa_test;
+
+namespace {
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+ModelConfig gate_config() {
+  ModelConfig c;
+  c.vocab_size = 40;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.layer_window = {0, 0, 0};
+  return c;
+}
+
+CausalLM gate_model() {
+  CausalLM m(gate_config(), at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(m, 0.3, 21);
+  return m;
+}
+
+at::Tensor ids() { return at::randint(0, 40, {2, 16}, at::TensorOptions().dtype(at::kLong)); }
+
+}  // namespace
+
+TEST_CASE("hard-concrete samples lie in [0, 1] with mass at both ends", "[gates]") {
+  HardConcrete hc;
+  at::Tensor z = hc.sample(at::zeros({20000}));
+  CHECK(z.min().item<double>() >= 0.0);
+  CHECK(z.max().item<double>() <= 1.0);
+  CHECK((z == 0).sum().item<int64_t>() > 0);  // the stretch gives exact zeros and ones
+  CHECK((z == 1).sum().item<int64_t>() > 0);
+}
+
+TEST_CASE("P(z > 0) matches the closed form and a Monte Carlo estimate", "[gates]") {
+  HardConcrete hc;
+  // The closed form from the method: sigmoid(log_alpha + 1.5986) for the CoFi constants.
+  for (double la : {-3.0, -1.0, 0.0, 0.7, 2.5}) {
+    const double closed = sigmoid(la - (2.0 / 3.0) * std::log(0.1 / 1.1));
+    CHECK(hc.prob_nonzero(at::scalar_tensor(la)).item<double>() == Approx(closed).epsilon(1e-6));
+    CHECK(closed == Approx(sigmoid(la + 1.5986)).epsilon(1e-4));
+    auto gen = at::detail::createCPUGenerator(1234);
+    at::Tensor z = hc.sample(at::full({200000}, la, at::kDouble), gen);
+    const double monte_carlo = (z > 0).to(at::kDouble).mean().item<double>();
+    INFO("log_alpha " << la);
+    CHECK(std::abs(monte_carlo - closed) < 0.005);
+  }
+  at::Tensor la = at::tensor({-2.0, 0.0, 3.0});
+  const double expected = 1.0 - (sigmoid(-2 + 1.598612) + sigmoid(1.598612) + sigmoid(3 + 1.598612)) / 3;
+  CHECK(hc.expected_swa_fraction(la).item<double>() == Approx(expected).epsilon(1e-5));
+}
+
+TEST_CASE("deterministic gates follow CoFi's eval formula", "[gates]") {
+  HardConcrete hc;
+  for (double la : {-6.0, -0.5, 0.0, 0.5, 6.0}) {
+    const double expected = std::min(1.0, std::max(0.0, sigmoid(la / (2.0 / 3.0) * 0.8) * 1.2 - 0.1));
+    CHECK(hc.deterministic(at::scalar_tensor(la)).item<double>() == Approx(expected).epsilon(1e-6));
+  }
+  CHECK(hc.initial_log_alpha() == Approx(0.0).margin(1e-12));  // init_keep 0.5 = CoFi's drop rate 0.5
+  HardConcreteOptions bad;
+  bad.init_keep = 1.0;
+  CHECK_THROWS_WITH(HardConcrete(bad), contains("gates.init_keep must be in (0, 1)"));
+}
+
+TEST_CASE("gate units map onto query heads", "[gates]") {
+  GateOptions opts;
+  opts.swa = AttentionSpan::sliding(4);
+  for (auto [unit, units] : {std::pair<GateUnit, int64_t>{GateUnit::Layer, 1}, {GateUnit::KvHead, 2}, {GateUnit::Head, 4}}) {
+    opts.unit = unit;
+    AttentionGates gates(gate_config(), opts);
+    CHECK(gates->units_per_layer() == units);
+    at::Tensor z = at::arange(3 * units, at::kFloat).reshape({3, units});
+    at::Tensor w = gates->head_weights(z);
+    REQUIRE(w.sizes() == at::IntArrayRef({3, 4}));
+    for (int64_t l = 0; l < 3; ++l)
+      for (int64_t h = 0; h < 4; ++h) CHECK(w[l][h].item<float>() == z[l][h * units / 4].item<float>());
+  }
+  CHECK_THROWS_WITH(parse_gate_unit("group"), contains("supported: layer, kv_head, head"));
+}
+
+TEST_CASE("all gates at 1 give the dense model, all at 0 pure sliding-window attention", "[gates]") {
+  CausalLM model = gate_model();
+  GateOptions opts;
+  opts.swa = AttentionSpan::sliding(3, 1);
+  AttentionGates gates(model->config(), opts);
+  at::NoGradGuard no_grad;
+  at::Tensor input = ids();
+  at::Tensor dense = model->forward(input);
+  for (int64_t l = 0; l < 3; ++l) model->attention(l).group_spans.assign(2, opts.swa);
+  at::Tensor pure_swa = model->forward(input);
+  REQUIRE(max_abs_diff(dense, pure_swa) > 1e-2);
+
+  gates->apply(model, at::ones({3, 2}));
+  CHECK(max_abs_diff(model->forward(input), dense) == 0.0);
+  gates->apply(model, at::zeros({3, 2}));
+  CHECK(max_abs_diff(model->forward(input), pure_swa) == 0.0);
+
+  // Mixed: KV group 1 of layer 2 on SWA, the rest on FA, equals the per-group span assignment.
+  at::Tensor z = at::ones({3, 2});
+  z[2][1] = 0.0;
+  gates->apply(model, z);
+  at::Tensor gated = model->forward(input);
+  remove_gates(model);
+  for (int64_t l = 0; l < 3; ++l) model->attention(l).group_spans.assign(2, AttentionSpan::full());
+  model->attention(2).group_spans[1] = opts.swa;
+  CHECK(max_abs_diff(gated, model->forward(input)) < 1e-6);
+}
+
+TEST_CASE("gradients reach log_alpha through sampled gates", "[gates]") {
+  CausalLM model = gate_model();
+  GateOptions opts;
+  opts.swa = AttentionSpan::sliding(2);
+  AttentionGates gates(model->config(), opts);
+  auto gen = at::detail::createCPUGenerator(5);
+  gates->apply(model, gates->sample(gen));
+  model->forward(ids()).pow(2).mean().backward();
+  REQUIRE(gates->log_alpha.grad().defined());
+  CHECK(gates->log_alpha.grad().abs().sum().item<double>() > 0.0);
+  gates->log_alpha.data().fill_(9.0);
+  gates->clamp_log_alpha();
+  CHECK(gates->log_alpha.max().item<double>() == Approx(4.6));
+}
