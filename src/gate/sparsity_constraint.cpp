@@ -1,0 +1,55 @@
+#include "consa/gate/sparsity_constraint.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+
+#include "consa/core/error.h"
+
+namespace consa {
+
+ConstraintScope parse_constraint_scope(const std::string& name) {
+  if (name == "global") return ConstraintScope::Global;
+  if (name == "per_layer") return ConstraintScope::PerLayer;
+  fail("unknown constraint scope '", name, "'; supported: global, per_layer");
+}
+
+const char* constraint_scope_name(ConstraintScope scope) {
+  return scope == ConstraintScope::Global ? "global" : "per_layer";
+}
+
+SparsityConstraintImpl::SparsityConstraintImpl(int64_t num_layers, ConstraintOptions options)
+    : options_(options) {
+  CONSA_CHECK(options_.target >= 0.0 && options_.target <= 1.0,
+              "constraint.target must be in [0, 1], got ", options_.target);
+  CONSA_CHECK(options_.warmup_steps >= 0, "constraint.warmup_steps must be >= 0, got ",
+              options_.warmup_steps);
+  const int64_t n = options_.scope == ConstraintScope::Global ? 1 : num_layers;
+  lambda1 = register_parameter("lambda1", at::zeros({n}, at::kFloat));
+  lambda2 = register_parameter("lambda2", at::zeros({n}, at::kFloat));
+}
+
+double SparsityConstraintImpl::target_at(int64_t step) const {
+  if (options_.warmup_steps == 0) return options_.target;
+  return options_.target * std::min(1.0, static_cast<double>(step) / options_.warmup_steps);
+}
+
+ConstraintTerms SparsityConstraintImpl::evaluate(const AttentionGatesImpl& gates, int64_t step) const {
+  ConstraintTerms terms;
+  terms.target = target_at(step);
+  at::Tensor keep = gates.prob_nonzero();  // [layers, units]
+  terms.layer_s_hat = 1.0 - keep.mean(1);
+  terms.s_hat = 1.0 - keep.mean();
+  at::Tensor gap = (options_.scope == ConstraintScope::Global ? terms.s_hat.reshape({1}) : terms.layer_s_hat) -
+                   terms.target;
+  terms.penalty = (lambda1 * gap + lambda2 * gap.pow(2)).mean();
+  return terms;
+}
+
+void SparsityConstraintImpl::ascend_lambdas() {
+  at::NoGradGuard no_grad;
+  for (at::Tensor* lambda : {&lambda1, &lambda2})
+    if (lambda->grad().defined()) lambda->mutable_grad().neg_();
+}
+
+}  // namespace consa
