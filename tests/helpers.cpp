@@ -41,6 +41,20 @@ std::string scratch_dir(const std::string& tag) {
   return made;
 }
 
+consa::ModelConfig tiny_config(int64_t layers, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                               int64_t vocab) {
+  consa::ModelConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = layers;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.layer_window.assign(layers, 0);
+  return c;
+}
+
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
 }

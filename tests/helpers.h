@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "consa/model/config.h"
+
 namespace consa_test {
 
 // tests/fixtures/<name>: checkpoints written by scripts/make_parity_fixtures.py.
@@ -12,6 +14,10 @@ std::string fixture(const std::string& name);
 // A fresh empty directory under the system temp folder, removed by remove_scratch_dirs().
 std::string scratch_dir(const std::string& tag);
 void remove_scratch_dirs();
+
+// A small Llama config for tests: hidden 32, intermediate 48, no sliding-window layers.
+consa::ModelConfig tiny_config(int64_t layers, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                               int64_t vocab = 50);
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 

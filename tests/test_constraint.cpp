@@ -14,18 +14,8 @@ using namespace consa_test;
 
 namespace {
 
-ModelConfig constraint_config() {
-  ModelConfig c;
-  c.vocab_size = 8;
-  c.hidden_size = 16;
-  c.intermediate_size = 16;
-  c.num_layers = 6;
-  c.num_heads = 8;
-  c.num_kv_heads = 8;
-  c.head_dim = 2;
-  c.layer_window.assign(6, 0);
-  return c;
-}
+// 6 layers of 8 KV heads: 48 gate units.
+ModelConfig constraint_config() { return tiny_config(6, 8, 8, 2, /*vocab=*/8); }
 
 struct Outcome {
   double s_hat, worst_layer_gap;

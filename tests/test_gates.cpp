@@ -17,18 +17,7 @@ namespace {
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-ModelConfig gate_config() {
-  ModelConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  c.layer_window = {0, 0, 0};
-  return c;
-}
+ModelConfig gate_config() { return tiny_config(3, 4, 2, 8, /*vocab=*/40); }
 
 CausalLM gate_model() {
   CausalLM m(gate_config(), at::TensorOptions().dtype(at::kFloat));

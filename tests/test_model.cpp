@@ -18,18 +18,10 @@ namespace fs = std::filesystem;
 namespace {
 
 ModelConfig small_config(Architecture arch = Architecture::Llama) {
-  ModelConfig c;
+  ModelConfig c = tiny_config(2, 4, 2, 8);
   c.arch = arch;
-  c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
   c.qkv_bias = arch == Architecture::Qwen2;
   c.qk_norm = arch == Architecture::Qwen3;
-  c.layer_window = {0, 0};
   return c;
 }
 
