@@ -9,6 +9,7 @@
 
 #include "catch_compat.h"
 #include "consa/attention/attention.h"
+#include "consa/gate/attention_gates.h"
 #include "consa/load/pretrained.h"
 #include "consa/load/safetensors.h"
 #include "helpers.h"
@@ -125,4 +126,33 @@ TEST_CASE("parity fixtures on CUDA in fp32 and bf16", "[cuda]") {
     CHECK(mean_flash <= 0.01 * scale);
     CHECK(e_math <= 0.075 * scale);
   }
+}
+
+TEST_CASE("gated attention on CUDA: z = 1 is dense, z = 0 is pure SWA, gradients reach the gates", "[cuda]") {
+  REQUIRE(at::hasCUDA());
+  LoadOptions opts;
+  opts.device = at::kCUDA;
+  opts.dtype = at::kBFloat16;  // flash for both branches
+  CausalLM model = load_pretrained(fixture("qwen3_norm"), opts);
+  SafetensorsFile ref = SafetensorsFile::open(fixture("qwen3_norm") + "/reference.safetensors");
+  at::Tensor ids = ref.tensor("input_ids");
+  GateOptions gate_opts;
+  gate_opts.swa = AttentionSpan::sliding(4);
+  AttentionGates gates(model->config(), gate_opts);
+  at::Tensor dense, pure_swa;
+  {
+    at::NoGradGuard no_grad;
+    dense = model->forward(ids);
+    for (int64_t l = 0; l < model->num_layers(); ++l) model->attention(l).group_spans.assign(2, gate_opts.swa);
+    pure_swa = model->forward(ids);
+    gates->apply(model, at::ones({2, 2}));
+    CHECK(max_abs_diff(model->forward(ids), dense) == 0.0);
+    gates->apply(model, at::zeros({2, 2}));
+    CHECK(max_abs_diff(model->forward(ids), pure_swa) == 0.0);
+  }
+  CHECK(max_abs_diff(dense, pure_swa) > 0.5);
+  gates->apply(model, gates->sample());
+  model->forward(ids).to(at::kFloat).pow(2).mean().backward();
+  REQUIRE(gates->log_alpha.grad().defined());
+  CHECK(gates->log_alpha.grad().abs().sum().item<double>() > 0.0);
 }
