@@ -16,12 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string shape_string(at::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 bool ignorable_extra(const std::string& name, const ModelConfig& config) {
   if (name.find("rotary_emb.inv_freq") != std::string::npos) return true;
   return config.tie_word_embeddings && name == "lm_head.weight";
@@ -48,8 +42,8 @@ CausalLM load_pretrained(const std::string& dir, const LoadOptions& options) {
                 architecture_name(config.arch), " with this config.json needs it)");
     at::Tensor stored = weights.tensor(name);
     CONSA_CHECK(stored.sizes() == param.sizes(), weights.file_of(name), ": tensor '", name,
-                "' has shape ", shape_string(stored.sizes()), ", expected ",
-                shape_string(param.sizes()), " from config.json");
+                "' has shape ", format_shape(stored.sizes()), ", expected ",
+                format_shape(param.sizes()), " from config.json");
     param.copy_(stored);
     used.insert(name);
   }

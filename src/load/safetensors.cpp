@@ -36,12 +36,6 @@ std::string supported_dtype_list() {
   return list;
 }
 
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // Largest header the format allows (as in the reference implementation): guards against a
 // corrupt length making us parse gigabytes.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
@@ -85,6 +79,12 @@ class MappedFile {
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
 };
+
+std::string format_shape(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
 
 std::string safetensors_dtype_name(at::ScalarType dtype) {
   for (const auto& d : kDtypes)
@@ -165,7 +165,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                 "-byte data section (truncated file?)");
     const uint64_t expected = numel * c10::elementSize(rec.dtype);
     CONSA_CHECK(rec.end - rec.begin == expected, where, ": data_offsets span ", rec.end - rec.begin,
-                " bytes but shape ", shape_string(rec.shape), " x ", dtype, " needs ", expected);
+                " bytes but shape ", format_shape(rec.shape), " x ", dtype, " needs ", expected);
     file.records_.emplace(name, std::move(rec));
   }
 

@@ -77,6 +77,9 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 void write_checkpoint_tensors(const std::string& dir, const NamedTensors& tensors,
                               uint64_t max_shard_bytes = 4ull << 30);
 
+// "[2, 3]": a shape as error messages print it.
+std::string format_shape(at::IntArrayRef shape);
+
 // "F32", "BF16", ... for a supported dtype; throws for others.
 std::string safetensors_dtype_name(at::ScalarType dtype);
 
