@@ -4,6 +4,7 @@
 
 #include <limits>
 
+#include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 #include "consa/core/torch_compat.h"
 
@@ -150,10 +151,9 @@ std::string flash_attention_unsupported_reason(const at::Tensor& q) {
 }
 
 AttentionImpl parse_attention_impl(const std::string& name) {
-  if (name == "auto") return AttentionImpl::Auto;
-  if (name == "math") return AttentionImpl::Math;
-  if (name == "flash") return AttentionImpl::Flash;
-  fail("unknown attention backend '", name, "'; supported: auto, math, flash");
+  static constexpr EnumName<AttentionImpl> kImpls[] = {
+      {AttentionImpl::Auto, "auto"}, {AttentionImpl::Math, "math"}, {AttentionImpl::Flash, "flash"}};
+  return parse_enum(kImpls, name, "attention backend");
 }
 
 std::shared_ptr<const AttentionBackend> make_attention_backend(AttentionImpl impl) {

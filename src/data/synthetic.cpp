@@ -3,25 +3,22 @@
 #include <algorithm>
 #include <random>
 
+#include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 
 namespace consa {
 
+namespace {
+constexpr EnumName<SyntheticTask> kTasks[] = {{SyntheticTask::Passkey, "passkey"},
+                                              {SyntheticTask::MultiKeyNeedle, "multi_key_needle"},
+                                              {SyntheticTask::AssociativeRecall, "associative_recall"}};
+}  // namespace
+
 SyntheticTask parse_synthetic_task(const std::string& name) {
-  if (name == "passkey") return SyntheticTask::Passkey;
-  if (name == "multi_key_needle") return SyntheticTask::MultiKeyNeedle;
-  if (name == "associative_recall") return SyntheticTask::AssociativeRecall;
-  fail("unknown synthetic task '", name, "'; supported: passkey, multi_key_needle, associative_recall");
+  return parse_enum(kTasks, name, "synthetic task");
 }
 
-const char* synthetic_task_name(SyntheticTask task) {
-  switch (task) {
-    case SyntheticTask::Passkey: return "passkey";
-    case SyntheticTask::MultiKeyNeedle: return "multi_key_needle";
-    case SyntheticTask::AssociativeRecall: return "associative_recall";
-  }
-  return "?";
-}
+const char* synthetic_task_name(SyntheticTask task) { return enum_name(kTasks, task); }
 
 SyntheticVocab synthetic_vocab(int64_t first_id) {
   return {first_id, first_id + 1, first_id + 2, first_id + 3, first_id + 4, first_id + 14};

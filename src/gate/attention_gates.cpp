@@ -2,31 +2,24 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 
 namespace consa {
 
-GateUnit parse_gate_unit(const std::string& name) {
-  if (name == "layer") return GateUnit::Layer;
-  if (name == "kv_head") return GateUnit::KvHead;
-  if (name == "head") return GateUnit::Head;
-  fail("unknown gate unit '", name, "'; supported: layer, kv_head, head");
-}
+namespace {
+constexpr EnumName<GateUnit> kGateUnits[] = {
+    {GateUnit::Layer, "layer"}, {GateUnit::KvHead, "kv_head"}, {GateUnit::Head, "head"}};
+}  // namespace
 
-const char* gate_unit_name(GateUnit unit) {
-  switch (unit) {
-    case GateUnit::Layer: return "layer";
-    case GateUnit::KvHead: return "kv_head";
-    case GateUnit::Head: return "head";
-  }
-  return "?";
-}
+GateUnit parse_gate_unit(const std::string& name) { return parse_enum(kGateUnits, name, "gate unit"); }
+
+const char* gate_unit_name(GateUnit unit) { return enum_name(kGateUnits, unit); }
 
 AttentionGatesImpl::AttentionGatesImpl(const ModelConfig& config, GateOptions options)
     : options_(options),
       hard_concrete_(options.hard_concrete),
-      num_heads_(config.num_heads),
-      num_kv_heads_(config.num_kv_heads) {
+      num_heads_(config.num_heads) {
   CONSA_CHECK(!options_.swa.is_full(), "gates: the sliding window must be > 0, got ", options_.swa.window);
   const int64_t units = options_.unit == GateUnit::Layer    ? 1
                         : options_.unit == GateUnit::KvHead ? config.num_kv_heads

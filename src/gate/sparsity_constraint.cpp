@@ -4,19 +4,21 @@
 
 #include <algorithm>
 
+#include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 
 namespace consa {
 
+namespace {
+constexpr EnumName<ConstraintScope> kScopes[] = {{ConstraintScope::Global, "global"},
+                                                 {ConstraintScope::PerLayer, "per_layer"}};
+}  // namespace
+
 ConstraintScope parse_constraint_scope(const std::string& name) {
-  if (name == "global") return ConstraintScope::Global;
-  if (name == "per_layer") return ConstraintScope::PerLayer;
-  fail("unknown constraint scope '", name, "'; supported: global, per_layer");
+  return parse_enum(kScopes, name, "constraint scope");
 }
 
-const char* constraint_scope_name(ConstraintScope scope) {
-  return scope == ConstraintScope::Global ? "global" : "per_layer";
-}
+const char* constraint_scope_name(ConstraintScope scope) { return enum_name(kScopes, scope); }
 
 SparsityConstraintImpl::SparsityConstraintImpl(int64_t num_layers, ConstraintOptions options)
     : options_(options) {

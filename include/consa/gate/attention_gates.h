@@ -49,7 +49,7 @@ class AttentionGatesImpl : public torch::nn::Module {
  private:
   GateOptions options_;
   HardConcrete hard_concrete_;
-  int64_t num_heads_, num_kv_heads_;
+  int64_t num_heads_;
 };
 TORCH_MODULE(AttentionGates);
 
