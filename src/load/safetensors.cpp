@@ -1,10 +1,5 @@
 #include "consa/load/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -12,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "consa/core/atomic_file.h"
+#include "consa/core/mapped_file.h"
 #include "consa/core/error.h"
 
 namespace consa {
@@ -41,44 +37,6 @@ std::string supported_dtype_list() {
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
 }  // namespace
-
-// A read-only (copy-on-write) mapping of a whole file.
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY);
-    CONSA_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      fail(path, ": cannot stat: ", std::strerror(errno));
-    }
-    size_ = static_cast<uint64_t>(st.st_size);
-    if (size_ > 0) {
-      // PROT_WRITE + MAP_PRIVATE: a stray in-place write on a loaded tensor copies the page
-      // instead of crashing or touching the file.
-      void* addr = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-      if (addr == MAP_FAILED) {
-        ::close(fd);
-        fail(path, ": cannot mmap: ", std::strerror(errno));
-      }
-      data_ = static_cast<uint8_t*>(addr);
-    }
-    ::close(fd);
-  }
-  ~MappedFile() {
-    if (data_) ::munmap(data_, size_);
-  }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-
-  uint8_t* data() const { return data_; }
-  uint64_t size() const { return size_; }
-
- private:
-  uint8_t* data_ = nullptr;
-  uint64_t size_ = 0;
-};
 
 std::string format_shape(at::IntArrayRef shape) {
   std::string s = "[";

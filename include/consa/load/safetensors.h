@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "consa/core/mapped_file.h"
+
 namespace consa {
 
 struct TensorRecord {
@@ -21,8 +23,6 @@ struct TensorRecord {
   uint64_t begin = 0;  // offsets into the data section, end exclusive
   uint64_t end = 0;
 };
-
-class MappedFile;
 
 // One .safetensors file, mapped read-only. Every structural problem is refused at open() with
 // a one-line consa::Error naming the file (and the tensor, where there is one).

@@ -1,0 +1,89 @@
+#pragma once
+// A ConSA training recipe: everything `consa train` does comes from one YAML file plus
+// torchtune-style `key.sub=value` overrides. Every key is documented in docs/recipes.md with its
+// default; unknown keys, wrong types and out-of-range values are errors naming the file, the key
+// path and what is allowed.
+#include <string>
+#include <vector>
+
+#include "consa/attention/attention.h"
+#include "consa/data/synthetic.h"
+#include "consa/gate/attention_gates.h"
+#include "consa/gate/sparsity_constraint.h"
+
+namespace consa {
+
+struct Recipe {
+  std::string source;  // the file it came from
+
+  struct Model {
+    std::string path;               // Hugging Face checkpoint directory (required)
+    std::string dtype = "float32";  // float32 | bfloat16 (weights; gates, lambdas stay fp32)
+    std::string device = "cpu";     // cpu | cuda | cuda:N
+    std::string attention = "auto";  // auto | math | flash
+  } model;
+
+  GateOptions gates;          // unit, swa window/sinks, hard-concrete constants
+  ConstraintOptions constraint;
+
+  struct Objective {
+    double ce = 1.0;   // next-token cross-entropy (on answer tokens for synthetic data)
+    double kl = 0.0;   // KL(teacher || student) on logits; teacher = same weights, all full attention
+    double mse = 0.0;  // MSE on final hidden states against the teacher
+  } objective;
+
+  struct Data {
+    int64_t seq_len = 512;
+    int64_t batch_size = 8;
+    int64_t heldout_batches = 4;             // evaluation batches, never trained on
+    std::vector<std::string> shards;         // pre-tokenized token shards (consa/data/token_shards.h)
+    std::vector<SyntheticTask> synthetic_tasks = {SyntheticTask::Passkey};
+    double synthetic_ratio = 1.0;            // fraction of sequences drawn from synthetic tasks
+    int64_t min_distance = 0;                // key-to-query distance; 0: the gate window + 1
+    int64_t value_digits = 5;
+    int64_t num_needles = 4;
+    uint64_t seed = 0;
+  } data;
+
+  struct Optimizer {
+    double lr = 1e-4;          // model weights (mode full, and stage 2)
+    double gate_lr = 0.1;      // log_alpha
+    double lambda_lr = 0.05;   // lambda1, lambda2 (gradient ascent)
+    double weight_decay = 0.0;
+    double beta1 = 0.9, beta2 = 0.95;
+    double grad_clip = 1.0;    // max global norm over weights and gates; 0 disables
+    int64_t accumulation = 1;  // micro-batches per optimizer step
+  } optimizer;
+
+  struct Schedule {
+    std::string kind = "cosine";  // cosine | linear | constant (weights' learning rate)
+    int64_t warmup_steps = 0;
+  } schedule;
+
+  struct Train {
+    std::string mode = "gates";  // gates (weights frozen) | full (weights train too)
+    int64_t steps = 100;
+    uint64_t seed = 0;
+    bool gradient_checkpointing = false;
+    int64_t log_every = 10;
+    int64_t keep_prob_every = 50;   // also log per-unit keep probabilities
+    int64_t checkpoint_every = 100;
+  } train;
+
+  struct Recover {
+    int64_t steps = 0;  // stage 2: binarized gates frozen, weights train; 0 skips it
+    double lr = 1e-4;
+  } recover;
+
+  struct Output {
+    std::string dir = "runs/consa";
+  } output;
+};
+
+// Reads and validates a recipe; `overrides` are "key.sub=value" strings applied first.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The resolved recipe as YAML (every key, defaults filled in).
+std::string recipe_to_yaml(const Recipe& recipe);
+
+}  // namespace consa

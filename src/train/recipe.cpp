@@ -1,0 +1,320 @@
+#include "consa/train/recipe.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <sstream>
+
+#include "consa/core/error.h"
+
+namespace consa {
+
+namespace {
+
+// One mapping of the recipe. Every typed read records the key, so finish() can refuse keys
+// nobody asked for, listing the allowed ones.
+class Section {
+ public:
+  Section(YAML::Node node, std::string path, std::string file)
+      : node_(std::move(node)), path_(std::move(path)), file_(std::move(file)) {
+    CONSA_CHECK(!node_ || node_.IsNull() || node_.IsMap(), file_, ": ", path_.empty() ? "the recipe" : path_,
+                " must be a mapping of keys");
+  }
+
+  Section child(const std::string& key) {
+    known_.push_back(key);
+    return Section(node_ ? node_[key] : YAML::Node(), where(key), file_);
+  }
+
+  std::string text(const std::string& key, const std::string& fallback, const std::vector<std::string>& allowed = {}) {
+    YAML::Node v = get(key);
+    if (!v) return fallback;
+    CONSA_CHECK(v.IsScalar(), file_, ": ", where(key), ": expected a string");
+    const std::string s = v.Scalar();
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), s) == allowed.end()) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      fail(file_, ": ", where(key), ": '", s, "' is not allowed; allowed: ", list);
+    }
+    return s;
+  }
+
+  double number(const std::string& key, double fallback, double lo, double hi) {
+    YAML::Node v = get(key);
+    double x = fallback;
+    if (v) {
+      try {
+        x = v.as<double>();
+      } catch (const YAML::Exception&) {
+        fail(file_, ": ", where(key), ": expected a number, got '", describe(v), "'");
+      }
+    }
+    CONSA_CHECK(x >= lo && x <= hi, file_, ": ", where(key), ": must be in [", lo, ", ", hi, "], got ", x);
+    return x;
+  }
+
+  int64_t integer(const std::string& key, int64_t fallback, int64_t lo, int64_t hi = INT64_MAX) {
+    YAML::Node v = get(key);
+    int64_t x = fallback;
+    if (v) {
+      try {
+        x = v.as<int64_t>();
+      } catch (const YAML::Exception&) {
+        fail(file_, ": ", where(key), ": expected an integer, got '", describe(v), "'");
+      }
+    }
+    CONSA_CHECK(x >= lo && x <= hi, file_, ": ", where(key), ": must be in [", lo, ", ",
+                hi == INT64_MAX ? std::string("inf") : std::to_string(hi), "], got ", x);
+    return x;
+  }
+
+  bool boolean(const std::string& key, bool fallback) {
+    YAML::Node v = get(key);
+    if (!v) return fallback;
+    try {
+      return v.as<bool>();
+    } catch (const YAML::Exception&) {
+      fail(file_, ": ", where(key), ": expected true or false, got '", describe(v), "'");
+    }
+  }
+
+  std::vector<std::string> texts(const std::string& key, const std::vector<std::string>& fallback) {
+    YAML::Node v = get(key);
+    if (!v) return fallback;
+    CONSA_CHECK(v.IsSequence(), file_, ": ", where(key), ": expected a list");
+    std::vector<std::string> out;
+    for (const auto& item : v) {
+      CONSA_CHECK(item.IsScalar(), file_, ": ", where(key), ": expected a list of strings");
+      out.push_back(item.Scalar());
+    }
+    return out;
+  }
+
+  void finish() const {
+    if (!node_ || !node_.IsMap()) return;
+    for (const auto& item : node_) {
+      const std::string key = item.first.as<std::string>();
+      if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
+      std::string list;
+      for (const auto& k : known_) list += (list.empty() ? "" : ", ") + k;
+      fail(file_, ": unknown key '", where(key), "'; allowed", path_.empty() ? "" : " in " + path_, ": ", list);
+    }
+  }
+
+  std::string where(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  const std::string& file() const { return file_; }
+
+ private:
+  YAML::Node get(const std::string& key) {
+    known_.push_back(key);
+    if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    YAML::Node v = node_[key];
+    if (!v || v.IsNull()) return YAML::Node(YAML::NodeType::Undefined);
+    return v;
+  }
+  static std::string describe(const YAML::Node& v) {
+    if (v.IsScalar()) return v.Scalar();
+    return v.IsSequence() ? "a list" : "a mapping";
+  }
+
+  YAML::Node node_;
+  std::string path_, file_;
+  std::vector<std::string> known_;
+};
+
+constexpr double kInf = 1e300;
+
+void apply_override(YAML::Node& root, const std::string& override, const std::string& file) {
+  const size_t eq = override.find('=');
+  CONSA_CHECK(eq != std::string::npos && eq > 0, "override '", override, "': expected key.sub=value");
+  const std::string path = override.substr(0, eq), value = override.substr(eq + 1);
+  std::vector<std::string> parts;
+  std::stringstream in(path);
+  for (std::string part; std::getline(in, part, '.');) {
+    CONSA_CHECK(!part.empty(), "override '", override, "': empty key in '", path, "'");
+    parts.push_back(part);
+  }
+  YAML::Node node = root;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = node[parts[i]];
+    CONSA_CHECK(!next || next.IsNull() || next.IsMap(), file, ": override '", override, "': '",
+                parts[i], "' is not a section");
+    if (!next || next.IsNull()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
+    YAML::Node child = node[parts[i]];
+    node.reset(child);
+  }
+  YAML::Node parsed;
+  try {
+    parsed = YAML::Load(value);
+  } catch (const YAML::Exception& e) {
+    fail("override '", override, "': value is not valid YAML: ", e.what());
+  }
+  node[parts.back()] = parsed;
+}
+
+Recipe parse(const YAML::Node& root, const std::string& file) {
+  Recipe r;
+  r.source = file;
+  Section top(root, "", file);
+
+  Section model = top.child("model");
+  r.model.path = model.text("path", "");
+  CONSA_CHECK(!r.model.path.empty(), file, ": model.path: required (a Hugging Face checkpoint directory)");
+  r.model.dtype = model.text("dtype", r.model.dtype, {"float32", "bfloat16"});
+  r.model.device = model.text("device", r.model.device);
+  CONSA_CHECK(r.model.device == "cpu" || r.model.device.rfind("cuda", 0) == 0, file,
+              ": model.device: '", r.model.device, "' is not allowed; allowed: cpu, cuda, cuda:N");
+  r.model.attention = model.text("attention", r.model.attention, {"auto", "math", "flash"});
+  model.finish();
+
+  Section gates = top.child("gates");
+  r.gates.unit = parse_gate_unit(gates.text("unit", "kv_head", {"layer", "kv_head", "head"}));
+  r.gates.swa.window = gates.integer("window", 1024, 1);
+  r.gates.swa.sinks = gates.integer("sinks", 0, 0);
+  HardConcreteOptions& hc = r.gates.hard_concrete;
+  hc.beta = gates.number("temperature", hc.beta, 1e-3, 100);
+  hc.limit_l = gates.number("limit_l", hc.limit_l, -kInf, -1e-9);
+  hc.limit_r = gates.number("limit_r", hc.limit_r, 1 + 1e-9, kInf);
+  hc.init_keep = gates.number("init_keep", hc.init_keep, 1e-6, 1 - 1e-6);
+  hc.log_alpha_clamp = gates.number("log_alpha_clamp", hc.log_alpha_clamp, 1e-3, 100);
+  gates.finish();
+
+  Section constraint = top.child("constraint");
+  r.constraint.target = constraint.number("target", r.constraint.target, 0.0, 1.0);
+  r.constraint.scope = parse_constraint_scope(constraint.text("scope", "global", {"global", "per_layer"}));
+  r.constraint.warmup_steps = constraint.integer("warmup_steps", r.constraint.warmup_steps, 0);
+  constraint.finish();
+
+  Section objective = top.child("objective");
+  r.objective.ce = objective.number("ce", r.objective.ce, 0, kInf);
+  r.objective.kl = objective.number("kl", r.objective.kl, 0, kInf);
+  r.objective.mse = objective.number("mse", r.objective.mse, 0, kInf);
+  objective.finish();
+  CONSA_CHECK(r.objective.ce + r.objective.kl + r.objective.mse > 0, file,
+              ": objective: at least one of ce, kl, mse must be > 0");
+
+  Section data = top.child("data");
+  r.data.seq_len = data.integer("seq_len", r.data.seq_len, 8);
+  r.data.batch_size = data.integer("batch_size", r.data.batch_size, 1);
+  r.data.heldout_batches = data.integer("heldout_batches", r.data.heldout_batches, 0);
+  r.data.shards = data.texts("shards", {});
+  r.data.synthetic_ratio = data.number("synthetic_ratio", r.data.synthetic_ratio, 0.0, 1.0);
+  r.data.synthetic_tasks.clear();
+  for (const auto& t : data.texts("synthetic_tasks", {"passkey"})) r.data.synthetic_tasks.push_back(parse_synthetic_task(t));
+  r.data.min_distance = data.integer("min_distance", r.data.min_distance, 0);
+  r.data.value_digits = data.integer("value_digits", r.data.value_digits, 1);
+  r.data.num_needles = data.integer("num_needles", r.data.num_needles, 1);
+  r.data.seed = static_cast<uint64_t>(data.integer("seed", 0, 0));
+  data.finish();
+  CONSA_CHECK(r.data.synthetic_ratio >= 1.0 || !r.data.shards.empty(), file,
+              ": data.shards: required when data.synthetic_ratio < 1 (the rest of the data comes from shards)");
+  CONSA_CHECK(r.data.synthetic_ratio <= 0.0 || !r.data.synthetic_tasks.empty(), file,
+              ": data.synthetic_tasks: required when data.synthetic_ratio > 0");
+
+  Section opt = top.child("optimizer");
+  r.optimizer.lr = opt.number("lr", r.optimizer.lr, 0, 10);
+  r.optimizer.gate_lr = opt.number("gate_lr", r.optimizer.gate_lr, 0, 100);
+  r.optimizer.lambda_lr = opt.number("lambda_lr", r.optimizer.lambda_lr, 0, 100);
+  r.optimizer.weight_decay = opt.number("weight_decay", r.optimizer.weight_decay, 0, 1);
+  r.optimizer.beta1 = opt.number("beta1", r.optimizer.beta1, 0, 1 - 1e-9);
+  r.optimizer.beta2 = opt.number("beta2", r.optimizer.beta2, 0, 1 - 1e-9);
+  r.optimizer.grad_clip = opt.number("grad_clip", r.optimizer.grad_clip, 0, kInf);
+  r.optimizer.accumulation = opt.integer("accumulation", r.optimizer.accumulation, 1);
+  opt.finish();
+
+  Section sched = top.child("schedule");
+  r.schedule.kind = sched.text("kind", r.schedule.kind, {"cosine", "linear", "constant"});
+  r.schedule.warmup_steps = sched.integer("warmup_steps", r.schedule.warmup_steps, 0);
+  sched.finish();
+
+  Section train = top.child("train");
+  r.train.mode = train.text("mode", r.train.mode, {"gates", "full"});
+  r.train.steps = train.integer("steps", r.train.steps, 1);
+  r.train.seed = static_cast<uint64_t>(train.integer("seed", 0, 0));
+  r.train.gradient_checkpointing = train.boolean("gradient_checkpointing", false);
+  r.train.log_every = train.integer("log_every", r.train.log_every, 1);
+  r.train.keep_prob_every = train.integer("keep_prob_every", r.train.keep_prob_every, 1);
+  r.train.checkpoint_every = train.integer("checkpoint_every", r.train.checkpoint_every, 1);
+  train.finish();
+
+  Section recover = top.child("recover");
+  r.recover.steps = recover.integer("steps", r.recover.steps, 0);
+  r.recover.lr = recover.number("lr", r.recover.lr, 0, 10);
+  recover.finish();
+
+  Section output = top.child("output");
+  r.output.dir = output.text("dir", r.output.dir);
+  output.finish();
+
+  top.finish();
+  return r;
+}
+
+}  // namespace
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  CONSA_CHECK(std::filesystem::is_regular_file(path), path, ": recipe not found");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    fail(path, ": not valid YAML: ", e.what());
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  CONSA_CHECK(root.IsMap(), path, ": a recipe must be a mapping of sections");
+  for (const auto& o : overrides) apply_override(root, o, path);
+  return parse(root, overrides.empty() ? path : path + " (with overrides)");
+}
+
+std::string recipe_to_yaml(const Recipe& r) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap << YAML::Key << "path" << YAML::Value << r.model.path
+      << YAML::Key << "dtype" << YAML::Value << r.model.dtype << YAML::Key << "device" << YAML::Value << r.model.device
+      << YAML::Key << "attention" << YAML::Value << r.model.attention << YAML::EndMap;
+  const HardConcreteOptions& hc = r.gates.hard_concrete;
+  out << YAML::Key << "gates" << YAML::Value << YAML::BeginMap << YAML::Key << "unit" << YAML::Value
+      << gate_unit_name(r.gates.unit) << YAML::Key << "window" << YAML::Value << r.gates.swa.window << YAML::Key
+      << "sinks" << YAML::Value << r.gates.swa.sinks << YAML::Key << "temperature" << YAML::Value << hc.beta
+      << YAML::Key << "limit_l" << YAML::Value << hc.limit_l << YAML::Key << "limit_r" << YAML::Value << hc.limit_r
+      << YAML::Key << "init_keep" << YAML::Value << hc.init_keep << YAML::Key << "log_alpha_clamp" << YAML::Value
+      << hc.log_alpha_clamp << YAML::EndMap;
+  out << YAML::Key << "constraint" << YAML::Value << YAML::BeginMap << YAML::Key << "target" << YAML::Value
+      << r.constraint.target << YAML::Key << "scope" << YAML::Value << constraint_scope_name(r.constraint.scope)
+      << YAML::Key << "warmup_steps" << YAML::Value << r.constraint.warmup_steps << YAML::EndMap;
+  out << YAML::Key << "objective" << YAML::Value << YAML::BeginMap << YAML::Key << "ce" << YAML::Value
+      << r.objective.ce << YAML::Key << "kl" << YAML::Value << r.objective.kl << YAML::Key << "mse" << YAML::Value
+      << r.objective.mse << YAML::EndMap;
+  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "seq_len" << YAML::Value
+      << r.data.seq_len << YAML::Key << "batch_size" << YAML::Value << r.data.batch_size << YAML::Key
+      << "heldout_batches" << YAML::Value << r.data.heldout_batches << YAML::Key << "shards" << YAML::Value
+      << YAML::Flow << r.data.shards << YAML::Key << "synthetic_ratio" << YAML::Value << r.data.synthetic_ratio
+      << YAML::Key << "synthetic_tasks" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (SyntheticTask t : r.data.synthetic_tasks) out << synthetic_task_name(t);
+  out << YAML::EndSeq << YAML::Key << "min_distance" << YAML::Value << r.data.min_distance << YAML::Key
+      << "value_digits" << YAML::Value << r.data.value_digits << YAML::Key << "num_needles" << YAML::Value
+      << r.data.num_needles << YAML::Key << "seed" << YAML::Value << r.data.seed << YAML::EndMap;
+  out << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap << YAML::Key << "lr" << YAML::Value
+      << r.optimizer.lr << YAML::Key << "gate_lr" << YAML::Value << r.optimizer.gate_lr << YAML::Key << "lambda_lr"
+      << YAML::Value << r.optimizer.lambda_lr << YAML::Key << "weight_decay" << YAML::Value
+      << r.optimizer.weight_decay << YAML::Key << "beta1" << YAML::Value << r.optimizer.beta1 << YAML::Key << "beta2"
+      << YAML::Value << r.optimizer.beta2 << YAML::Key << "grad_clip" << YAML::Value << r.optimizer.grad_clip
+      << YAML::Key << "accumulation" << YAML::Value << r.optimizer.accumulation << YAML::EndMap;
+  out << YAML::Key << "schedule" << YAML::Value << YAML::BeginMap << YAML::Key << "kind" << YAML::Value
+      << r.schedule.kind << YAML::Key << "warmup_steps" << YAML::Value << r.schedule.warmup_steps << YAML::EndMap;
+  out << YAML::Key << "train" << YAML::Value << YAML::BeginMap << YAML::Key << "mode" << YAML::Value << r.train.mode
+      << YAML::Key << "steps" << YAML::Value << r.train.steps << YAML::Key << "seed" << YAML::Value << r.train.seed
+      << YAML::Key << "gradient_checkpointing" << YAML::Value << r.train.gradient_checkpointing << YAML::Key
+      << "log_every" << YAML::Value << r.train.log_every << YAML::Key << "keep_prob_every" << YAML::Value
+      << r.train.keep_prob_every << YAML::Key << "checkpoint_every" << YAML::Value << r.train.checkpoint_every
+      << YAML::EndMap;
+  out << YAML::Key << "recover" << YAML::Value << YAML::BeginMap << YAML::Key << "steps" << YAML::Value
+      << r.recover.steps << YAML::Key << "lr" << YAML::Value << r.recover.lr << YAML::EndMap;
+  out << YAML::Key << "output" << YAML::Value << YAML::BeginMap << YAML::Key << "dir" << YAML::Value << r.output.dir
+      << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace consa
