@@ -13,6 +13,8 @@ namespace consa::cli {
 
 int run_inspect(int argc, char** argv);
 int run_demo(int argc, char** argv);
+int run_train(int argc, char** argv);
+int run_validate(int argc, char** argv);
 
 // Shared helpers.
 at::Device parse_device(const std::string& name);

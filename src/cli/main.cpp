@@ -18,6 +18,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"demo", consa::cli::run_demo, "create a small model, reload it and decode (no download)"},
     {"inspect", consa::cli::run_inspect, "summarise a Hugging Face checkpoint; --prompt-ids for next tokens"},
+    {"train", consa::cli::run_train, "run a ConSA recipe: learn the FA/SWA assignment (consa train RECIPE)"},
+    {"validate", consa::cli::run_validate, "check a recipe without running it"},
 };
 
 void print_usage(std::ostream& out) {

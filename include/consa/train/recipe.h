@@ -7,9 +7,10 @@
 #include <vector>
 
 #include "consa/attention/attention.h"
-#include "consa/data/synthetic.h"
+#include "consa/data/batches.h"
 #include "consa/gate/attention_gates.h"
 #include "consa/gate/sparsity_constraint.h"
+#include "consa/train/objective.h"
 
 namespace consa {
 
@@ -26,24 +27,9 @@ struct Recipe {
   GateOptions gates;          // unit, swa window/sinks, hard-concrete constants
   ConstraintOptions constraint;
 
-  struct Objective {
-    double ce = 1.0;   // next-token cross-entropy (on answer tokens for synthetic data)
-    double kl = 0.0;   // KL(teacher || student) on logits; teacher = same weights, all full attention
-    double mse = 0.0;  // MSE on final hidden states against the teacher
-  } objective;
+  ObjectiveWeights objective;  // ce (on answer tokens for synthetic data), kl, mse
 
-  struct Data {
-    int64_t seq_len = 512;
-    int64_t batch_size = 8;
-    int64_t heldout_batches = 4;             // evaluation batches, never trained on
-    std::vector<std::string> shards;         // pre-tokenized token shards (consa/data/token_shards.h)
-    std::vector<SyntheticTask> synthetic_tasks = {SyntheticTask::Passkey};
-    double synthetic_ratio = 1.0;            // fraction of sequences drawn from synthetic tasks
-    int64_t min_distance = 0;                // key-to-query distance; 0: the gate window + 1
-    int64_t value_digits = 5;
-    int64_t num_needles = 4;
-    uint64_t seed = 0;
-  } data;
+  DataOptions data;
 
   struct Optimizer {
     double lr = 1e-4;          // model weights (mode full, and stage 2)

@@ -1,0 +1,58 @@
+#pragma once
+// Training and held-out batches: fixed-length sequences drawn deterministically from synthetic
+// long-range tasks and/or packed token shards. Sequence i of a split is a pure function of
+// (options, split, i), so a run resumes exactly from a cursor.
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "consa/data/synthetic.h"
+#include "consa/data/token_shards.h"
+
+namespace consa {
+
+struct DataOptions {
+  int64_t seq_len = 512;
+  int64_t batch_size = 8;
+  int64_t heldout_batches = 4;           // evaluation batches, never trained on
+  std::vector<std::string> shards;       // token shards, packed end to end into seq_len windows
+  std::vector<SyntheticTask> synthetic_tasks = {SyntheticTask::Passkey};
+  double synthetic_ratio = 1.0;          // fraction of sequences drawn from synthetic tasks
+  int64_t min_distance = 0;              // key-to-query distance; 0: the gate window + 1
+  int64_t value_digits = 5;
+  int64_t num_needles = 4;
+  uint64_t seed = 0;
+};
+
+struct Batch {
+  at::Tensor tokens;   // [B, L] int64
+  at::Tensor ce_mask;  // [B, L - 1] float: 1 where predicting token t + 1 counts for cross-entropy
+};
+
+enum class Split { Train, Heldout };
+
+class BatchStream {
+ public:
+  // `min_distance` is the resolved key-to-query distance for synthetic tasks.
+  BatchStream(const DataOptions& options, int64_t vocab_size, int64_t min_distance, Split split);
+
+  Batch next() { return batch_at(cursor_++); }
+  Batch batch_at(int64_t index) const;
+  int64_t cursor() const { return cursor_; }
+  void seek(int64_t cursor) { cursor_ = cursor; }
+  int64_t heldout_windows() const { return heldout_windows_; }
+
+ private:
+  void fill_sequence(int64_t sequence, int64_t* tokens, float* mask) const;
+  void read_window(int64_t window, int64_t* tokens) const;
+
+  DataOptions options_;
+  SyntheticOptions synthetic_;
+  Split split_;
+  std::vector<TokenShard> shards_;
+  int64_t total_windows_ = 0, heldout_windows_ = 0;
+  int64_t cursor_ = 0;
+};
+
+}  // namespace consa

@@ -1,0 +1,36 @@
+#pragma once
+// The ConSA training job behind `consa train`:
+//   stage 1 (mask learning): sample hard-concrete gates, mix FA and SWA per unit, minimise the
+//     objective plus the Lagrangian constraint; weights frozen (mode gates) or trained (mode full);
+//   stage 2 (recover, optional): binarize the gates (FA iff log_alpha > 0), freeze the
+//     assignment and train the weights.
+// Writes to recipe.output.dir: recipe.yaml (resolved), metrics.jsonl, checkpoint.pt (atomic,
+// resumable), gates.json, and model/ (Hugging Face format) when weights were trained.
+#include <ATen/ATen.h>
+
+#include "consa/train/recipe.h"
+
+namespace consa {
+
+struct TrainControl {
+  bool resume = false;     // continue from output.dir/checkpoint.pt
+  int64_t stop_after = -1;  // checkpoint and return after this many steps in this process (-1: run to the end)
+};
+
+struct TrainOutcome {
+  bool finished = false;     // false when stopped by stop_after
+  int64_t global_step = 0;   // steps done across both stages
+  double s_hat = 0;          // expected SWA fraction at the end of stage 1
+  double target = 0;
+  at::Tensor layer_s_hat;    // [layers]
+  at::Tensor keep_prob;      // [layers, units]
+  double heldout_ce = -1;    // stage 1's deterministic gates on held-out data (-1: not measured)
+};
+
+TrainOutcome run_training(const Recipe& recipe, const TrainControl& control = {});
+
+// Learning-rate multiplier at `step` of `total`: linear warm-up, then cosine/linear decay to 0,
+// or constant.
+double lr_multiplier(const std::string& kind, int64_t warmup_steps, int64_t step, int64_t total);
+
+}  // namespace consa

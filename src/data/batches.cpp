@@ -1,0 +1,94 @@
+#include "consa/data/batches.h"
+
+#include "consa/core/error.h"
+
+namespace consa {
+
+namespace {
+
+// SplitMix64: a well-mixed hash of the sequence index, for the synthetic/shard choice.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Held-out synthetic samples come from a different seed, so they never repeat training ones.
+constexpr uint64_t kHeldoutSeedOffset = 0x5EEDF00Dull;
+
+}  // namespace
+
+BatchStream::BatchStream(const DataOptions& options, int64_t vocab_size, int64_t min_distance, Split split)
+    : options_(options), split_(split) {
+  synthetic_.seq_len = options.seq_len;
+  synthetic_.vocab_size = vocab_size;
+  synthetic_.value_digits = options.value_digits;
+  synthetic_.num_needles = options.num_needles;
+  synthetic_.min_distance = min_distance;
+  synthetic_.seed = options.seed + (split == Split::Heldout ? kHeldoutSeedOffset : 0);
+
+  int64_t tokens = 0;
+  for (const auto& path : options.shards) {
+    shards_.push_back(TokenShard::open(path));
+    const int64_t max_id = shards_.back().max_token();
+    CONSA_CHECK(max_id < vocab_size, path, ": token id ", max_id, " is outside the model's vocabulary of ",
+                vocab_size);
+    tokens += shards_.back().size();
+  }
+  total_windows_ = tokens / options.seq_len;
+  if (!shards_.empty()) {
+    heldout_windows_ = std::min(options.heldout_batches * options.batch_size, total_windows_ / 2);
+    CONSA_CHECK(total_windows_ - heldout_windows_ >= 1, "data.shards: ", tokens, " tokens make no training window of ",
+                options.seq_len, " tokens");
+    CONSA_CHECK(split == Split::Train || heldout_windows_ >= 1 || options.heldout_batches == 0,
+                "data.shards: too few tokens for a held-out split");
+  }
+}
+
+void BatchStream::read_window(int64_t window, int64_t* out) const {
+  int64_t offset = window * options_.seq_len, need = options_.seq_len;
+  for (const auto& shard : shards_) {
+    if (offset >= shard.size()) {
+      offset -= shard.size();
+      continue;
+    }
+    const int64_t n = std::min(need, shard.size() - offset);
+    shard.read(offset, n, out);
+    out += n;
+    need -= n;
+    offset = 0;
+    if (need == 0) return;
+  }
+}
+
+void BatchStream::fill_sequence(int64_t sequence, int64_t* tokens, float* mask) const {
+  const int64_t len = options_.seq_len;
+  const uint64_t h = mix(options_.seed * 1315423911ull + static_cast<uint64_t>(sequence) +
+                         (split_ == Split::Heldout ? kHeldoutSeedOffset : 0));
+  const bool synthetic = shards_.empty() || options_.synthetic_ratio >= 1.0 ||
+                         (static_cast<double>(h >> 11) / 9007199254740992.0) < options_.synthetic_ratio;
+  if (synthetic) {
+    const SyntheticTask task = options_.synthetic_tasks[mix(h) % options_.synthetic_tasks.size()];
+    SyntheticSample s = make_synthetic_sample(task, synthetic_, sequence);
+    std::copy(s.tokens.begin(), s.tokens.end(), tokens);
+    // Only the answer is a learnable target; the filler is noise by construction.
+    for (int64_t t = 0; t + 1 < len; ++t) mask[t] = (t + 1 >= s.answer_start) ? 1.f : 0.f;
+    return;
+  }
+  const int64_t train_windows = total_windows_ - heldout_windows_;
+  const int64_t window = split_ == Split::Train ? sequence % train_windows
+                                                : train_windows + sequence % std::max<int64_t>(1, heldout_windows_);
+  read_window(window, tokens);
+  for (int64_t t = 0; t + 1 < len; ++t) mask[t] = 1.f;
+}
+
+Batch BatchStream::batch_at(int64_t index) const {
+  const int64_t b = options_.batch_size, len = options_.seq_len;
+  Batch batch{at::empty({b, len}, at::kLong), at::empty({b, len - 1}, at::kFloat)};
+  for (int64_t i = 0; i < b; ++i)
+    fill_sequence(index * b + i, batch.tokens[i].data_ptr<int64_t>(), batch.ce_mask[i].data_ptr<float>());
+  return batch;
+}
+
+}  // namespace consa

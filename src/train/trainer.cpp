@@ -1,0 +1,424 @@
+#include "consa/train/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "consa/core/atomic_file.h"
+#include "consa/core/dtype.h"
+#include "consa/core/error.h"
+#include "consa/load/pretrained.h"
+#include "consa/train/progress.h"
+
+namespace consa {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+double lr_multiplier(const std::string& kind, int64_t warmup_steps, int64_t step, int64_t total) {
+  if (step < warmup_steps) return static_cast<double>(step + 1) / warmup_steps;
+  if (kind == "constant" || total <= warmup_steps) return 1.0;
+  const double progress = static_cast<double>(step - warmup_steps) / static_cast<double>(total - warmup_steps);
+  if (kind == "linear") return 1.0 - progress;
+  return 0.5 * (1.0 + std::cos(M_PI * progress));  // cosine
+}
+
+namespace {
+
+std::vector<at::Tensor> model_parameters(CausalLM& model) { return model->parameters(); }
+
+json tensor_to_json(const at::Tensor& t) {
+  at::Tensor c = t.detach().to(at::kDouble).cpu().contiguous();
+  if (c.dim() == 1) return json(std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel()));
+  json rows = json::array();
+  for (int64_t i = 0; i < c.size(0); ++i) rows.push_back(tensor_to_json(c[i]));
+  return rows;
+}
+
+// Runs `model` with every unit on full attention (gate mixing and windows switched off for the
+// duration), restoring its attention settings afterwards: the teacher when weights are frozen.
+class DenseView {
+ public:
+  explicit DenseView(CausalLM& model) : model_(model) {
+    for (int64_t l = 0; l < model->num_layers(); ++l) {
+      SelfAttentionImpl& a = model->attention(l);
+      saved_.push_back({a.fa_weight, a.group_spans});
+      a.fa_weight = at::Tensor();
+      a.group_spans.assign(a.group_spans.size(), AttentionSpan::full());
+    }
+  }
+  ~DenseView() {
+    for (int64_t l = 0; l < model_->num_layers(); ++l) {
+      model_->attention(l).fa_weight = saved_[l].first;
+      model_->attention(l).group_spans = saved_[l].second;
+    }
+  }
+
+ private:
+  CausalLM& model_;
+  std::vector<std::pair<at::Tensor, std::vector<AttentionSpan>>> saved_;
+};
+
+class Job {
+ public:
+  Job(const Recipe& recipe, const TrainControl& control)
+      : r_(recipe),
+        control_(control),
+        dir_(recipe.output.dir),
+        model_(nullptr),
+        teacher_(nullptr),
+        gates_(nullptr),
+        constraint_(nullptr),
+        generator_(at::detail::createCPUGenerator(recipe.train.seed)) {}
+
+  TrainOutcome run();
+
+ private:
+  void load_models();
+  int64_t min_distance() const {
+    return r_.data.min_distance > 0 ? r_.data.min_distance : r_.gates.swa.window + 1;
+  }
+  std::unique_ptr<torch::optim::AdamW> make_optimizer(bool stage1);
+  void set_weights_trainable(bool on);
+  // One optimizer step of stage 1 or 2; returns the metrics record.
+  json step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer, BatchStream& data);
+  double heldout_ce();
+  void save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, const BatchStream& data);
+  // Returns {stage, step_in_stage} of the checkpoint, restoring everything else.
+  std::pair<int, int64_t> load_checkpoint(torch::optim::AdamW* stage1_optimizer, BatchStream& data);
+  void write_gates_json(const TrainOutcome& outcome);
+  bool weights_trained() const { return r_.train.mode == "full" || r_.recover.steps > 0; }
+  std::string checkpoint_path() const { return (fs::path(dir_) / "checkpoint.pt").string(); }
+
+  Recipe r_;
+  TrainControl control_;
+  std::string dir_;
+  CausalLM model_;
+  CausalLM teacher_;  // separate frozen copy only when weights train and the objective distils
+  AttentionGates gates_;
+  SparsityConstraint constraint_;
+  at::Generator generator_;
+  std::unique_ptr<MetricsLog> log_;
+  int64_t steps_this_process_ = 0;
+  int64_t tokens_per_step_ = 0;
+};
+
+void Job::load_models() {
+  LoadOptions load;
+  load.dtype = parse_dtype(r_.model.dtype, r_.source + ": model.dtype");
+  CONSA_CHECK(r_.model.device == "cpu" || at::hasCUDA(), r_.source, ": model.device: ", r_.model.device,
+              " requested but no CUDA device is available");
+  load.device = at::Device(r_.model.device);
+  load.attention = parse_attention_impl(r_.model.attention);
+  model_ = load_pretrained(r_.model.path, load);
+  if (r_.objective.needs_teacher() && weights_trained()) {
+    teacher_ = load_pretrained(r_.model.path, load);
+    for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
+  }
+  gates_ = AttentionGates(model_->config(), r_.gates);
+  constraint_ = SparsityConstraint(model_->num_layers(), r_.constraint);
+}
+
+void Job::set_weights_trainable(bool on) {
+  for (auto& p : model_->parameters()) p.set_requires_grad(on);
+}
+
+std::unique_ptr<torch::optim::AdamW> Job::make_optimizer(bool stage1) {
+  using torch::optim::AdamWOptions;
+  using torch::optim::OptimizerParamGroup;
+  auto options = [&](double lr, double decay) {
+    auto o = std::make_unique<AdamWOptions>(lr);
+    o->betas({r_.optimizer.beta1, r_.optimizer.beta2}).weight_decay(decay);
+    return o;
+  };
+  std::vector<OptimizerParamGroup> groups;
+  const bool train_weights = stage1 ? r_.train.mode == "full" : true;
+  if (train_weights)
+    groups.emplace_back(model_parameters(model_), options(stage1 ? r_.optimizer.lr : r_.recover.lr, r_.optimizer.weight_decay));
+  if (stage1) {
+    groups.emplace_back(std::vector<at::Tensor>{gates_->log_alpha}, options(r_.optimizer.gate_lr, 0.0));
+    groups.emplace_back(std::vector<at::Tensor>{constraint_->lambda1, constraint_->lambda2},
+                        options(r_.optimizer.lambda_lr, 0.0));
+  }
+  return std::make_unique<torch::optim::AdamW>(groups, AdamWOptions(r_.optimizer.lr));
+}
+
+json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer,
+               BatchStream& data) {
+  const auto start = std::chrono::steady_clock::now();
+  const bool stage1 = stage == 1;
+  const bool train_weights = stage1 ? r_.train.mode == "full" : true;
+  const double base_lr = stage1 ? r_.optimizer.lr : r_.recover.lr;
+  const double lr = base_lr * lr_multiplier(r_.schedule.kind, r_.schedule.warmup_steps, step_in_stage, stage_steps);
+  // The schedule drives the weights' rate only. Gates and lambdas keep constant rates: decaying
+  // them freezes the max-min game wherever it stands, often away from the target.
+  if (train_weights) static_cast<torch::optim::AdamWOptions&>(optimizer.param_groups()[0].options()).lr(lr);
+
+  optimizer.zero_grad();
+  LossTerms sum;
+  ConstraintTerms constraint;
+  const int64_t accumulation = r_.optimizer.accumulation;
+  for (int64_t micro = 0; micro < accumulation; ++micro) {
+    Batch batch = data.next();
+    at::Tensor tokens = batch.tokens.to(model_->device());
+    if (stage1) gates_->apply(model_, gates_->sample(generator_));
+    at::Tensor teacher_logits, teacher_hidden;
+    if (r_.objective.needs_teacher()) {
+      at::NoGradGuard no_grad;
+      if (teacher_) {
+        teacher_hidden = teacher_->hidden_states(tokens);
+        teacher_logits = teacher_->logits(teacher_hidden);
+      } else {
+        DenseView dense(model_);
+        teacher_hidden = model_->hidden_states(tokens);
+        teacher_logits = model_->logits(teacher_hidden);
+      }
+    }
+    at::Tensor hidden = model_->hidden_states(tokens);
+    LossTerms terms = compute_objective(r_.objective, tokens, batch.ce_mask, model_->logits(hidden), hidden,
+                                        teacher_logits, teacher_hidden);
+    at::Tensor loss = terms.total;
+    if (stage1) {
+      constraint = constraint_->evaluate(*gates_, step_in_stage);
+      loss = loss + constraint.penalty.to(loss.device());
+    }
+    (loss / static_cast<double>(accumulation)).backward();
+    sum.ce += terms.ce / accumulation;
+    sum.kl += terms.kl / accumulation;
+    sum.mse += terms.mse / accumulation;
+  }
+  if (stage1) constraint_->ascend_lambdas();
+  if (r_.optimizer.grad_clip > 0) {
+    std::vector<at::Tensor> clipped;
+    if (train_weights) clipped = model_parameters(model_);
+    if (stage1) clipped.push_back(gates_->log_alpha);
+    torch::nn::utils::clip_grad_norm_(clipped, r_.optimizer.grad_clip);
+  }
+  optimizer.step();
+  if (stage1) {
+    gates_->clamp_log_alpha();
+  }
+
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  json record = {{"stage", stage},
+                 {"ce", sum.ce},
+                 {"kl", sum.kl},
+                 {"mse", sum.mse},
+                 {"lr", train_weights ? lr : 0.0},
+                 {"tokens_per_s", tokens_per_step_ / std::max(seconds, 1e-9)}};
+  if (stage1) {
+    record["s_hat"] = constraint.s_hat.item<double>();
+    record["target"] = constraint.target;
+    record["penalty"] = constraint.penalty.item<double>();
+    record["lambda1"] = tensor_to_json(constraint_->lambda1);
+    record["lambda2"] = tensor_to_json(constraint_->lambda2);
+    record["gate_lr"] = r_.optimizer.gate_lr;
+  }
+  return record;
+}
+
+double Job::heldout_ce() {
+  if (r_.data.heldout_batches == 0) return -1;
+  at::NoGradGuard no_grad;
+  BatchStream heldout(r_.data, model_->config().vocab_size, min_distance(), Split::Heldout);
+  double total = 0;
+  for (int64_t i = 0; i < r_.data.heldout_batches; ++i) {
+    Batch b = heldout.batch_at(i);
+    at::Tensor tokens = b.tokens.to(model_->device());
+    total += next_token_cross_entropy(model_->forward(tokens), tokens, b.ce_mask).item<double>();
+  }
+  return total / r_.data.heldout_batches;
+}
+
+void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, const BatchStream& data) {
+  torch::serialize::OutputArchive archive;
+  if (weights_trained())
+    for (const auto& item : model_->named_parameters()) archive.write("weights/" + item.key(), item.value().detach());
+  archive.write("gates/log_alpha", gates_->log_alpha.detach());
+  archive.write("constraint/lambda1", constraint_->lambda1.detach());
+  archive.write("constraint/lambda2", constraint_->lambda2.detach());
+  archive.write("state/stage", at::tensor(int64_t{stage}));
+  archive.write("state/step", at::tensor(step_in_stage));
+  archive.write("state/data_cursor", at::tensor(data.cursor()));
+  archive.write("state/rng", generator_.get_state());
+  torch::serialize::OutputArchive optimizer_archive;
+  optimizer.save(optimizer_archive);
+  archive.write("optimizer", optimizer_archive);
+  AtomicFileWriter out(checkpoint_path());
+  archive.save_to(out.stream());
+  out.commit();
+}
+
+std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimizer, BatchStream& data) {
+  const std::string path = checkpoint_path();
+  CONSA_CHECK(fs::exists(path), path, ": no checkpoint to resume from (run without --resume to start fresh)");
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  auto read = [&](const std::string& key) {
+    at::Tensor t;
+    archive.read(key, t);
+    return t;
+  };
+  at::NoGradGuard no_grad;
+  if (weights_trained())
+    for (auto& item : model_->named_parameters()) item.value().copy_(read("weights/" + item.key()));
+  at::Tensor log_alpha = read("gates/log_alpha");
+  CONSA_CHECK(log_alpha.sizes() == gates_->log_alpha.sizes(), path, ": gates have shape ", log_alpha.sizes(),
+              ", the recipe's gates.unit needs ", gates_->log_alpha.sizes());
+  gates_->log_alpha.copy_(log_alpha);
+  constraint_->lambda1.copy_(read("constraint/lambda1"));
+  constraint_->lambda2.copy_(read("constraint/lambda2"));
+  const int stage = static_cast<int>(read("state/stage").item<int64_t>());
+  data.seek(read("state/data_cursor").item<int64_t>());
+  generator_.set_state(read("state/rng"));
+  if (stage == 1 && stage1_optimizer) {
+    torch::serialize::InputArchive optimizer_archive;
+    archive.read("optimizer", optimizer_archive);
+    stage1_optimizer->load(optimizer_archive);
+  }
+  return {stage, read("state/step").item<int64_t>()};
+}
+
+void Job::write_gates_json(const TrainOutcome& o) {
+  json j = {{"unit", gate_unit_name(r_.gates.unit)},
+            {"window", r_.gates.swa.window},
+            {"sinks", r_.gates.swa.sinks},
+            {"target", r_.constraint.target},
+            {"scope", constraint_scope_name(r_.constraint.scope)},
+            {"s_hat", o.s_hat},
+            {"layer_s_hat", tensor_to_json(o.layer_s_hat)},
+            {"keep_prob", tensor_to_json(o.keep_prob)},
+            {"log_alpha", tensor_to_json(gates_->log_alpha)},
+            {"heldout_ce", o.heldout_ce}};
+  AtomicFileWriter out((fs::path(dir_) / "gates.json").string());
+  out.stream() << j.dump(2) << "\n";
+  out.commit();
+}
+
+TrainOutcome Job::run() {
+  fs::create_directories(dir_);
+  {
+    AtomicFileWriter out((fs::path(dir_) / "recipe.yaml").string());
+    out.stream() << recipe_to_yaml(r_);
+    out.commit();
+  }
+  load_models();
+  set_weights_trainable(r_.train.mode == "full");
+  tokens_per_step_ = r_.data.batch_size * r_.data.seq_len * r_.optimizer.accumulation;
+  const int64_t vocab = model_->config().vocab_size;
+  BatchStream data(r_.data, vocab, min_distance(), Split::Train);
+  auto optimizer = make_optimizer(/*stage1=*/true);
+
+  int stage = 1;
+  int64_t start = 0;
+  if (control_.resume) {
+    std::tie(stage, start) = load_checkpoint(optimizer.get(), data);
+    std::cerr << "resuming " << checkpoint_path() << " at stage " << stage << " step " << start << "\n";
+  }
+  const int64_t total_steps = r_.train.steps + r_.recover.steps;
+  log_ = std::make_unique<MetricsLog>((fs::path(dir_) / "metrics.jsonl").string(),
+                                      control_.resume ? (stage == 1 ? start : r_.train.steps + start) : -1);
+  TrainOutcome outcome;
+  outcome.target = r_.constraint.target;
+
+  auto should_stop = [&]() { return control_.stop_after >= 0 && steps_this_process_ >= control_.stop_after; };
+  auto record = [&](json j, int64_t global_step) {
+    j["step"] = global_step;
+    log_->write(j);
+  };
+
+  if (stage == 1) {
+    Progress progress("stage 1 (gates)", r_.train.steps, r_.train.log_every);
+    for (int64_t s = start; s < r_.train.steps; ++s) {
+      json m = step(1, s, r_.train.steps, *optimizer, data);
+      ++steps_this_process_;
+      const int64_t done = s + 1;
+      if (done % r_.train.log_every == 0 || done == r_.train.steps) record(m, done);
+      if (done % r_.train.keep_prob_every == 0 || done == r_.train.steps)
+        record({{"stage", 1}, {"keep_prob", tensor_to_json(gates_->prob_nonzero())}}, done);
+      std::ostringstream status;
+      status << "ce " << m["ce"].get<double>() << " s_hat " << m["s_hat"].get<double>() << " t "
+             << m["target"].get<double>();
+      progress.update(done, status.str());
+      if (done % r_.train.checkpoint_every == 0 || done == r_.train.steps || should_stop())
+        save_checkpoint(1, done, *optimizer, data);
+      if (should_stop() && done < total_steps) {
+        outcome.global_step = done;
+        return outcome;
+      }
+    }
+    ConstraintTerms final_terms = constraint_->evaluate(*gates_, r_.train.steps);
+    std::ostringstream status;
+    status << "s_hat " << final_terms.s_hat.item<double>() << " (target " << r_.constraint.target << ")";
+    progress.finish(status.str());
+    stage = 2;
+    start = 0;
+  }
+
+  // Stage 1's result: expected fraction, per-unit keep probabilities, held-out CE with
+  // deterministic gates.
+  ConstraintTerms final_terms = constraint_->evaluate(*gates_, r_.train.steps);
+  outcome.s_hat = final_terms.s_hat.item<double>();
+  outcome.layer_s_hat = final_terms.layer_s_hat.detach();
+  outcome.keep_prob = gates_->prob_nonzero().detach();
+  {
+    at::NoGradGuard no_grad;
+    gates_->apply(model_, gates_->deterministic());
+  }
+  outcome.heldout_ce = heldout_ce();
+  write_gates_json(outcome);
+
+  if (r_.recover.steps > 0) {
+    // Stage 2: the paper's rule, FA iff log_alpha > 0, frozen; weights train.
+    at::Tensor hard = (gates_->log_alpha.detach() > 0).to(at::kFloat);
+    gates_->apply(model_, hard);
+    set_weights_trainable(true);
+    auto recover_optimizer = make_optimizer(/*stage1=*/false);
+    if (control_.resume && start > 0) {
+      torch::serialize::InputArchive archive, optimizer_archive;
+      archive.load_from(checkpoint_path());
+      archive.read("optimizer", optimizer_archive);
+      recover_optimizer->load(optimizer_archive);
+    }
+    Progress progress("stage 2 (recover)", r_.recover.steps, r_.train.log_every);
+    for (int64_t s = start; s < r_.recover.steps; ++s) {
+      json m = step(2, s, r_.recover.steps, *recover_optimizer, data);
+      ++steps_this_process_;
+      const int64_t done = s + 1;
+      if (done % r_.train.log_every == 0 || done == r_.recover.steps) record(m, r_.train.steps + done);
+      std::ostringstream status;
+      status << "ce " << m["ce"].get<double>();
+      progress.update(done, status.str());
+      if (done % r_.train.checkpoint_every == 0 || done == r_.recover.steps || should_stop())
+        save_checkpoint(2, done, *recover_optimizer, data);
+      if (should_stop() && done < r_.recover.steps) {
+        outcome.global_step = r_.train.steps + done;
+        return outcome;
+      }
+    }
+    progress.finish("held-out ce " + std::to_string(heldout_ce()));
+  }
+  if (weights_trained()) {
+    remove_gates(model_);
+    save_pretrained(model_, (fs::path(dir_) / "model").string());
+  }
+  outcome.finished = true;
+  outcome.global_step = total_steps;
+  return outcome;
+}
+
+}  // namespace
+
+TrainOutcome run_training(const Recipe& recipe, const TrainControl& control) {
+  Job job(recipe, control);
+  return job.run();
+}
+
+}  // namespace consa
