@@ -126,3 +126,23 @@ TEST_CASE("gradients reach log_alpha through sampled gates", "[gates]") {
   gates->clamp_log_alpha();
   CHECK(gates->log_alpha.max().item<double>() == Approx(4.6));
 }
+
+TEST_CASE("gradient checkpointing gives the same gradients for weights and gates", "[gates]") {
+  auto grads = [](bool checkpointing) {
+    CausalLM model = gate_model();
+    model->set_gradient_checkpointing(checkpointing);
+    GateOptions opts;
+    opts.swa = AttentionSpan::sliding(3);
+    AttentionGates gates(model->config(), opts);
+    auto gen = at::detail::createCPUGenerator(8);
+    gates->apply(model, gates->sample(gen));
+    at::manual_seed(4);
+    model->forward(ids()).pow(2).mean().backward();
+    return std::make_pair(gates->log_alpha.grad().clone(),
+                          model->model->layer_list[1]->mlp->up_proj->weight.grad().clone());
+  };
+  auto plain = grads(false), checkpointed = grads(true);
+  CHECK(plain.first.abs().sum().item<double>() > 0.0);
+  CHECK(max_abs_diff(plain.first, checkpointed.first) < 1e-6);
+  CHECK(max_abs_diff(plain.second, checkpointed.second) < 1e-6);
+}

@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 
@@ -104,11 +106,60 @@ CausalLMImpl::CausalLMImpl(ModelConfig config, const at::TensorOptions& options)
   inv_freq_ = rope_inv_freq(config_.rope, config_.head_dim);
 }
 
+namespace {
+
+// Recomputes one decoder layer in backward instead of keeping its activations (as reentrant
+// checkpointing does). Parameter gradients accumulate directly into the parameters during the
+// recompute's backward; the gate weights fa_weight travel as an explicit input, so their gradient
+// flows on to log_alpha through the ordinary graph. Without gates an always-trainable anchor
+// takes that slot, so the node joins the graph even when its input needs no gradient.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
+                            const at::Tensor& gate_or_anchor, DecoderLayerImpl* layer, const RopeTables* rope) {
+    ctx->saved_data["layer"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
+    ctx->saved_data["cos"] = rope->cos;
+    ctx->saved_data["sin"] = rope->sin;
+    ctx->save_for_backward({hidden, gate_or_anchor});
+    at::NoGradGuard no_grad;
+    return layer->forward(hidden, *rope);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_output) {
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
+    RopeTables rope{ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor()};
+    torch::autograd::variable_list saved = ctx->get_saved_variables();
+    at::Tensor hidden = saved[0].detach().requires_grad_(true);
+    at::Tensor& fa_weight = layer->self_attn->fa_weight;
+    const bool gated = fa_weight.defined();
+    at::Tensor original_gate = fa_weight;
+    at::Tensor gate = gated ? saved[1].detach().requires_grad_(true) : at::Tensor();
+    if (gated) fa_weight = gate;
+    {
+      at::AutoGradMode enable(true);
+      at::Tensor out = layer->forward(hidden, rope);
+      torch::autograd::backward({out}, {grad_output[0]});
+    }
+    if (gated) fa_weight = original_gate;
+    return {hidden.grad(), gated ? gate.grad() : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const at::Tensor& hidden, const RopeTables& rope) {
+  const at::Tensor& z = layer.self_attn->fa_weight;
+  at::Tensor gate_or_anchor = z.defined() ? z : at::zeros({}, at::TensorOptions().requires_grad(true));
+  return CheckpointedLayer::apply(hidden, gate_or_anchor, &layer, &rope);
+}
+
+}  // namespace
+
 at::Tensor CausalLMImpl::hidden_states(const at::Tensor& input_ids) {
   CONSA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, length], got ", input_ids.sizes());
   at::Tensor h = model->embed_tokens->forward(input_ids.to(device()));
   RopeTables rope = rope_tables(inv_freq_, 0, input_ids.size(1), h.scalar_type(), h.device());
-  for (auto& layer : model->layer_list) h = layer->forward(h, rope);
+  const bool checkpoint = gradient_checkpointing_ && at::GradMode::is_enabled();
+  for (auto& layer : model->layer_list)
+    h = checkpoint ? checkpointed_layer_forward(*layer, h, rope) : layer->forward(h, rope);
   return model->norm->forward(h);
 }
 

@@ -57,7 +57,7 @@ MetricsLog::MetricsLog(std::string path, int64_t resume_step) : path_(std::move(
     for (std::string line; std::getline(in, line);) {
       if (line.empty()) continue;
       nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (!record.is_discarded() && record.value("step", int64_t{0}) < resume_step) kept.push_back(line);
+      if (!record.is_discarded() && record.value("step", int64_t{0}) <= resume_step) kept.push_back(line);
     }
   }
   AtomicFileWriter out(path_);

@@ -118,6 +118,7 @@ void Job::load_models() {
   load.device = at::Device(r_.model.device);
   load.attention = parse_attention_impl(r_.model.attention);
   model_ = load_pretrained(r_.model.path, load);
+  model_->set_gradient_checkpointing(r_.train.gradient_checkpointing);
   if (r_.objective.needs_teacher() && weights_trained()) {
     teacher_ = load_pretrained(r_.model.path, load);
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);

@@ -88,6 +88,9 @@ class CausalLMImpl : public torch::nn::Module {
   int64_t num_layers() const { return config_.num_layers; }
   SelfAttentionImpl& attention(int64_t layer) { return *model->layer_list.at(layer)->self_attn; }
   void set_attention_backend(std::shared_ptr<const AttentionBackend> backend);
+  // Per-layer gradient checkpointing: under autograd, each layer keeps only its input and
+  // recomputes its activations during backward (less memory, one more forward per layer).
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
   int64_t parameter_count() const;
   at::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
   at::Device device() const { return model->embed_tokens->weight.device(); }
@@ -98,6 +101,7 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   ModelConfig config_;
   at::Tensor inv_freq_;  // fp32 on the CPU; moved per call (tiny)
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE(CausalLM);
 

@@ -24,8 +24,9 @@ class Progress {
 // "1m05s", "12s": a duration for humans.
 std::string format_duration(double seconds);
 
-// metrics.jsonl: one JSON object per line. Resuming at global step s first drops the lines of
-// steps >= s, which the interrupted run wrote after its last checkpoint.
+// metrics.jsonl: one JSON object per line, "step" counting the steps done. Resuming from a
+// checkpoint taken after s steps first drops the lines of steps > s, which the interrupted run
+// wrote after that checkpoint.
 class MetricsLog {
  public:
   MetricsLog(std::string path, int64_t resume_step);

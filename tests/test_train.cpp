@@ -1,0 +1,218 @@
+// The training job: recipe validation, data, objective terms, schedule, resume equivalence and
+// the tiny recipe reaching its sparsity target.
+#include <filesystem>
+#include <fstream>
+
+#include "catch_compat.h"
+#include "consa/core/error.h"
+#include "consa/data/batches.h"
+#include "consa/load/pretrained.h"
+#include "consa/train/trainer.h"
+#include "helpers.h"
+
+using namespace consa;
+using namespace consa_test;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string repo_file(const std::string& rel) { return std::string(CONSA_SOURCE_DIR) + "/" + rel; }
+
+// A recipe file in a scratch dir pointing at a fixture, with extra YAML appended.
+std::string write_recipe(const std::string& dir, const std::string& extra) {
+  const std::string path = dir + "/recipe.yaml";
+  write_text(path, "model:\n  path: " + fixture("qwen3_norm") + "\n" + extra);
+  return path;
+}
+
+std::vector<json> read_metrics(const std::string& dir) {
+  std::vector<json> out;
+  std::ifstream in(dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line);
+    j.erase("tokens_per_s");  // wall-clock, differs run to run
+    out.push_back(j);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("every shipped recipe validates", "[train]") {
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator(repo_file("recipes"))) {
+    if (entry.path().extension() != ".yaml") continue;
+    INFO(entry.path().string());
+    CHECK_NOTHROW(load_recipe(entry.path().string()));
+    ++count;
+  }
+  CHECK(count >= 3);
+}
+
+TEST_CASE("recipe errors name the file, the key path and what is allowed", "[train]") {
+  const std::string dir = scratch_dir("recipe");
+  const std::string path = write_recipe(dir, "constraint:\n  target: 0.5\n");
+  CHECK(load_recipe(path).constraint.target == 0.5);
+  CHECK_THROWS_WITH(load_recipe(path, {"constraint.target=1.5"}),
+                    contains(path) && contains("constraint.target: must be in [0, 1], got 1.5"));
+  CHECK_THROWS_WITH(load_recipe(path, {"gates.window=0"}), contains("gates.window: must be in [1, inf], got 0"));
+  CHECK_THROWS_WITH(load_recipe(path, {"gates.windw=8"}),
+                    contains("unknown key 'gates.windw'; allowed in gates: unit, window, sinks"));
+  CHECK_THROWS_WITH(load_recipe(path, {"optimizer.lr=fast"}), contains("optimizer.lr: expected a number, got 'fast'"));
+  CHECK_THROWS_WITH(load_recipe(path, {"gates.unit=group"}),
+                    contains("gates.unit: 'group' is not allowed; allowed: layer, kv_head, head"));
+  CHECK_THROWS_WITH(load_recipe(path, {"model.path="}), contains("model.path: required"));
+  CHECK_THROWS_WITH(load_recipe(path, {"nonsense"}), contains("expected key.sub=value"));
+  CHECK_THROWS_WITH(load_recipe(dir + "/nope.yaml"), contains("nope.yaml: recipe not found"));
+  write_text(dir + "/bad.yaml", "model: [unclosed\n");
+  CHECK_THROWS_WITH(load_recipe(dir + "/bad.yaml"), contains("bad.yaml: not valid YAML"));
+  // Overrides reach nested keys and may add sections the file leaves out.
+  Recipe r = load_recipe(path, {"train.steps=7", "data.synthetic_tasks=[passkey, multi_key_needle]"});
+  CHECK(r.train.steps == 7);
+  CHECK(r.data.synthetic_tasks.size() == 2);
+  // The resolved YAML round-trips.
+  write_text(dir + "/resolved.yaml", recipe_to_yaml(r));
+  Recipe again = load_recipe(dir + "/resolved.yaml");
+  CHECK(again.train.steps == 7);
+  CHECK((again.data.synthetic_tasks == r.data.synthetic_tasks));
+  CHECK(again.gates.swa.window == r.gates.swa.window);
+}
+
+TEST_CASE("token shards round-trip and bad shards are refused", "[train]") {
+  const std::string dir = scratch_dir("shard");
+  std::vector<int64_t> small = {1, 2, 65535, 7};
+  write_token_shard(dir + "/a.tok", small);
+  CHECK(fs::file_size(dir + "/a.tok") == 24 + 4 * 2);  // uint16 when every id fits
+  TokenShard a = TokenShard::open(dir + "/a.tok");
+  std::vector<int64_t> back(4);
+  a.read(0, 4, back.data());
+  CHECK(back == small);
+  write_token_shard(dir + "/b.tok", {70000, 3});
+  CHECK(TokenShard::open(dir + "/b.tok").token(0) == 70000);
+  write_text(dir + "/c.tok", "not a shard at all, really");
+  CHECK_THROWS_WITH(TokenShard::open(dir + "/c.tok"), contains(dir + "/c.tok: not a consa token shard"));
+  std::string truncated = read_text(dir + "/a.tok");
+  write_text(dir + "/d.tok", truncated.substr(0, truncated.size() - 1));
+  CHECK_THROWS_WITH(TokenShard::open(dir + "/d.tok"), contains("header says 4 tokens of 2 bytes but the file holds 7"));
+}
+
+TEST_CASE("batches pack shards deterministically and keep held-out windows apart", "[train]") {
+  const std::string dir = scratch_dir("batches");
+  std::vector<int64_t> ids(1000);
+  for (int64_t i = 0; i < 1000; ++i) ids[i] = i % 90;
+  write_token_shard(dir + "/s1.tok", std::vector<int64_t>(ids.begin(), ids.begin() + 333));
+  write_token_shard(dir + "/s2.tok", std::vector<int64_t>(ids.begin() + 333, ids.end()));
+  DataOptions o;
+  o.seq_len = 50;
+  o.batch_size = 2;
+  o.heldout_batches = 2;
+  o.shards = {dir + "/s1.tok", dir + "/s2.tok"};
+  o.synthetic_ratio = 0.0;
+  BatchStream train(o, 96, 10, Split::Train), heldout(o, 96, 10, Split::Heldout);
+  // 20 windows of 50 tokens; the last 4 are held out. Window w starts at token 50 w.
+  CHECK(train.heldout_windows() == 4);
+  Batch b = train.batch_at(3);  // sequences 6 and 7 -> windows 6 and 7 (crossing the shard boundary)
+  for (int64_t t = 0; t < 50; ++t) CHECK(b.tokens[0][t].item<int64_t>() == ids[300 + t]);
+  CHECK(b.ce_mask.sum().item<float>() == 2 * 49);
+  auto window_tokens = [&](int64_t w) { return at::tensor(std::vector<int64_t>(ids.begin() + 50 * w, ids.begin() + 50 * w + 50)); };
+  for (int64_t i = 0; i < 20; ++i) {  // held-out sequence i -> window 16 + i % 4, training i -> i % 16
+    CHECK(heldout.batch_at(i / 2).tokens[i % 2].equal(window_tokens(16 + i % 4)));
+    CHECK(train.batch_at(i / 2).tokens[i % 2].equal(window_tokens(i % 16)));
+  }
+  // Synthetic sequences mask only the answer.
+  o.shards.clear();
+  o.synthetic_ratio = 1.0;
+  o.value_digits = 3;
+  Batch s = BatchStream(o, 96, 10, Split::Train).batch_at(0);
+  CHECK(s.ce_mask.sum().item<float>() == 2 * 3);
+  CHECK(BatchStream(o, 96, 10, Split::Train).batch_at(5).tokens.equal(BatchStream(o, 96, 10, Split::Train).batch_at(5).tokens));
+  CHECK(!BatchStream(o, 96, 10, Split::Heldout).batch_at(0).tokens.equal(s.tokens));
+}
+
+TEST_CASE("objective terms against closed forms", "[train]") {
+  at::manual_seed(0);
+  at::Tensor tokens = at::tensor({1, 2, 0}, at::kLong).reshape({1, 3});
+  at::Tensor logits = at::randn({1, 3, 4});
+  at::Tensor mask = at::tensor({1.f, 0.f}).reshape({1, 2});
+  // CE over the single unmasked target (token 2 predicted at position 0).
+  const double expected_ce = -at::log_softmax(logits[0][0], 0)[2].item<double>();
+  CHECK(next_token_cross_entropy(logits, tokens, mask).item<double>() == Approx(expected_ce).epsilon(1e-6));
+  ObjectiveWeights w;
+  w.ce = 0.0;
+  w.kl = 1.0;
+  w.mse = 2.0;
+  at::Tensor hidden = at::randn({1, 3, 5});
+  LossTerms same = compute_objective(w, tokens, mask, logits, hidden, logits, hidden);
+  CHECK(same.kl == Approx(0.0).margin(1e-6));
+  CHECK(same.mse == 0.0);
+  LossTerms shifted = compute_objective(w, tokens, mask, logits, hidden, logits, hidden + 0.5);
+  CHECK(shifted.mse == Approx(0.25));
+  CHECK(shifted.total.item<double>() == Approx(0.5).epsilon(1e-5));
+  // KL(p || q) for two known distributions at one position.
+  at::Tensor p = at::log(at::tensor({0.5f, 0.25f, 0.25f})).reshape({1, 1, 3});
+  at::Tensor q = at::log(at::tensor({0.25f, 0.5f, 0.25f})).reshape({1, 1, 3});
+  w.mse = 0.0;
+  LossTerms kl = compute_objective(w, at::zeros({1, 1}, at::kLong), at::zeros({1, 0}), q, at::zeros({1, 1, 1}), p,
+                                   at::zeros({1, 1, 1}));
+  CHECK(kl.kl == Approx(0.5 * std::log(2.0) + 0.25 * std::log(0.5)).epsilon(1e-5));
+}
+
+TEST_CASE("learning-rate schedule", "[train]") {
+  CHECK(lr_multiplier("cosine", 10, 0, 110) == Approx(0.1));
+  CHECK(lr_multiplier("cosine", 10, 9, 110) == Approx(1.0));
+  CHECK(lr_multiplier("cosine", 10, 60, 110) == Approx(0.5));
+  CHECK(lr_multiplier("linear", 10, 85, 110) == Approx(0.25));
+  CHECK(lr_multiplier("constant", 0, 100, 110) == 1.0);
+}
+
+TEST_CASE("a resumed run produces the same metrics as an uninterrupted one", "[train]") {
+  const std::string dir = scratch_dir("resume");
+  const std::string recipe = write_recipe(dir,
+                                          "gates: {window: 4}\n"
+                                          "data: {seq_len: 24, batch_size: 2, heldout_batches: 1, value_digits: 2}\n"
+                                          "objective: {ce: 1.0, kl: 0.5, mse: 0.1}\n"
+                                          "optimizer: {lr: 0.001, accumulation: 2}\n"
+                                          "schedule: {kind: cosine, warmup_steps: 3}\n"
+                                          "train: {mode: full, steps: 12, log_every: 1, keep_prob_every: 4, checkpoint_every: 5}\n"
+                                          "recover: {steps: 6, lr: 0.001}\n");
+  Recipe whole = load_recipe(recipe, {"output.dir=" + dir + "/whole"});
+  TrainOutcome a = run_training(whole);
+  REQUIRE(a.finished);
+
+  for (int64_t stop : {7, 15}) {  // interrupted in stage 1, then in stage 2
+    const std::string out = dir + "/split" + std::to_string(stop);
+    Recipe split = load_recipe(recipe, {"output.dir=" + out});
+    TrainControl first;
+    first.stop_after = stop;
+    TrainOutcome part = run_training(split, first);
+    CHECK(!part.finished);
+    CHECK(part.global_step == stop);
+    TrainControl resume;
+    resume.resume = true;
+    TrainOutcome b = run_training(split, resume);
+    REQUIRE(b.finished);
+    INFO("stopped after " << stop);
+    CHECK(read_metrics(out) == read_metrics(dir + "/whole"));
+    CHECK(b.s_hat == a.s_hat);
+    CausalLM ma = load_pretrained(dir + "/whole/model"), mb = load_pretrained(out + "/model");
+    CHECK(max_abs_diff(ma->model->norm->weight, mb->model->norm->weight) == 0.0);
+  }
+  CHECK(read_metrics(dir + "/whole").size() == 12 + 3 + 6);  // per-step lines, keep_prob lines, stage 2
+  CHECK_THROWS_WITH(run_training(load_recipe(recipe, {"output.dir=" + dir + "/none"}), TrainControl{true, -1}),
+                    contains("no checkpoint to resume from"));
+}
+
+TEST_CASE("the tiny CPU recipe reaches its sparsity target", "[train]") {
+  for (auto [target, scope] : {std::pair<std::string, std::string>{"0.5", "global"}, {"0.75", "per_layer"}}) {
+    const std::string out = scratch_dir("tiny");
+    Recipe r = load_recipe(repo_file("recipes/tiny_cpu.yaml"),
+                           {"model.path=" + fixture("qwen3_norm"), "constraint.target=" + target,
+                            "constraint.scope=" + scope, "output.dir=" + out});
+    TrainOutcome o = run_training(r);
+    INFO("target " << target << " scope " << scope << " s_hat " << o.s_hat);
+    CHECK(std::abs(o.s_hat - std::stod(target)) <= 0.02);
+    CHECK(fs::exists(out + "/gates.json"));
+    CHECK(fs::exists(out + "/checkpoint.pt"));
+  }
+}
