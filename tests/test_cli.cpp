@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "catch_compat.h"
+#include "consa/data/token_shards.h"
 #include "helpers.h"
 
 using namespace consa_test;
@@ -48,4 +49,51 @@ TEST_CASE("bad input gives a one-line error and a non-zero exit", "[cli]") {
 
   CHECK(run_consa("frobnicate", &out, &err) == 2);
   CHECK_THAT(err, contains("unknown command 'frobnicate'"));
+}
+
+TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train reads", "[cli]") {
+  const std::string dir = scratch_dir("tokenize");
+  std::string corpus;
+  const char* words[] = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"};
+  for (int i = 0; i < 300; ++i) corpus += std::string(words[i % 8]) + " " + words[(i * 3) % 8] + " " + words[(i * 5) % 8] + "\n";
+  write_text(dir + "/corpus.txt", corpus);
+  std::string out, err;
+  REQUIRE(run_consa("tokenize --train-tokenizer --input " + dir + "/corpus.txt --tokenizer " + dir +
+                        "/spm/tok.model --vocab-size 24 --eos 39 --output " + dir + "/train.tok",
+                    &out, &err) == 0);
+  CHECK_THAT(out, contains("from 300 lines"));
+  consa::TokenShard shard = consa::TokenShard::open(dir + "/train.tok");
+  // Lines i and i + 8 are the same text, so their token runs between end-of-line ids match.
+  std::vector<std::vector<int64_t>> lines(1);
+  for (int64_t i = 0; i < shard.size(); ++i) {
+    if (shard.token(i) == 39) lines.emplace_back();
+    else lines.back().push_back(shard.token(i));
+  }
+  lines.pop_back();
+  REQUIRE(lines.size() == 300);
+  for (size_t i = 0; i + 8 < lines.size(); ++i) CHECK(lines[i] == lines[i + 8]);
+  CHECK(lines[0] != lines[1]);
+
+  // The shard feeds training, mixed half and half with synthetic sequences.
+  write_text(dir + "/recipe.yaml", "model: {path: " + fixture("qwen3_norm") + "}\n" +
+                                       "gates: {window: 4}\n"
+                                       "data: {seq_len: 32, batch_size: 2, heldout_batches: 1, shards: [" + dir +
+                                       "/train.tok], synthetic_ratio: 0.5, value_digits: 2}\n"
+                                       "train: {steps: 4, log_every: 2}\noutput: {dir: " + dir + "/run}\n");
+  REQUIRE(run_consa("train " + dir + "/recipe.yaml", &out, &err) == 0);
+  CHECK_THAT(out, contains("expected SWA fraction"));
+  CHECK(read_text(dir + "/run/metrics.jsonl").find("\"step\":4") != std::string::npos);
+
+  CHECK(run_consa("tokenize --input " + dir + "/missing.txt --tokenizer x.model", &out, &err) == 1);
+  CHECK_THAT(err, contains("missing.txt: cannot read input text"));
+}
+
+TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli]") {
+  std::string out, err;
+  REQUIRE(run_consa(std::string("validate ") + CONSA_SOURCE_DIR + "/recipes/tiny_cpu.yaml constraint.target=0.25", &out, &err) == 0);
+  CHECK_THAT(out, contains("target: 0.25"));
+  CHECK_THAT(out, contains("tiny_cpu.yaml: ok"));
+  CHECK(run_consa(std::string("validate ") + CONSA_SOURCE_DIR + "/recipes/tiny_cpu.yaml gates.window=-1", &out, &err) == 1);
+  CHECK_THAT(err, contains("gates.window: must be in [1, inf], got -1"));
+  CHECK(lines(err) == 1);
 }

@@ -1,13 +1,36 @@
 // consa: turn a pretrained decoder LLM into a hybrid full / sliding-window attention model.
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
 #include <cstring>
 #include <iostream>
+#include <string>
 
 #include "commands.h"
 #include "consa/core/error.h"
 
 namespace {
+
+// consa-tokenize lives beside this program (it links sentencepiece, which cannot share a
+// process with LibTorch's protobuf); hand the arguments over to it.
+int run_tokenize(int argc, char** argv) {
+  char self[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  std::string path = "consa-tokenize";
+  if (n > 0) {
+    std::string exe(self, static_cast<size_t>(n));
+    path = exe.substr(0, exe.rfind('/') + 1) + "consa-tokenize";
+  }
+  std::vector<char*> args = {const_cast<char*>(path.c_str())};
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  args.push_back(nullptr);
+  std::cout.flush();
+  ::execv(path.c_str(), args.data());
+  consa::fail(path, ": cannot run the tokenizer program: ", std::strerror(errno));
+}
 
 struct Command {
   const char* name;
@@ -18,6 +41,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"demo", consa::cli::run_demo, "create a small model, reload it and decode (no download)"},
     {"inspect", consa::cli::run_inspect, "summarise a Hugging Face checkpoint; --prompt-ids for next tokens"},
+    {"tokenize", run_tokenize, "text -> token shard with sentencepiece (--train-tokenizer to train one)"},
     {"train", consa::cli::run_train, "run a ConSA recipe: learn the FA/SWA assignment (consa train RECIPE)"},
     {"validate", consa::cli::run_validate, "check a recipe without running it"},
 };
