@@ -23,6 +23,13 @@ status=${PIPESTATUS[0]}
 "$BUILD/tests/consa_tests" "[cuda],[parity]" 2>&1 | grep -E "^(parity|cuda)" | tee "$OUT/figures.txt"
 "$BUILD/consa" inspect tests/fixtures/qwen3_norm --device cuda --dtype bfloat16 --prompt-ids 1,2,3 \
   | tee "$OUT/inspect.txt" || status=1
+# The tiny recipe on the GPU, fp32 and bf16 (flash), with gradient checkpointing on.
+for dtype in float32 bfloat16; do
+  start=$(date +%s.%N)
+  "$BUILD/consa" train recipes/tiny_cpu.yaml model.device=cuda model.dtype=$dtype train.gradient_checkpointing=true \
+    output.dir=/tmp/consa-gpu-runs/tiny_$dtype 2>/dev/null | sed "s/^/train cuda $dtype: /" | tee -a "$OUT/train_cuda.txt" || status=1
+  echo "train cuda $dtype: wall $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$OUT/train_cuda.txt"
+done
 if [ "$status" != 0 ] && command -v cuda-gdb >/dev/null; then
   # No gdb on the GPU machine; cuda-gdb debugs host code too.
   cuda-gdb -batch -ex run -ex bt --args "$BUILD/tests/consa_tests" "[config]" 2>&1 | tail -30

@@ -53,7 +53,9 @@ int run_train(int argc, char** argv) {
     return 0;
   }
   std::cout << "expected SWA fraction " << outcome.s_hat << " (target " << outcome.target << ")\n"
-            << "per layer             " << outcome.layer_s_hat << "\n";
+            << "per layer            ";
+  for (int64_t l = 0; l < outcome.layer_s_hat.size(0); ++l) std::cout << " " << outcome.layer_s_hat[l].item<double>();
+  std::cout << "\n";
   if (outcome.heldout_ce >= 0) std::cout << "held-out ce (gated)   " << outcome.heldout_ce << "\n";
   std::cout << "outputs in            " << recipe.output.dir << "\n";
   return 0;
