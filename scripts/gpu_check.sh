@@ -28,7 +28,8 @@ for dtype in float32 bfloat16; do
   start=$(date +%s.%N)
   "$BUILD/consa" train recipes/tiny_cpu.yaml model.device=cuda model.dtype=$dtype train.gradient_checkpointing=true \
     output.dir=/tmp/consa-gpu-runs/tiny_$dtype 2>/dev/null | sed "s/^/train cuda $dtype: /" | tee -a "$OUT/train_cuda.txt" || status=1
-  echo "train cuda $dtype: wall $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$OUT/train_cuda.txt"
+  echo "train cuda $dtype: wall $(python3 -c "import sys; print(round($(date +%s.%N) - $start, 1))") s" \
+    | tee -a "$OUT/train_cuda.txt"
 done
 if [ "$status" != 0 ] && command -v cuda-gdb >/dev/null; then
   # No gdb on the GPU machine; cuda-gdb debugs host code too.
