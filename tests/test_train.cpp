@@ -2,6 +2,7 @@
 // the tiny recipe reaching its sparsity target.
 #include <filesystem>
 #include <fstream>
+#include <torch/serialize/input-archive.h>
 
 #include "catch_compat.h"
 #include "consa/core/error.h"
@@ -215,4 +216,31 @@ TEST_CASE("the tiny CPU recipe reaches its sparsity target", "[train]") {
     CHECK(fs::exists(out + "/gates.json"));
     CHECK(fs::exists(out + "/checkpoint.pt"));
   }
+}
+
+TEST_CASE("bf16 weights train through fp32 master weights and optimizer state", "[train]") {
+  const std::string dir = scratch_dir("bf16");
+  const std::string recipe = write_recipe(dir,
+                                          "  dtype: bfloat16\n"
+                                          "gates: {window: 4}\n"
+                                          "data: {seq_len: 16, batch_size: 2, heldout_batches: 0, value_digits: 2}\n"
+                                          "optimizer: {lr: 0.01}\n"
+                                          "train: {mode: full, steps: 6, log_every: 1, checkpoint_every: 3}\n");
+  TrainOutcome whole = run_training(load_recipe(recipe, {"output.dir=" + dir + "/whole"}));
+  REQUIRE(whole.finished);
+  Recipe split = load_recipe(recipe, {"output.dir=" + dir + "/split"});
+  run_training(split, TrainControl{false, 4});
+  REQUIRE(run_training(split, TrainControl{true, -1}).finished);
+  CHECK(read_metrics(dir + "/split") == read_metrics(dir + "/whole"));
+
+  torch::serialize::InputArchive archive;
+  archive.load_from(dir + "/whole/checkpoint.pt");
+  at::Tensor stored;
+  archive.read("weights/model.norm.weight", stored);
+  CHECK(stored.scalar_type() == at::kFloat);  // the fp32 master, not the bf16 copy
+  CausalLM trained = load_pretrained(dir + "/whole/model");
+  CHECK(trained->dtype() == at::kBFloat16);
+  CausalLM original = load_pretrained(fixture("qwen3_norm"));
+  CHECK(max_abs_diff(trained->model->norm->weight, original->model->norm->weight) > 0.0);  // it trained
+  CHECK(max_abs_diff(trained->model->norm->weight, stored) < 1e-2);  // bf16 rounding of the master
 }

@@ -32,8 +32,6 @@ double lr_multiplier(const std::string& kind, int64_t warmup_steps, int64_t step
 
 namespace {
 
-std::vector<at::Tensor> model_parameters(CausalLM& model) { return model->parameters(); }
-
 json tensor_to_json(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kDouble).cpu().contiguous();
   if (c.dim() == 1) return json(std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel()));
@@ -87,6 +85,11 @@ class Job {
   }
   std::unique_ptr<torch::optim::AdamW> make_optimizer(bool stage1);
   void set_weights_trainable(bool on);
+  // What the optimizer updates: the parameters themselves in fp32, or fp32 master copies of
+  // bf16 parameters, so that optimizer state and updates stay in fp32 (master_weights_).
+  std::vector<at::Tensor> optimized_weights() { return master_weights_.empty() ? model_->parameters() : master_weights_; }
+  void grads_to_masters();
+  void masters_to_weights();
   // One optimizer step of stage 1 or 2; returns the metrics record.
   json step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer, BatchStream& data);
   double heldout_ce();
@@ -105,6 +108,7 @@ class Job {
   AttentionGates gates_;
   SparsityConstraint constraint_;
   at::Generator generator_;
+  std::vector<at::Tensor> master_weights_;  // fp32 copies when weights train in bf16, else empty
   std::unique_ptr<MetricsLog> log_;
   int64_t steps_this_process_ = 0;
   int64_t tokens_per_step_ = 0;
@@ -127,6 +131,20 @@ void Job::load_models() {
   constraint_ = SparsityConstraint(model_->num_layers(), r_.constraint);
 }
 
+void Job::grads_to_masters() {
+  if (master_weights_.empty()) return;
+  auto params = model_->parameters();
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].grad().defined()) master_weights_[i].mutable_grad() = params[i].grad().to(at::kFloat);
+}
+
+void Job::masters_to_weights() {
+  if (master_weights_.empty()) return;
+  at::NoGradGuard no_grad;
+  auto params = model_->parameters();
+  for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master_weights_[i]);
+}
+
 void Job::set_weights_trainable(bool on) {
   for (auto& p : model_->parameters()) p.set_requires_grad(on);
 }
@@ -142,7 +160,7 @@ std::unique_ptr<torch::optim::AdamW> Job::make_optimizer(bool stage1) {
   std::vector<OptimizerParamGroup> groups;
   const bool train_weights = stage1 ? r_.train.mode == "full" : true;
   if (train_weights)
-    groups.emplace_back(model_parameters(model_), options(stage1 ? r_.optimizer.lr : r_.recover.lr, r_.optimizer.weight_decay));
+    groups.emplace_back(optimized_weights(), options(stage1 ? r_.optimizer.lr : r_.recover.lr, r_.optimizer.weight_decay));
   if (stage1) {
     groups.emplace_back(std::vector<at::Tensor>{gates_->log_alpha}, options(r_.optimizer.gate_lr, 0.0));
     groups.emplace_back(std::vector<at::Tensor>{constraint_->lambda1, constraint_->lambda2},
@@ -163,6 +181,7 @@ json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::opt
   if (train_weights) static_cast<torch::optim::AdamWOptions&>(optimizer.param_groups()[0].options()).lr(lr);
 
   optimizer.zero_grad();
+  model_->zero_grad();
   LossTerms sum;
   ConstraintTerms constraint;
   const int64_t accumulation = r_.optimizer.accumulation;
@@ -196,16 +215,16 @@ json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::opt
     sum.mse += terms.mse / accumulation;
   }
   if (stage1) constraint_->ascend_lambdas();
+  if (train_weights) grads_to_masters();
   if (r_.optimizer.grad_clip > 0) {
     std::vector<at::Tensor> clipped;
-    if (train_weights) clipped = model_parameters(model_);
+    if (train_weights) clipped = optimized_weights();
     if (stage1) clipped.push_back(gates_->log_alpha);
     torch::nn::utils::clip_grad_norm_(clipped, r_.optimizer.grad_clip);
   }
   optimizer.step();
-  if (stage1) {
-    gates_->clamp_log_alpha();
-  }
+  if (train_weights) masters_to_weights();
+  if (stage1) gates_->clamp_log_alpha();
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   json record = {{"stage", stage},
@@ -240,8 +259,12 @@ double Job::heldout_ce() {
 
 void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, const BatchStream& data) {
   torch::serialize::OutputArchive archive;
-  if (weights_trained())
-    for (const auto& item : model_->named_parameters()) archive.write("weights/" + item.key(), item.value().detach());
+  if (weights_trained()) {
+    auto named = model_->named_parameters();
+    for (size_t i = 0; i < named.size(); ++i)
+      archive.write("weights/" + named[i].key(),
+                    (master_weights_.empty() ? named[i].value() : master_weights_[i]).detach());
+  }
   archive.write("gates/log_alpha", gates_->log_alpha.detach());
   archive.write("constraint/lambda1", constraint_->lambda1.detach());
   archive.write("constraint/lambda2", constraint_->lambda2.detach());
@@ -268,8 +291,14 @@ std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimiz
     return t;
   };
   at::NoGradGuard no_grad;
-  if (weights_trained())
-    for (auto& item : model_->named_parameters()) item.value().copy_(read("weights/" + item.key()));
+  if (weights_trained()) {
+    auto named = model_->named_parameters();
+    for (size_t i = 0; i < named.size(); ++i) {
+      at::Tensor stored = read("weights/" + named[i].key());
+      if (!master_weights_.empty()) master_weights_[i].copy_(stored);
+      named[i].value().copy_(stored);
+    }
+  }
   at::Tensor log_alpha = read("gates/log_alpha");
   CONSA_CHECK(log_alpha.sizes() == gates_->log_alpha.sizes(), path, ": gates have shape ", log_alpha.sizes(),
               ", the recipe's gates.unit needs ", gates_->log_alpha.sizes());
@@ -312,6 +341,9 @@ TrainOutcome Job::run() {
   }
   load_models();
   set_weights_trainable(r_.train.mode == "full");
+  if (weights_trained() && model_->dtype() != at::kFloat)
+    for (const auto& p : model_->parameters())
+      master_weights_.push_back(p.detach().to(at::kFloat).clone().requires_grad_(true));
   tokens_per_step_ = r_.data.batch_size * r_.data.seq_len * r_.optimizer.accumulation;
   const int64_t vocab = model_->config().vocab_size;
   BatchStream data(r_.data, vocab, min_distance(), Split::Train);
