@@ -88,6 +88,19 @@ TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train 
   CHECK_THAT(err, contains("missing.txt: cannot read input text"));
 }
 
+TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
+  const std::string dir = scratch_dir("inspect-assignment");
+  std::string out, err;
+  REQUIRE(run_consa(std::string("train ") + CONSA_SOURCE_DIR + "/recipes/tiny_cpu.yaml model.path=" + fixture("qwen3_norm") +
+                        " train.steps=20 output.dir=" + dir,
+                    &out, &err) == 0);
+  REQUIRE(run_consa("inspect " + dir + "/assignment.json --kv-context 1024", &out, &err) == 0);
+  CHECK_THAT(out, contains("units         kv_head, SWA swa(W=8), rule exact"));
+  CHECK_THAT(out, contains("achieved 0.5 (2 of 4 units on SWA)"));
+  CHECK_THAT(out, contains("layer  units (F full, S sliding)"));
+  CHECK_THAT(out, contains("KV cache      1024 tokens"));
+}
+
 TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli]") {
   std::string out, err;
   REQUIRE(run_consa(std::string("validate ") + CONSA_SOURCE_DIR + "/recipes/tiny_cpu.yaml constraint.target=0.25", &out, &err) == 0);

@@ -215,6 +215,11 @@ TEST_CASE("the tiny CPU recipe reaches its sparsity target", "[train]") {
     CHECK(std::abs(o.s_hat - std::stod(target)) <= 0.02);
     CHECK(fs::exists(out + "/gates.json"));
     CHECK(fs::exists(out + "/checkpoint.pt"));
+    // The exact rule: round(t * 4) units globally, round(t * 2) per layer (2 KV groups a layer).
+    const double t = std::stod(target);
+    const double expected = scope == "global" ? std::llround(t * 4) / 4.0 : std::llround(t * 2) / 2.0;
+    CHECK(o.achieved_sparsity == expected);
+    CHECK(Assignment::load(out + "/assignment.json").achieved_sparsity() == expected);
   }
 }
 

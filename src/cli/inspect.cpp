@@ -1,17 +1,18 @@
-// consa inspect MODEL_DIR [--prompt-ids 1,2,3]
+// consa inspect MODEL_DIR [--prompt-ids 1,2,3] | consa inspect ASSIGNMENT.json
 #include <cxxopts.hpp>
 #include <iostream>
 
 #include "commands.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/export/assignment.h"
 #include "consa/load/pretrained.h"
 
 namespace consa::cli {
 
 int run_inspect(int argc, char** argv) {
   cxxopts::Options options("consa inspect", "Summarise a Hugging Face checkpoint directory.");
-  options.positional_help("MODEL_DIR");
+  options.positional_help("MODEL_DIR | ASSIGNMENT.json");
   options.add_options()
       ("model", "checkpoint directory (config.json + safetensors)", cxxopts::value<std::string>())
       ("prompt-ids", "comma-separated token ids; prints the most likely next tokens", cxxopts::value<std::string>())
@@ -19,6 +20,7 @@ int run_inspect(int argc, char** argv) {
       ("dtype", "compute dtype: float32, bfloat16, float16 (default: as stored)", cxxopts::value<std::string>())
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
       ("attention", "attention backend: auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
+      ("kv-context", "context length for an assignment's KV-cache figures", cxxopts::value<int64_t>()->default_value("4096"))
       ("h,help", "show this help");
   options.parse_positional({"model"});
   auto args = options.parse(argc, argv);
@@ -33,6 +35,10 @@ int run_inspect(int argc, char** argv) {
   load.attention = parse_attention_impl(args["attention"].as<std::string>());
   if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   const std::string dir = args["model"].as<std::string>();
+  if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, ".json") == 0) {
+    print_assignment(std::cout, Assignment::load(dir), dir, args["kv-context"].as<int64_t>());
+    return 0;
+  }
   CausalLM model = load_pretrained(dir, load);
   print_model_summary(std::cout, model, dir);
   if (args.count("prompt-ids")) {

@@ -56,6 +56,8 @@ int run_train(int argc, char** argv) {
             << "per layer            ";
   for (int64_t l = 0; l < outcome.layer_s_hat.size(0); ++l) std::cout << " " << outcome.layer_s_hat[l].item<double>();
   std::cout << "\n";
+  std::cout << "binarized             " << outcome.achieved_sparsity << " of units on SWA (export.rule "
+            << binarize_rule_name(recipe.exporting.rule) << ", see assignment.json)\n";
   if (outcome.heldout_ce >= 0) std::cout << "held-out ce (gated)   " << outcome.heldout_ce << "\n";
   std::cout << "outputs in            " << recipe.output.dir << "\n";
   return 0;

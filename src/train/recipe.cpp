@@ -243,6 +243,11 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.recover.lr = recover.number("lr", r.recover.lr, 0, 10);
   recover.finish();
 
+  Section exporting = top.child("export");
+  r.exporting.rule = parse_binarize_rule(exporting.text("rule", "exact", {"threshold", "exact"}));
+  r.exporting.kv_context = exporting.integer("kv_context", r.exporting.kv_context, 1);
+  exporting.finish();
+
   Section output = top.child("output");
   r.output.dir = output.text("dir", r.output.dir);
   output.finish();
@@ -311,6 +316,9 @@ std::string recipe_to_yaml(const Recipe& r) {
       << YAML::EndMap;
   out << YAML::Key << "recover" << YAML::Value << YAML::BeginMap << YAML::Key << "steps" << YAML::Value
       << r.recover.steps << YAML::Key << "lr" << YAML::Value << r.recover.lr << YAML::EndMap;
+  out << YAML::Key << "export" << YAML::Value << YAML::BeginMap << YAML::Key << "rule" << YAML::Value
+      << binarize_rule_name(r.exporting.rule) << YAML::Key << "kv_context" << YAML::Value << r.exporting.kv_context
+      << YAML::EndMap;
   out << YAML::Key << "output" << YAML::Value << YAML::BeginMap << YAML::Key << "dir" << YAML::Value << r.output.dir
       << YAML::EndMap;
   out << YAML::EndMap;

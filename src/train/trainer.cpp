@@ -408,10 +408,17 @@ TrainOutcome Job::run() {
   outcome.heldout_ce = heldout_ce();
   write_gates_json(outcome);
 
+  // Binarize: assignment.json is the run's deliverable, and stage 2 trains under it.
+  Assignment assignment =
+      binarize(model_->config(), *gates_, r_.exporting.rule, r_.constraint.target, r_.constraint.scope);
+  assignment.weights_checksum = weights_checksum(model_);
+  assignment.save((fs::path(dir_) / "assignment.json").string(), r_.exporting.kv_context);
+  outcome.achieved_sparsity = assignment.achieved_sparsity();
+
   if (r_.recover.steps > 0) {
-    // Stage 2: the paper's rule, FA iff log_alpha > 0, frozen; weights train.
-    at::Tensor hard = (gates_->log_alpha.detach() > 0).to(at::kFloat);
-    gates_->apply(model_, hard);
+    // Stage 2: the assignment is frozen; weights train.
+    remove_gates(model_);
+    assignment.apply(model_);
     set_weights_trainable(true);
     auto recover_optimizer = make_optimizer(/*stage1=*/false);
     if (control_.resume && start > 0) {
@@ -439,8 +446,11 @@ TrainOutcome Job::run() {
     progress.finish("held-out ce " + std::to_string(heldout_ce()));
   }
   if (weights_trained()) {
+    // The assignment names the weights it belongs to: the trained ones.
     remove_gates(model_);
     save_pretrained(model_, (fs::path(dir_) / "model").string());
+    assignment.weights_checksum = weights_checksum(model_);
+    assignment.save((fs::path(dir_) / "assignment.json").string(), r_.exporting.kv_context);
   }
   outcome.finished = true;
   outcome.global_step = total_steps;

@@ -9,6 +9,7 @@
 #include "consa/attention/attention.h"
 #include "consa/data/batches.h"
 #include "consa/gate/attention_gates.h"
+#include "consa/export/assignment.h"
 #include "consa/gate/sparsity_constraint.h"
 #include "consa/train/objective.h"
 
@@ -60,6 +61,11 @@ struct Recipe {
     int64_t steps = 0;  // stage 2: binarized gates frozen, weights train; 0 skips it
     double lr = 1e-4;
   } recover;
+
+  struct Export {
+    BinarizeRule rule = BinarizeRule::Exact;  // how stage 1's gates become assignment.json
+    int64_t kv_context = 4096;                // context length for the KV-cache figures in it
+  } exporting;  // the recipe's `export` section
 
   struct Output {
     std::string dir = "runs/consa";

@@ -5,7 +5,8 @@
 //   stage 2 (recover, optional): binarize the gates (FA iff log_alpha > 0), freeze the
 //     assignment and train the weights.
 // Writes to recipe.output.dir: recipe.yaml (resolved), metrics.jsonl, checkpoint.pt (atomic,
-// resumable), gates.json, and model/ (Hugging Face format) when weights were trained.
+// resumable), gates.json, assignment.json (binarized by export.rule), and model/ (Hugging Face
+// format) when weights were trained.
 #include <ATen/ATen.h>
 
 #include "consa/train/recipe.h"
@@ -25,6 +26,7 @@ struct TrainOutcome {
   at::Tensor layer_s_hat;    // [layers]
   at::Tensor keep_prob;      // [layers, units]
   double heldout_ce = -1;    // stage 1's deterministic gates on held-out data (-1: not measured)
+  double achieved_sparsity = 0;  // SWA fraction of the binarized assignment
 };
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control = {});

@@ -1,0 +1,68 @@
+#pragma once
+// Binarization of learned gates into a hard FA/SWA assignment, and assignment.json (schema in
+// docs/export.md). Two rules:
+//   threshold - a unit keeps full attention iff log_alpha > 0 (the paper's rule);
+//   exact     - exactly round(t * N) units become SWA, those with the lowest log_alpha; per layer
+//               (round(t * units per layer) each) when the constraint scope is per_layer.
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "consa/gate/attention_gates.h"
+#include "consa/gate/sparsity_constraint.h"
+#include "consa/model/decoder.h"
+
+namespace consa {
+
+enum class BinarizeRule { Threshold, Exact };
+BinarizeRule parse_binarize_rule(const std::string& name);  // "threshold" | "exact"
+const char* binarize_rule_name(BinarizeRule rule);
+
+constexpr int kAssignmentSchemaVersion = 1;
+
+struct Assignment {
+  // Model identity.
+  std::string architecture;
+  int64_t num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  std::string weights_checksum;  // "fnv1a64:..." over parameter names and bytes
+  // Granularity and the SWA span.
+  GateUnit unit = GateUnit::KvHead;
+  AttentionSpan swa;
+  BinarizeRule rule = BinarizeRule::Exact;
+  // Per layer, per unit: true = full attention; and the gate score (log_alpha) behind it.
+  std::vector<std::vector<bool>> full;
+  std::vector<std::vector<double>> scores;
+  double target = 0;
+
+  int64_t units_per_layer() const { return full.empty() ? 0 : static_cast<int64_t>(full[0].size()); }
+  double achieved_sparsity() const;  // fraction of units on SWA
+  // Whether KV head g of `layer` needs a full-length cache (some query head of it keeps FA).
+  bool kv_head_full(int64_t layer, int64_t kv_head) const;
+
+  // KV-cache bytes for one sequence of `context` tokens: {full-attention part, SWA part}.
+  // FA KV heads hold `context` positions; SWA ones min(context, window + sinks).
+  std::pair<int64_t, int64_t> kv_cache_bytes(int64_t context, int64_t bytes_per_element) const;
+
+  nlohmann::json to_json(int64_t kv_context, int64_t bytes_per_element) const;
+  static Assignment from_json(const nlohmann::json& j, const std::string& source);
+  void save(const std::string& path, int64_t kv_context = 4096, int64_t bytes_per_element = 2) const;
+  static Assignment load(const std::string& path);
+
+  // Sets each layer's per-KV-group spans (layer and kv_head units), or its per-head fa_weight
+  // of 0/1 (head units), so `model` computes with this assignment.
+  void apply(CausalLM& model) const;
+};
+
+Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
+                    ConstraintScope scope);
+
+// FNV-1a 64 over parameter names and bytes, in name order: identifies the weights an assignment
+// was learned on.
+std::string weights_checksum(CausalLM& model);
+
+// A readable layer x unit map ("F" full, "S" sliding) with the sparsity and KV-cache figures.
+void print_assignment(std::ostream& out, const Assignment& a, const std::string& source, int64_t kv_context);
+
+}  // namespace consa

@@ -1,0 +1,256 @@
+#include "consa/export/assignment.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <numeric>
+#include <ostream>
+#include <sstream>
+
+#include "consa/core/atomic_file.h"
+#include "consa/core/enum_names.h"
+#include "consa/core/error.h"
+
+namespace consa {
+using json = nlohmann::json;
+
+namespace {
+constexpr EnumName<BinarizeRule> kRules[] = {{BinarizeRule::Threshold, "threshold"}, {BinarizeRule::Exact, "exact"}};
+
+// Marks the k lowest-scoring of `indices` as SWA (stable: ties keep the earlier unit on SWA).
+void mark_lowest_swa(const std::vector<double>& scores, std::vector<int64_t> indices, int64_t k,
+                     std::vector<bool>& full) {
+  std::stable_sort(indices.begin(), indices.end(), [&](int64_t a, int64_t b) { return scores[a] < scores[b]; });
+  for (int64_t i = 0; i < k; ++i) full[indices[i]] = false;
+}
+}  // namespace
+
+BinarizeRule parse_binarize_rule(const std::string& name) { return parse_enum(kRules, name, "binarization rule"); }
+const char* binarize_rule_name(BinarizeRule rule) { return enum_name(kRules, rule); }
+
+double Assignment::achieved_sparsity() const {
+  int64_t swa = 0, total = 0;
+  for (const auto& layer : full)
+    for (bool f : layer) swa += !f, ++total;
+  return total ? static_cast<double>(swa) / total : 0.0;
+}
+
+bool Assignment::kv_head_full(int64_t layer, int64_t kv_head) const {
+  const auto& units = full.at(layer);
+  switch (unit) {
+    case GateUnit::Layer: return units[0];
+    case GateUnit::KvHead: return units[kv_head];
+    case GateUnit::Head: {
+      const int64_t group = num_heads / num_kv_heads;
+      for (int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h)
+        if (units[h]) return true;
+      return false;
+    }
+  }
+  return true;
+}
+
+std::pair<int64_t, int64_t> Assignment::kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
+  const int64_t per_position = 2 * head_dim * bytes_per_element;  // K and V of one KV head
+  const int64_t swa_positions = std::min(context, swa.window + swa.sinks);
+  int64_t fa = 0, sw = 0;
+  for (int64_t l = 0; l < num_layers; ++l)
+    for (int64_t g = 0; g < num_kv_heads; ++g) {
+      if (kv_head_full(l, g)) fa += context * per_position;
+      else sw += swa_positions * per_position;
+    }
+  return {fa, sw};
+}
+
+json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
+  json layers = json::array();
+  for (size_t l = 0; l < full.size(); ++l) {
+    json types = json::array();
+    for (bool f : full[l]) types.push_back(f ? "full" : "sliding");
+    layers.push_back({{"layer", l}, {"units", types}, {"scores", scores[l]}});
+  }
+  auto [fa, sw] = kv_cache_bytes(kv_context, bytes_per_element);
+  return {{"schema", "consa.assignment"},
+          {"version", kAssignmentSchemaVersion},
+          {"model",
+           {{"architecture", architecture},
+            {"num_layers", num_layers},
+            {"num_heads", num_heads},
+            {"num_kv_heads", num_kv_heads},
+            {"head_dim", head_dim},
+            {"weights_checksum", weights_checksum}}},
+          {"granularity", gate_unit_name(unit)},
+          {"window", swa.window},
+          {"sinks", swa.sinks},
+          {"rule", binarize_rule_name(rule)},
+          {"target_sparsity", target},
+          {"achieved_sparsity", achieved_sparsity()},
+          {"layers", layers},
+          {"kv_cache",
+           {{"context", kv_context},
+            {"bytes_per_element", bytes_per_element},
+            {"full_attention_bytes", fa},
+            {"sliding_window_bytes", sw},
+            {"dense_bytes", num_layers * num_kv_heads * kv_context * 2 * head_dim * bytes_per_element}}}};
+}
+
+Assignment Assignment::from_json(const json& j, const std::string& source) {
+  CONSA_CHECK(j.is_object() && j.value("schema", "") == "consa.assignment", source,
+              ": not a consa assignment (missing \"schema\": \"consa.assignment\")");
+  const int version = j.value("version", 0);
+  CONSA_CHECK(version == kAssignmentSchemaVersion, source, ": assignment schema version ", version,
+              ", this consa reads version ", kAssignmentSchemaVersion);
+  Assignment a;
+  try {
+    const json& m = j.at("model");
+    a.architecture = m.at("architecture").get<std::string>();
+    a.num_layers = m.at("num_layers").get<int64_t>();
+    a.num_heads = m.at("num_heads").get<int64_t>();
+    a.num_kv_heads = m.at("num_kv_heads").get<int64_t>();
+    a.head_dim = m.at("head_dim").get<int64_t>();
+    a.weights_checksum = m.at("weights_checksum").get<std::string>();
+    a.unit = parse_gate_unit(j.at("granularity").get<std::string>());
+    a.swa = AttentionSpan::sliding(j.at("window").get<int64_t>(), j.at("sinks").get<int64_t>());
+    a.rule = parse_binarize_rule(j.at("rule").get<std::string>());
+    a.target = j.at("target_sparsity").get<double>();
+    for (const auto& layer : j.at("layers")) {
+      std::vector<bool> f;
+      for (const auto& t : layer.at("units")) {
+        const std::string s = t.get<std::string>();
+        CONSA_CHECK(s == "full" || s == "sliding", source, ": unit type '", s, "'; allowed: full, sliding");
+        f.push_back(s == "full");
+      }
+      a.full.push_back(f);
+      a.scores.push_back(layer.at("scores").get<std::vector<double>>());
+    }
+  } catch (const json::exception& e) {
+    fail(source, ": malformed assignment: ", e.what());
+  }
+  CONSA_CHECK(static_cast<int64_t>(a.full.size()) == a.num_layers, source, ": ", a.full.size(),
+              " layers listed, model has ", a.num_layers);
+  const int64_t units = a.unit == GateUnit::Layer ? 1 : a.unit == GateUnit::KvHead ? a.num_kv_heads : a.num_heads;
+  for (const auto& layer : a.full)
+    CONSA_CHECK(static_cast<int64_t>(layer.size()) == units, source, ": each layer needs ", units, " units for ",
+                gate_unit_name(a.unit), " granularity");
+  return a;
+}
+
+void Assignment::save(const std::string& path, int64_t kv_context, int64_t bytes_per_element) const {
+  AtomicFileWriter out(path);
+  out.stream() << to_json(kv_context, bytes_per_element).dump(2) << "\n";
+  out.commit();
+}
+
+Assignment Assignment::load(const std::string& path) {
+  json j;
+  try {
+    j = json::parse(read_text_file(path));
+  } catch (const json::exception& e) {
+    fail(path, ": not valid JSON: ", e.what());
+  }
+  return from_json(j, path);
+}
+
+void Assignment::apply(CausalLM& model) const {
+  const ModelConfig& c = model->config();
+  CONSA_CHECK(c.num_layers == num_layers && c.num_heads == num_heads && c.num_kv_heads == num_kv_heads &&
+                  c.head_dim == head_dim,
+              "assignment for ", num_layers, " layers x ", num_heads, "/", num_kv_heads, " heads x ", head_dim,
+              " does not fit this model (", c.num_layers, " x ", c.num_heads, "/", c.num_kv_heads, " x ", c.head_dim, ")");
+  for (int64_t l = 0; l < num_layers; ++l) {
+    SelfAttentionImpl& attn = model->attention(l);
+    if (unit == GateUnit::Head) {
+      std::vector<float> w(full[l].begin(), full[l].end());
+      attn.fa_weight = at::tensor(w);
+      attn.swa_span = swa;
+      continue;
+    }
+    attn.fa_weight = at::Tensor();
+    for (int64_t g = 0; g < num_kv_heads; ++g) attn.group_spans[g] = kv_head_full(l, g) ? AttentionSpan::full() : swa;
+  }
+}
+
+Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
+                    ConstraintScope scope) {
+  Assignment a;
+  a.architecture = architecture_name(config.arch);
+  a.num_layers = config.num_layers;
+  a.num_heads = config.num_heads;
+  a.num_kv_heads = config.num_kv_heads;
+  a.head_dim = config.head_dim;
+  a.unit = gates.options().unit;
+  a.swa = gates.options().swa;
+  a.rule = rule;
+  a.target = target;
+  at::Tensor la = gates.log_alpha.detach().to(at::kDouble).cpu().contiguous();
+  const int64_t layers = la.size(0), units = la.size(1);
+  std::vector<double> scores(la.data_ptr<double>(), la.data_ptr<double>() + la.numel());
+  std::vector<bool> flat(scores.size(), true);
+  if (rule == BinarizeRule::Threshold) {
+    for (size_t i = 0; i < scores.size(); ++i) flat[i] = scores[i] > 0;
+  } else if (scope == ConstraintScope::PerLayer) {
+    for (int64_t l = 0; l < layers; ++l) {
+      std::vector<int64_t> idx(units);
+      std::iota(idx.begin(), idx.end(), l * units);
+      mark_lowest_swa(scores, idx, std::llround(target * units), flat);
+    }
+  } else {
+    std::vector<int64_t> idx(scores.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    mark_lowest_swa(scores, idx, std::llround(target * static_cast<double>(scores.size())), flat);
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    a.full.emplace_back(flat.begin() + l * units, flat.begin() + (l + 1) * units);
+    a.scores.emplace_back(scores.begin() + l * units, scores.begin() + (l + 1) * units);
+  }
+  return a;
+}
+
+std::string weights_checksum(CausalLM& model) {
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (const auto& item : model->named_parameters()) params.emplace_back(item.key(), item.value());
+  std::sort(params.begin(), params.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  uint64_t h = 1469598103934665603ull;
+  auto feed = [&](const uint8_t* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  at::NoGradGuard no_grad;
+  for (const auto& [name, t] : params) {
+    feed(reinterpret_cast<const uint8_t*>(name.data()), name.size());
+    at::Tensor c = t.detach().cpu().contiguous();
+    feed(static_cast<const uint8_t*>(c.data_ptr()), c.numel() * c.element_size());
+  }
+  std::ostringstream s;
+  s << "fnv1a64:" << std::hex << std::setw(16) << std::setfill('0') << h;
+  return s.str();
+}
+
+void print_assignment(std::ostream& out, const Assignment& a, const std::string& source, int64_t kv_context) {
+  auto [fa, sw] = a.kv_cache_bytes(kv_context, 2);
+  const double dense = static_cast<double>(a.num_layers * a.num_kv_heads * kv_context * 2 * a.head_dim * 2);
+  auto mib = [](double b) { return b / (1024.0 * 1024.0); };
+  int64_t swa_units = 0, total = 0;
+  for (const auto& l : a.full)
+    for (bool f : l) swa_units += !f, ++total;
+  out << "assignment    " << source << " (schema " << kAssignmentSchemaVersion << ")\n"
+      << "model         " << a.architecture << ", " << a.num_layers << " layers, " << a.num_heads << " query / "
+      << a.num_kv_heads << " KV heads, head_dim " << a.head_dim << ", weights " << a.weights_checksum << "\n"
+      << "units         " << gate_unit_name(a.unit) << ", SWA " << a.swa.describe() << ", rule "
+      << binarize_rule_name(a.rule) << "\n"
+      << "sparsity      target " << a.target << ", achieved " << a.achieved_sparsity() << " (" << swa_units << " of "
+      << total << " units on SWA)\n"
+      << std::fixed << std::setprecision(2) << "KV cache      " << kv_context << " tokens, bf16: FA " << mib(fa)
+      << " MiB + SWA " << mib(sw) << " MiB = " << mib(fa + sw) << " MiB (dense " << mib(dense) << " MiB, "
+      << std::setprecision(1) << 100.0 * (fa + sw) / dense << "%)\n";
+  out.unsetf(std::ios::fixed);
+  out << "layer  units (F full, S sliding)\n";
+  for (size_t l = 0; l < a.full.size(); ++l) {
+    out << std::setw(5) << l << "  ";
+    for (bool f : a.full[l]) out << (f ? 'F' : 'S');
+    out << "\n";
+  }
+}
+
+}  // namespace consa

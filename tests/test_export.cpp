@@ -1,0 +1,131 @@
+// Binarization rules, assignment.json and its KV-cache accounting.
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+
+#include "catch_compat.h"
+#include "consa/core/error.h"
+#include "consa/export/assignment.h"
+#include "helpers.h"
+
+using namespace consa;
+using namespace consa_test;
+
+namespace {
+
+AttentionGates gates_with_scores(const ModelConfig& c, GateUnit unit, const at::Tensor& scores) {
+  GateOptions o;
+  o.unit = unit;
+  o.swa = AttentionSpan::sliding(8, 2);
+  AttentionGates g(c, o);
+  at::NoGradGuard no_grad;
+  g->log_alpha.copy_(scores);
+  return g;
+}
+
+int64_t count_swa(const Assignment& a) {
+  int64_t n = 0;
+  for (const auto& l : a.full) n += std::count(l.begin(), l.end(), false);
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("the exact rule meets every target exactly, on the lowest scores", "[export]") {
+  ModelConfig c = tiny_config(6, 8, 4, 4);
+  at::manual_seed(2);
+  AttentionGates g = gates_with_scores(c, GateUnit::KvHead, at::randn({6, 4}) * 3);
+  for (double t : {0.0, 0.25, 0.5, 0.75, 0.875, 1.0}) {
+    Assignment global = binarize(c, *g, BinarizeRule::Exact, t, ConstraintScope::Global);
+    INFO("target " << t);
+    CHECK(count_swa(global) == std::llround(t * 24));
+    CHECK(global.achieved_sparsity() == Approx(std::llround(t * 24) / 24.0));
+    double max_swa = -1e9, min_full = 1e9;
+    for (int64_t l = 0; l < 6; ++l)
+      for (int64_t u = 0; u < 4; ++u) {
+        const double s = g->log_alpha[l][u].item<double>();
+        if (global.full[l][u]) min_full = std::min(min_full, s);
+        else max_swa = std::max(max_swa, s);
+      }
+    CHECK(max_swa <= min_full);
+    Assignment per_layer = binarize(c, *g, BinarizeRule::Exact, t, ConstraintScope::PerLayer);
+    for (const auto& layer : per_layer.full) CHECK(std::count(layer.begin(), layer.end(), false) == std::llround(t * 4));
+  }
+}
+
+TEST_CASE("the threshold rule keeps full attention iff log_alpha > 0", "[export]") {
+  ModelConfig c = tiny_config(2, 4, 2, 4);
+  AttentionGates g = gates_with_scores(c, GateUnit::Head, at::tensor({0.5f, -0.1f, 0.0f, 3.0f, -2.f, -3.f, 1.f, 0.01f}).reshape({2, 4}));
+  Assignment a = binarize(c, *g, BinarizeRule::Threshold, 0.5, ConstraintScope::Global);
+  CHECK(a.full[0] == std::vector<bool>{true, false, false, true});
+  CHECK(a.full[1] == std::vector<bool>{false, false, true, true});
+  // Head units: KV head g needs a full cache if any of its query heads keeps FA.
+  CHECK(a.kv_head_full(0, 0));
+  CHECK(a.kv_head_full(0, 1));
+  CHECK(!a.kv_head_full(1, 0));
+  CHECK(a.kv_head_full(1, 1));
+}
+
+TEST_CASE("KV-cache bytes equal (1 - rho) L + rho (W + S) positions per KV head", "[export]") {
+  ModelConfig c = tiny_config(4, 8, 4, 16);
+  at::manual_seed(5);
+  AttentionGates g = gates_with_scores(c, GateUnit::KvHead, at::randn({4, 4}));
+  for (double rho : {0.25, 0.5, 0.75}) {
+    Assignment a = binarize(c, *g, BinarizeRule::Exact, rho, ConstraintScope::Global);
+    const int64_t units = 16, context = 4096, bytes = 2;
+    const double per_position = 2.0 * 16 * bytes;  // K and V, head_dim 16, bf16
+    const double expected_total = units * per_position * ((1 - rho) * context + rho * (8 + 2));
+    auto [fa, sw] = a.kv_cache_bytes(context, bytes);
+    CHECK(static_cast<double>(fa + sw) == Approx(expected_total));
+    CHECK(static_cast<double>(fa) == Approx(units * (1 - rho) * context * per_position));
+    // A context shorter than the window costs the same for FA and SWA heads.
+    auto [fa_short, sw_short] = a.kv_cache_bytes(6, bytes);
+    CHECK(static_cast<double>(fa_short + sw_short) == Approx(units * 6 * per_position));
+  }
+}
+
+TEST_CASE("assignment.json round-trips and malformed files are refused", "[export]") {
+  ModelConfig c = tiny_config(2, 4, 2, 8);
+  AttentionGates g = gates_with_scores(c, GateUnit::KvHead, at::tensor({1.f, -1.f, -2.f, 2.f}).reshape({2, 2}));
+  Assignment a = binarize(c, *g, BinarizeRule::Exact, 0.5, ConstraintScope::PerLayer);
+  a.weights_checksum = "fnv1a64:0123456789abcdef";
+  const std::string dir = scratch_dir("assign");
+  a.save(dir + "/a.json", 1024);
+  Assignment b = Assignment::load(dir + "/a.json");
+  CHECK(b.full == a.full);
+  CHECK(b.scores == a.scores);
+  CHECK(b.swa == a.swa);
+  CHECK(b.unit == a.unit);
+  CHECK(b.weights_checksum == a.weights_checksum);
+  auto j = nlohmann::json::parse(read_text(dir + "/a.json"));
+  CHECK(j["kv_cache"]["full_attention_bytes"] == 2 * 1024 * 2 * 8 * 2);  // 2 FA KV heads
+  CHECK(j["achieved_sparsity"] == 0.5);
+
+  j["version"] = 9;
+  write_text(dir + "/v.json", j.dump());
+  CHECK_THROWS_WITH(Assignment::load(dir + "/v.json"), contains("schema version 9, this consa reads version 1"));
+  j["version"] = 1;
+  j["layers"][1]["units"] = {"full"};
+  write_text(dir + "/u.json", j.dump());
+  CHECK_THROWS_WITH(Assignment::load(dir + "/u.json"), contains("each layer needs 2 units for kv_head granularity"));
+  write_text(dir + "/x.json", "{\"hello\": 1}");
+  CHECK_THROWS_WITH(Assignment::load(dir + "/x.json"), contains("not a consa assignment"));
+}
+
+TEST_CASE("applying an assignment equals the per-group spans and the 0/1 gates", "[export]") {
+  ModelConfig c = tiny_config(2, 4, 2, 8);
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, 3);
+  at::Tensor ids = at::randint(0, 50, {1, 20}, at::TensorOptions().dtype(at::kLong));
+  AttentionGates g = gates_with_scores(c, GateUnit::KvHead, at::tensor({1.f, -1.f, -2.f, 2.f}).reshape({2, 2}));
+  Assignment a = binarize(c, *g, BinarizeRule::Threshold, 0.5, ConstraintScope::Global);
+  at::NoGradGuard no_grad;
+  a.apply(model);
+  CHECK(model->attention(0).group_spans[1] == AttentionSpan::sliding(8, 2));
+  CHECK(model->attention(1).group_spans[1].is_full());
+  at::Tensor by_spans = model->forward(ids);
+  g->apply(model, (g->log_alpha > 0).to(at::kFloat));  // the gated path with hard 0/1 gates
+  CHECK(max_abs_diff(model->forward(ids), by_spans) < 1e-5);
+  CausalLM other(tiny_config(3, 4, 2, 8), at::TensorOptions());
+  CHECK_THROWS_WITH(a.apply(other), contains("does not fit this model"));
+}
