@@ -16,6 +16,16 @@ struct RecipeArgs {
   std::vector<std::string> overrides;
 };
 
+// The options every recipe command takes: RECIPE [key.sub=value ...] and --help.
+cxxopts::Options recipe_options(const char* command, const char* description) {
+  cxxopts::Options options(std::string("consa ") + command, description);
+  options.positional_help("RECIPE [key.sub=value ...]");
+  options.add_options()("args", "recipe and overrides", cxxopts::value<std::vector<std::string>>())(
+      "h,help", "show this help");
+  options.parse_positional({"args"});
+  return options;
+}
+
 RecipeArgs recipe_args(cxxopts::ParseResult& args, const char* command) {
   CONSA_CHECK(args.count("args"), "consa ", command, ": missing RECIPE (see consa ", command, " --help)");
   auto positional = args["args"].as<std::vector<std::string>>();
@@ -29,14 +39,10 @@ RecipeArgs recipe_args(cxxopts::ParseResult& args, const char* command) {
 }  // namespace
 
 int run_train(int argc, char** argv) {
-  cxxopts::Options options("consa train", "Run a ConSA training recipe.");
-  options.positional_help("RECIPE [key.sub=value ...]");
+  cxxopts::Options options = recipe_options("train", "Run a ConSA training recipe.");
   options.add_options()
-      ("args", "recipe and overrides", cxxopts::value<std::vector<std::string>>())
       ("resume", "continue from OUTPUT_DIR/checkpoint.pt")
-      ("stop-after", "checkpoint and exit after N steps (pre-emptible jobs)", cxxopts::value<int64_t>()->default_value("-1"))
-      ("h,help", "show this help");
-  options.parse_positional({"args"});
+      ("stop-after", "checkpoint and exit after N steps (pre-emptible jobs)", cxxopts::value<int64_t>()->default_value("-1"));
   auto args = options.parse(argc, argv);
   if (args.count("help")) {
     std::cout << options.help() << "\n";
@@ -64,11 +70,7 @@ int run_train(int argc, char** argv) {
 }
 
 int run_validate(int argc, char** argv) {
-  cxxopts::Options options("consa validate", "Check a recipe without running it; prints it resolved.");
-  options.positional_help("RECIPE [key.sub=value ...]");
-  options.add_options()("args", "recipe and overrides", cxxopts::value<std::vector<std::string>>())(
-      "h,help", "show this help");
-  options.parse_positional({"args"});
+  cxxopts::Options options = recipe_options("validate", "Check a recipe without running it; prints it resolved.");
   auto args = options.parse(argc, argv);
   if (args.count("help")) {
     std::cout << options.help() << "\n";
