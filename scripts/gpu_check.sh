@@ -24,11 +24,15 @@ status=${PIPESTATUS[0]}
 "$BUILD/consa" inspect tests/fixtures/qwen3_norm --device cuda --dtype bfloat16 --prompt-ids 1,2,3 \
   | tee "$OUT/inspect.txt" || status=1
 # The tiny recipe on the GPU, fp32 and bf16 (flash), with gradient checkpointing on.
-for dtype in float32 bfloat16; do
+# mode full + stage 2 in bf16 exercises fp32 master weights and flash attention under training.
+for run in "float32" "bfloat16" "bfloat16 train.mode=full train.steps=200 recover.steps=50"; do
+  set -- $run
+  dtype=$1; shift
   start=$(date +%s.%N)
-  "$BUILD/consa" train recipes/tiny_cpu.yaml model.device=cuda model.dtype=$dtype train.gradient_checkpointing=true \
-    output.dir=/tmp/consa-gpu-runs/tiny_$dtype 2>/dev/null | sed "s/^/train cuda $dtype: /" | tee -a "$OUT/train_cuda.txt" || status=1
-  echo "train cuda $dtype: wall $(python3 -c "import sys; print(round($(date +%s.%N) - $start, 1))") s" \
+  label="$dtype${1:+ $*}"
+  "$BUILD/consa" train recipes/tiny_cpu.yaml model.device=cuda model.dtype=$dtype train.gradient_checkpointing=true "$@" \
+    output.dir=/tmp/consa-gpu-runs/tiny_$dtype$# 2>/dev/null | sed "s/^/train cuda $label: /" | tee -a "$OUT/train_cuda.txt" || status=1
+  echo "train cuda $label: wall $(python3 -c "import sys; print(round($(date +%s.%N) - $start, 1))") s" \
     | tee -a "$OUT/train_cuda.txt"
 done
 if [ "$status" != 0 ] && command -v cuda-gdb >/dev/null; then

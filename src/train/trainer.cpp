@@ -1,7 +1,6 @@
 #include "consa/train/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
@@ -10,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "consa/core/atomic_file.h"
@@ -31,6 +31,21 @@ double lr_multiplier(const std::string& kind, int64_t warmup_steps, int64_t step
 }
 
 namespace {
+
+// Global gradient-norm clipping over tensors that may live on different devices (weights on the
+// GPU, gates on the CPU); one host synchronisation per device.
+void clip_global_grad_norm(const std::vector<at::Tensor>& tensors, double max_norm) {
+  std::map<std::string, std::vector<at::Tensor>> squares_by_device;
+  for (const auto& t : tensors)
+    if (t.grad().defined()) squares_by_device[t.device().str()].push_back(t.grad().to(at::kFloat).pow(2).sum());
+  double total = 0;
+  for (const auto& [device, squares] : squares_by_device) total += at::stack(squares).sum().item<double>();
+  const double coef = max_norm / (std::sqrt(total) + 1e-6);
+  if (coef >= 1.0) return;
+  at::NoGradGuard no_grad;
+  for (const auto& t : tensors)
+    if (t.grad().defined()) t.grad().mul_(coef);
+}
 
 json tensor_to_json(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kDouble).cpu().contiguous();
@@ -220,7 +235,7 @@ json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::opt
     std::vector<at::Tensor> clipped;
     if (train_weights) clipped = optimized_weights();
     if (stage1) clipped.push_back(gates_->log_alpha);
-    torch::nn::utils::clip_grad_norm_(clipped, r_.optimizer.grad_clip);
+    clip_global_grad_norm(clipped, r_.optimizer.grad_clip);
   }
   optimizer.step();
   if (train_weights) masters_to_weights();
