@@ -95,6 +95,11 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
                         " train.steps=20 output.dir=" + dir,
                     &out, &err) == 0);
   REQUIRE(run_consa("inspect " + dir + "/assignment.json --kv-context 1024", &out, &err) == 0);
+  std::string again_out, again_err;
+  CHECK(run_consa(std::string("train ") + CONSA_SOURCE_DIR + "/recipes/tiny_cpu.yaml model.path=" + fixture("qwen3_norm") +
+                      " train.steps=2 output.dir=" + dir,
+                  &again_out, &again_err) == 1);
+  CHECK_THAT(again_err, contains("holds an earlier run (checkpoint.pt); pass --resume"));
   CHECK_THAT(out, contains("units         kv_head, SWA swa(W=8), rule exact"));
   CHECK_THAT(out, contains("achieved 0.5 (2 of 4 units on SWA)"));
   CHECK_THAT(out, contains("layer  units (F full, S sliding)"));

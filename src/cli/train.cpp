@@ -42,6 +42,7 @@ int run_train(int argc, char** argv) {
   cxxopts::Options options = recipe_options("train", "Run a ConSA training recipe.");
   options.add_options()
       ("resume", "continue from OUTPUT_DIR/checkpoint.pt")
+      ("overwrite", "replace an earlier run in OUTPUT_DIR")
       ("stop-after", "checkpoint and exit after N steps (pre-emptible jobs)", cxxopts::value<int64_t>()->default_value("-1"));
   auto args = options.parse(argc, argv);
   if (args.count("help")) {
@@ -52,6 +53,7 @@ int run_train(int argc, char** argv) {
   Recipe recipe = load_recipe(ra.path, ra.overrides);
   TrainControl control;
   control.resume = args.count("resume") > 0;
+  control.overwrite = args.count("overwrite") > 0;
   control.stop_after = args["stop-after"].as<int64_t>();
   TrainOutcome outcome = run_training(recipe, control);
   if (!outcome.finished) {

@@ -348,6 +348,9 @@ void Job::write_gates_json(const TrainOutcome& o) {
 }
 
 TrainOutcome Job::run() {
+  CONSA_CHECK(control_.resume || control_.overwrite || !fs::exists(checkpoint_path()), dir_,
+              ": holds an earlier run (checkpoint.pt); pass --resume to continue it, --overwrite to replace it, "
+              "or choose another output.dir");
   fs::create_directories(dir_);
   {
     AtomicFileWriter out((fs::path(dir_) / "recipe.yaml").string());

@@ -16,6 +16,7 @@ namespace consa {
 struct TrainControl {
   bool resume = false;     // continue from output.dir/checkpoint.pt
   int64_t stop_after = -1;  // checkpoint and return after this many steps in this process (-1: run to the end)
+  bool overwrite = false;   // start afresh even if output.dir holds an earlier run's checkpoint
 };
 
 struct TrainOutcome {
