@@ -100,10 +100,18 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
                       " train.steps=2 output.dir=" + dir,
                   &again_out, &again_err) == 1);
   CHECK_THAT(again_err, contains("holds an earlier run (checkpoint.pt); pass --resume"));
+
   CHECK_THAT(out, contains("units         kv_head, SWA swa(W=8), rule exact"));
   CHECK_THAT(out, contains("achieved 0.5 (2 of 4 units on SWA)"));
   CHECK_THAT(out, contains("layer  units (F full, S sliding)"));
   CHECK_THAT(out, contains("KV cache      1024 tokens"));
+  // The run exports in Hugging Face format, and the export loads back under its assignment.
+  REQUIRE(run_consa("export " + dir + " --format hf --out " + dir + "/hf", &out, &err) == 0);
+  CHECK_THAT(out, contains("kv_head units, 0.5 on SWA"));
+  REQUIRE(run_consa("inspect " + dir + "/hf", &out, &err) == 0);
+  CHECK_THAT(out, contains("swa(W=8)"));  // the hybrid layout comes back from config.json
+  CHECK(run_consa("export " + dir + " --format torchscript --out " + dir + "/ts", &out, &err) == 1);
+  CHECK_THAT(err, contains("--format 'torchscript' is not available; supported: hf"));
 }
 
 TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli]") {

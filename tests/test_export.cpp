@@ -6,6 +6,8 @@
 #include "catch_compat.h"
 #include "consa/core/error.h"
 #include "consa/export/assignment.h"
+#include "consa/export/hf_export.h"
+#include "consa/load/pretrained.h"
 #include "helpers.h"
 
 using namespace consa;
@@ -128,4 +130,67 @@ TEST_CASE("applying an assignment equals the per-group spans and the 0/1 gates",
   CHECK(max_abs_diff(model->forward(ids), by_spans) < 1e-5);
   CausalLM other(tiny_config(3, 4, 2, 8), at::TensorOptions());
   CHECK_THROWS_WITH(a.apply(other), contains("does not fit this model"));
+}
+
+TEST_CASE("permuting KV groups together with their spans leaves the model's output unchanged", "[export]") {
+  ModelConfig c = tiny_config(2, 6, 3, 8);
+  c.qkv_bias = true;
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, 11);
+  {
+    at::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) p.add_(0.05 * at::randn(p.sizes()));  // non-zero biases
+  }
+  model->attention(0).group_spans = {AttentionSpan::sliding(3), AttentionSpan::full(), AttentionSpan::sliding(5, 1)};
+  at::Tensor ids = at::randint(0, 50, {2, 15}, at::TensorOptions().dtype(at::kLong));
+  at::NoGradGuard no_grad;
+  at::Tensor before = model->forward(ids);
+  at::Tensor q_before = model->attention(0).q_proj->weight.clone();
+  permute_kv_groups(model, 0, {2, 0, 1});
+  CHECK(max_abs_diff(model->attention(0).q_proj->weight, q_before) > 0.0);
+  CHECK(model->attention(0).group_spans[1] == AttentionSpan::sliding(3));
+  CHECK(max_abs_diff(model->forward(ids), before) < 1e-5);
+  permute_kv_groups(model, 0, {1, 2, 0});  // the inverse
+  CHECK(max_abs_diff(model->attention(0).q_proj->weight, q_before) == 0.0);
+}
+
+TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
+  ModelConfig c = tiny_config(3, 4, 2, 8);
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, 12);
+  at::Tensor ids = at::randint(0, 50, {1, 24}, at::TensorOptions().dtype(at::kLong));
+  for (GateUnit unit : {GateUnit::KvHead, GateUnit::Layer}) {
+    const int64_t units = unit == GateUnit::Layer ? 1 : 2;
+    AttentionGates g = gates_with_scores(c, unit, at::randn({3, units}));
+    Assignment a = binarize(c, *g, BinarizeRule::Exact, 0.5, ConstraintScope::Global);
+    if (unit == GateUnit::Layer) a.swa = AttentionSpan::sliding(8);  // transformers has no sinks
+    const std::string dir = scratch_dir("hf-export");
+    export_hf(model, a, dir + "/m");
+    CausalLM reloaded = load_pretrained(dir + "/m");
+    at::NoGradGuard no_grad;
+    CausalLM reference(c, at::TensorOptions().dtype(at::kFloat));
+    for (auto& item : reference->named_parameters()) item.value().copy_(model->named_parameters()[item.key()]);
+    a.apply(reference);
+    INFO(gate_unit_name(unit));
+    CHECK(max_abs_diff(reloaded->forward(ids), reference->forward(ids)) < 1e-5);
+    CHECK(max_abs_diff(reloaded->forward(ids), model->forward(ids)) > 1e-3);  // the assignment matters
+    Assignment stored = Assignment::load(dir + "/m/assignment.json");
+    CHECK(stored.achieved_sparsity() == a.achieved_sparsity());
+    CHECK(stored.weights_checksum == weights_checksum(reloaded));
+    auto config = nlohmann::json::parse(read_text(dir + "/m/config.json"));
+    if (unit == GateUnit::Layer) {
+      CHECK(config.contains("layer_types"));
+      CHECK(config["sliding_window"] == 8);
+    } else {
+      CHECK(config["consa"]["granularity"] == "kv_head");
+      for (int64_t l = 0; l < 3; ++l) {  // full-attention groups first
+        const auto& spans = reloaded->attention(l).group_spans;
+        CHECK((spans[0].is_full() || !spans[1].is_full()));
+        CHECK(static_cast<int64_t>(spans[0].is_full()) + spans[1].is_full() == config["consa"]["full_attention_kv_heads"][l]);
+      }
+    }
+  }
+  Assignment head = binarize(c, *gates_with_scores(c, GateUnit::Head, at::randn({3, 4})), BinarizeRule::Exact, 0.5,
+                             ConstraintScope::Global);
+  CHECK_THROWS_WITH(export_hf(model, head, scratch_dir("hf-head")), contains("head-granularity assignments cannot be exported"));
 }

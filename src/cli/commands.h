@@ -15,6 +15,7 @@ int run_inspect(int argc, char** argv);
 int run_demo(int argc, char** argv);
 int run_train(int argc, char** argv);
 int run_validate(int argc, char** argv);
+int run_export(int argc, char** argv);
 
 // Shared helpers.
 at::Device parse_device(const std::string& name);

@@ -40,6 +40,7 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"demo", consa::cli::run_demo, "create a small model, reload it and decode (no download)"},
+    {"export", consa::cli::run_export, "export a run's model under its assignment (Hugging Face format)"},
     {"inspect", consa::cli::run_inspect, "summarise a Hugging Face checkpoint; --prompt-ids for next tokens"},
     {"tokenize", run_tokenize, "text -> token shard with sentencepiece (--train-tokenizer to train one)"},
     {"train", consa::cli::run_train, "run a ConSA recipe: learn the FA/SWA assignment (consa train RECIPE)"},

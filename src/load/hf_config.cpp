@@ -185,6 +185,13 @@ const char* model_type_name(Architecture arch) {
   return "?";
 }
 
+AttentionSpan ModelConfig::declared_span(int64_t layer, int64_t kv_head) const {
+  if (!hybrid_full_kv_heads.empty())
+    return kv_head < hybrid_full_kv_heads.at(layer) ? AttentionSpan::full()
+                                                    : AttentionSpan::sliding(hybrid_window, hybrid_sinks);
+  return layer_is_sliding(layer) ? AttentionSpan::sliding(layer_window.at(layer)) : AttentionSpan::full();
+}
+
 void ModelConfig::validate(const std::string& source) const {
   CONSA_CHECK(num_heads % num_kv_heads == 0, source, ": num_attention_heads (", num_heads,
               ") must be a multiple of num_key_value_heads (", num_kv_heads, ")");
@@ -192,6 +199,13 @@ void ModelConfig::validate(const std::string& source) const {
   CONSA_CHECK(static_cast<int64_t>(layer_window.size()) == num_layers, source,
               ": one attention window per layer expected");
   CONSA_CHECK(rms_norm_eps > 0, source, ": rms_norm_eps must be > 0");
+  if (!hybrid_full_kv_heads.empty()) {
+    CONSA_CHECK(static_cast<int64_t>(hybrid_full_kv_heads.size()) == num_layers && hybrid_window > 0, source,
+                ": consa.full_attention_kv_heads needs one count per layer and consa.window > 0");
+    for (int64_t n : hybrid_full_kv_heads)
+      CONSA_CHECK(n >= 0 && n <= num_kv_heads, source, ": consa.full_attention_kv_heads entries must be in [0, ",
+                  num_kv_heads, "], got ", n);
+  }
 }
 
 ModelConfig parse_hf_config(const json& j, const std::string& source) {
@@ -235,6 +249,19 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.rope = parse_rope(r);
   c.layer_window = parse_layer_windows(r, c.arch, c.num_layers);
   c.dtype = r.string("dtype", r.string("torch_dtype", "float32"));
+  if (r.has("consa")) {
+    ConfigReader h(r.at("consa"), source + ": consa");
+    CONSA_CHECK(h.string("granularity", "") == "kv_head", source,
+                ": consa.granularity must be kv_head (the head-wise hybrid layout consa exports)");
+    const json& counts = r.at("consa")["full_attention_kv_heads"];
+    CONSA_CHECK(counts.is_array(), source, ": consa.full_attention_kv_heads must be a list of counts per layer");
+    for (const auto& n : counts) {
+      CONSA_CHECK(n.is_number_integer(), source, ": consa.full_attention_kv_heads must hold integers");
+      c.hybrid_full_kv_heads.push_back(n.get<int64_t>());
+    }
+    c.hybrid_window = h.positive_int("window");
+    c.hybrid_sinks = r.at("consa").value("sinks", int64_t{0});
+  }
   c.validate(source);
   return c;
 }
@@ -282,6 +309,11 @@ json to_hf_config(const ModelConfig& c) {
       {"torch_dtype", c.dtype},
   };
   if (c.arch != Architecture::Qwen2) j["attention_bias"] = c.o_bias;
+  if (!c.hybrid_full_kv_heads.empty())
+    j["consa"] = {{"granularity", "kv_head"},
+                  {"window", c.hybrid_window},
+                  {"sinks", c.hybrid_sinks},
+                  {"full_attention_kv_heads", c.hybrid_full_kv_heads}};
   int64_t window = 0;
   bool any_sliding = false;
   for (int64_t w : c.layer_window) {

@@ -60,9 +60,10 @@ CausalLM load_pretrained(const std::string& dir, const LoadOptions& options) {
   return model;
 }
 
-void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes) {
+void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes,
+                     const ModelConfig* config_override) {
   fs::create_directories(dir);
-  ModelConfig config = model->config();
+  ModelConfig config = config_override ? *config_override : model->config();
   config.dtype = dtype_name(model->dtype());
   NamedTensors tensors;
   for (const auto& item : model->named_parameters()) tensors.emplace_back(item.key(), item.value());

@@ -17,9 +17,9 @@ SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& c, int64_t layer,
       num_kv_heads(c.num_kv_heads),
       head_dim(c.head_dim),
       scale(1.0 / std::sqrt(static_cast<double>(c.head_dim))),
-      group_spans(c.num_kv_heads, c.layer_is_sliding(layer) ? AttentionSpan::sliding(c.layer_window[layer])
-                                                            : AttentionSpan::full()),
+      group_spans(c.num_kv_heads),
       backend(make_attention_backend(AttentionImpl::Auto)) {
+  for (int64_t g = 0; g < c.num_kv_heads; ++g) group_spans[g] = c.declared_span(layer, g);
   q_proj = register_module("q_proj", Linear(c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias, options));
   k_proj = register_module("k_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));
   v_proj = register_module("v_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));

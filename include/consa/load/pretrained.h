@@ -21,6 +21,8 @@ struct LoadOptions {
 CausalLM load_pretrained(const std::string& dir, const LoadOptions& options = {});
 
 // Writes config.json and model.safetensors (sharded above max_shard_bytes), each atomically.
-void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes = 4ull << 30);
+// `config` replaces the model's own in config.json (an export that re-labels the weights).
+void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes = 4ull << 30,
+                     const ModelConfig* config = nullptr);
 
 }  // namespace consa

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "consa/attention/attention.h"
+
 namespace consa {
 
 enum class Architecture { Llama, Mistral, Qwen2, Qwen3 };
@@ -42,10 +44,17 @@ struct ModelConfig {
   // Attention window of each layer as the checkpoint declares it: 0 = full causal attention,
   // W > 0 = sliding window of W keys including the current token (Mistral, Qwen2/3 layer_types).
   std::vector<int64_t> layer_window;
+  // A consa head-wise hybrid export (config.json "consa" entry): in layer l the first
+  // hybrid_full_kv_heads[l] KV groups use full attention and the rest hybrid_swa (heads are
+  // stored permuted so). Empty for ordinary checkpoints.
+  std::vector<int64_t> hybrid_full_kv_heads;
+  int64_t hybrid_window = 0, hybrid_sinks = 0;
   std::string dtype = "float32";  // the checkpoint's stored dtype ("float32", "bfloat16", ...)
 
   int64_t group_size() const { return num_heads / num_kv_heads; }  // query heads per KV head
   bool layer_is_sliding(int64_t layer) const { return layer_window.at(layer) > 0; }
+  // The checkpoint's own attention span for KV group `kv_head` of `layer`.
+  AttentionSpan declared_span(int64_t layer, int64_t kv_head) const;
   // Throws consa::Error naming `source` when the numbers are inconsistent.
   void validate(const std::string& source) const;
 };
