@@ -35,6 +35,16 @@ for run in "float32" "bfloat16" "bfloat16 train.mode=full train.steps=200 recove
   echo "train cuda $label: wall $(python3 -c "import sys; print(round($(date +%s.%N) - $start, 1))") s" \
     | tee -a "$OUT/train_cuda.txt"
 done
+# A layer-granularity run exported in Hugging Face format must load in stock transformers and
+# give consa's logits. The prompt is longer than the window, so the SWA layers matter.
+prompt=5,17,33,2,9,41,8,60,12,3,77,25,6,14,90,31,44,7
+"$BUILD/consa" train recipes/tiny_cpu.yaml gates.unit=layer train.steps=100 output.dir=/tmp/consa-gpu-runs/layer \
+  >/dev/null 2>&1 || status=1
+"$BUILD/consa" export /tmp/consa-gpu-runs/layer --format hf --out /tmp/consa-gpu-runs/layer-hf | tee "$OUT/hf_export.txt" || status=1
+"$BUILD/consa" inspect /tmp/consa-gpu-runs/layer-hf --prompt-ids $prompt --top 5 > /tmp/consa-gpu-runs/inspect.txt || status=1
+cat /tmp/consa-gpu-runs/inspect.txt >> "$OUT/hf_export.txt"
+python3 scripts/check_hf_export.py /tmp/consa-gpu-runs/layer-hf /tmp/consa-gpu-runs/inspect.txt $prompt 2>&1 \
+  | grep -v Warning | tee -a "$OUT/hf_export.txt" || status=1
 if [ "$status" != 0 ] && command -v cuda-gdb >/dev/null; then
   # No gdb on the GPU machine; cuda-gdb debugs host code too.
   cuda-gdb -batch -ex run -ex bt --args "$BUILD/tests/consa_tests" "[config]" 2>&1 | tail -30
