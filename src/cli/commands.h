@@ -3,6 +3,8 @@
 // subcommand) and returns the process exit code; errors are thrown as consa::Error.
 #include <ATen/ATen.h>
 
+#include <cxxopts.hpp>
+
 #include <ostream>
 #include <string>
 #include <vector>
@@ -18,6 +20,8 @@ int run_validate(int argc, char** argv);
 int run_export(int argc, char** argv);
 
 // Shared helpers.
+// Parses argv with `options`; prints the help and returns false when --help was given.
+bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args);
 at::Device parse_device(const std::string& name);
 std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& option);
 void print_model_summary(std::ostream& out, CausalLM& model, const std::string& source);

@@ -2,6 +2,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <iomanip>
+#include <iostream>
 #include <sstream>
 
 #include "commands.h"
@@ -9,6 +10,13 @@
 #include "consa/core/error.h"
 
 namespace consa::cli {
+
+bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args) {
+  args = options.parse(argc, argv);
+  if (!args.count("help")) return true;
+  std::cout << options.help() << "\n";
+  return false;
+}
 
 at::Device parse_device(const std::string& name) {
   CONSA_CHECK(name == "cpu" || name.rfind("cuda", 0) == 0, "--device: unknown device '", name,

@@ -39,11 +39,8 @@ int run_demo(int argc, char** argv) {
       ("tokens", "greedy tokens to decode", cxxopts::value<int64_t>()->default_value("8"))
       ("seed", "initialisation seed", cxxopts::value<uint64_t>()->default_value("0"))
       ("h,help", "show this help");
-  auto args = options.parse(argc, argv);
-  if (args.count("help")) {
-    std::cout << options.help() << "\n";
-    return 0;
-  }
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
   const std::string dir = args["out"].as<std::string>();
   const int64_t tokens = args["tokens"].as<int64_t>();
   CONSA_CHECK(tokens >= 0, "--tokens must be >= 0, got ", tokens);

@@ -21,11 +21,8 @@ int run_export(int argc, char** argv) {
       ("out", "directory to write", cxxopts::value<std::string>())
       ("h,help", "show this help");
   options.parse_positional({"run"});
-  auto args = options.parse(argc, argv);
-  if (args.count("help")) {
-    std::cout << options.help() << "\n";
-    return 0;
-  }
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
   CONSA_CHECK(args.count("run"), "consa export: missing RUN_DIR (see consa export --help)");
   CONSA_CHECK(args.count("out"), "consa export: --out DIR is required");
   const std::string format = args["format"].as<std::string>();

@@ -23,11 +23,8 @@ int run_inspect(int argc, char** argv) {
       ("kv-context", "context length for an assignment's KV-cache figures", cxxopts::value<int64_t>()->default_value("4096"))
       ("h,help", "show this help");
   options.parse_positional({"model"});
-  auto args = options.parse(argc, argv);
-  if (args.count("help")) {
-    std::cout << options.help() << "\n";
-    return 0;
-  }
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
   CONSA_CHECK(args.count("model"), "consa inspect: missing MODEL_DIR (see consa inspect --help)");
 
   LoadOptions load;

@@ -44,11 +44,8 @@ int run_train(int argc, char** argv) {
       ("resume", "continue from OUTPUT_DIR/checkpoint.pt")
       ("overwrite", "replace an earlier run in OUTPUT_DIR")
       ("stop-after", "checkpoint and exit after N steps (pre-emptible jobs)", cxxopts::value<int64_t>()->default_value("-1"));
-  auto args = options.parse(argc, argv);
-  if (args.count("help")) {
-    std::cout << options.help() << "\n";
-    return 0;
-  }
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "train");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
   TrainControl control;
@@ -73,11 +70,8 @@ int run_train(int argc, char** argv) {
 
 int run_validate(int argc, char** argv) {
   cxxopts::Options options = recipe_options("validate", "Check a recipe without running it; prints it resolved.");
-  auto args = options.parse(argc, argv);
-  if (args.count("help")) {
-    std::cout << options.help() << "\n";
-    return 0;
-  }
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "validate");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
   std::cout << recipe_to_yaml(recipe) << "# " << ra.path << ": ok\n";
