@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs consa's build dependencies from Debian 12's packages (libgloo-dev: headers that
-# LibTorch's own headers and CMake files refer to). Idempotent: returns at once when
+# LibTorch's own headers and CMake files refer to; python3-torch: the tests load TorchScript
+# exports in Python too). Idempotent: returns at once when
 # everything is already installed.
 set -euo pipefail
 PACKAGES=(build-essential cmake ninja-build pkg-config libtorch-dev libyaml-cpp-dev
-          libcxxopts-dev nlohmann-json3-dev catch2 libsentencepiece-dev libgloo-dev)
+          libcxxopts-dev nlohmann-json3-dev catch2 libsentencepiece-dev libgloo-dev python3-torch)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

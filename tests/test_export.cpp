@@ -7,6 +7,7 @@
 #include "consa/core/error.h"
 #include "consa/export/assignment.h"
 #include "consa/export/hf_export.h"
+#include "consa/export/hybrid_layout.h"
 #include "consa/load/pretrained.h"
 #include "helpers.h"
 
@@ -132,7 +133,7 @@ TEST_CASE("applying an assignment equals the per-group spans and the 0/1 gates",
   CHECK_THROWS_WITH(a.apply(other), contains("does not fit this model"));
 }
 
-TEST_CASE("permuting KV groups together with their spans leaves the model's output unchanged", "[export]") {
+TEST_CASE("permuting heads together with their spans leaves the model's output unchanged", "[export]") {
   ModelConfig c = tiny_config(2, 6, 3, 8);
   c.qkv_bias = true;
   CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
@@ -146,12 +147,18 @@ TEST_CASE("permuting KV groups together with their spans leaves the model's outp
   at::NoGradGuard no_grad;
   at::Tensor before = model->forward(ids);
   at::Tensor q_before = model->attention(0).q_proj->weight.clone();
-  permute_kv_groups(model, 0, {2, 0, 1});
+  at::Tensor o_before = model->attention(0).o_proj->weight.clone();
+  // Groups 2, 0, 1, and the two query heads of group 0 swapped.
+  LayerHeadLayout forward_order{{2, 0, 1}, {4, 5, 1, 0, 2, 3}, 0, {}};
+  permute_attention_heads(model, 0, forward_order);
   CHECK(max_abs_diff(model->attention(0).q_proj->weight, q_before) > 0.0);
   CHECK(model->attention(0).group_spans[1] == AttentionSpan::sliding(3));
   CHECK(max_abs_diff(model->forward(ids), before) < 1e-5);
-  permute_kv_groups(model, 0, {1, 2, 0});  // the inverse
+  LayerHeadLayout inverse{{1, 2, 0}, {3, 2, 4, 5, 0, 1}, 0, {}};
+  permute_attention_heads(model, 0, inverse);
   CHECK(max_abs_diff(model->attention(0).q_proj->weight, q_before) == 0.0);
+  CHECK(max_abs_diff(model->attention(0).o_proj->weight, o_before) == 0.0);
+  CHECK(model->attention(0).group_spans[0] == AttentionSpan::sliding(3));
 }
 
 TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
@@ -159,8 +166,8 @@ TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
   CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
   init_random_weights(model, 0.3, 12);
   at::Tensor ids = at::randint(0, 50, {1, 24}, at::TensorOptions().dtype(at::kLong));
-  for (GateUnit unit : {GateUnit::KvHead, GateUnit::Layer}) {
-    const int64_t units = unit == GateUnit::Layer ? 1 : 2;
+  for (GateUnit unit : {GateUnit::KvHead, GateUnit::Layer, GateUnit::Head}) {
+    const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? 2 : 4;
     AttentionGates g = gates_with_scores(c, unit, at::randn({3, units}));
     Assignment a = binarize(c, *g, BinarizeRule::Exact, 0.5, ConstraintScope::Global);
     if (unit == GateUnit::Layer) a.swa = AttentionSpan::sliding(8);  // transformers has no sinks
@@ -181,6 +188,13 @@ TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
     if (unit == GateUnit::Layer) {
       CHECK(config.contains("layer_types"));
       CHECK(config["sliding_window"] == 8);
+    } else if (unit == GateUnit::Head) {
+      CHECK(config["consa"]["granularity"] == "head");
+      for (int64_t l = 0; l < 3; ++l) {  // reloaded per-head gates match the stored assignment
+        const at::Tensor z = reloaded->attention(l).fa_weight;
+        for (int64_t h = 0; h < 4; ++h) CHECK((z[h].item<float>() == 1.0f) == stored.full[l][h]);
+      }
+      CHECK(declared_assignment(reloaded, "reloaded").full == stored.full);
     } else {
       CHECK(config["consa"]["granularity"] == "kv_head");
       for (int64_t l = 0; l < 3; ++l) {  // full-attention groups first
@@ -190,7 +204,4 @@ TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
       }
     }
   }
-  Assignment head = binarize(c, *gates_with_scores(c, GateUnit::Head, at::randn({3, 4})), BinarizeRule::Exact, 0.5,
-                             ConstraintScope::Global);
-  CHECK_THROWS_WITH(export_hf(model, head, scratch_dir("hf-head")), contains("head-granularity assignments cannot be exported"));
 }

@@ -254,3 +254,52 @@ void print_assignment(std::ostream& out, const Assignment& a, const std::string&
 }
 
 }  // namespace consa
+
+namespace consa {
+
+Assignment declared_assignment(CausalLM& model, const std::string& source) {
+  const ModelConfig& c = model->config();
+  Assignment a;
+  a.architecture = architecture_name(c.arch);
+  a.num_layers = c.num_layers;
+  a.num_heads = c.num_heads;
+  a.num_kv_heads = c.num_kv_heads;
+  a.head_dim = c.head_dim;
+  a.rule = BinarizeRule::Exact;
+  if (!c.hybrid_full_kv_heads.empty()) {
+    a.unit = c.hybrid_full_heads.empty() ? GateUnit::KvHead : GateUnit::Head;
+    a.swa = AttentionSpan::sliding(c.hybrid_window, c.hybrid_sinks);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      std::vector<bool> full;
+      if (a.unit == GateUnit::KvHead) {
+        for (int64_t g = 0; g < c.num_kv_heads; ++g) full.push_back(g < c.hybrid_full_kv_heads[l]);
+      } else {
+        full.assign(c.num_heads, false);
+        for (int64_t h : c.hybrid_full_heads[l]) full[h] = true;
+      }
+      a.full.push_back(full);
+    }
+  } else {
+    a.unit = GateUnit::Layer;
+    int64_t window = 0;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const int64_t w = c.layer_window[l];
+      CONSA_CHECK(w == 0 || window == 0 || w == window, source, ": layers use sliding windows ", window, " and ", w,
+                  "; a hybrid export has one window");
+      if (w > 0) window = w;
+      a.full.push_back({w == 0});
+    }
+    // An all-full model has no window; any positive value keeps the SWA part empty.
+    a.swa = AttentionSpan::sliding(window > 0 ? window : 1, 0);
+  }
+  for (const auto& layer : a.full) {
+    std::vector<double> scores;
+    for (bool f : layer) scores.push_back(f ? 1.0 : -1.0);  // no learned gates: +-1 by the threshold rule
+    a.scores.push_back(scores);
+  }
+  a.target = a.achieved_sparsity();
+  a.weights_checksum = weights_checksum(model);
+  return a;
+}
+
+}  // namespace consa

@@ -206,6 +206,14 @@ void ModelConfig::validate(const std::string& source) const {
       CONSA_CHECK(n >= 0 && n <= num_kv_heads, source, ": consa.full_attention_kv_heads entries must be in [0, ",
                   num_kv_heads, "], got ", n);
   }
+  if (!hybrid_full_heads.empty()) {
+    CONSA_CHECK(static_cast<int64_t>(hybrid_full_heads.size()) == num_layers && !hybrid_full_kv_heads.empty(), source,
+                ": consa.full_attention_heads needs one list per layer, with full_attention_kv_heads");
+    for (int64_t l = 0; l < num_layers; ++l)
+      for (int64_t h : hybrid_full_heads[l])
+        CONSA_CHECK(h >= 0 && h < hybrid_full_kv_heads[l] * group_size(), source, ": consa.full_attention_heads[", l,
+                    "] holds ", h, "; full-attention heads must lie in the layer's first full_attention_kv_heads groups");
+  }
 }
 
 ModelConfig parse_hf_config(const json& j, const std::string& source) {
@@ -251,13 +259,23 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.dtype = r.string("dtype", r.string("torch_dtype", "float32"));
   if (r.has("consa")) {
     ConfigReader h(r.at("consa"), source + ": consa");
-    CONSA_CHECK(h.string("granularity", "") == "kv_head", source,
-                ": consa.granularity must be kv_head (the head-wise hybrid layout consa exports)");
-    const json& counts = r.at("consa")["full_attention_kv_heads"];
-    CONSA_CHECK(counts.is_array(), source, ": consa.full_attention_kv_heads must be a list of counts per layer");
-    for (const auto& n : counts) {
-      CONSA_CHECK(n.is_number_integer(), source, ": consa.full_attention_kv_heads must hold integers");
-      c.hybrid_full_kv_heads.push_back(n.get<int64_t>());
+    const std::string granularity = h.string("granularity", "");
+    CONSA_CHECK(granularity == "kv_head" || granularity == "head", source, ": consa.granularity '", granularity,
+                "' is not a consa hybrid layout; supported: kv_head, head");
+    auto int_list = [&](const json& list, const std::string& key) {
+      CONSA_CHECK(list.is_array(), source, ": consa.", key, " must be a list with one entry per layer");
+      std::vector<int64_t> out;
+      for (const auto& n : list) {
+        CONSA_CHECK(n.is_number_integer(), source, ": consa.", key, " must hold integers");
+        out.push_back(n.get<int64_t>());
+      }
+      return out;
+    };
+    c.hybrid_full_kv_heads = int_list(r.at("consa")["full_attention_kv_heads"], "full_attention_kv_heads");
+    if (granularity == "head") {
+      const json& heads = r.at("consa")["full_attention_heads"];
+      CONSA_CHECK(heads.is_array(), source, ": consa.full_attention_heads must list, per layer, the full-attention query heads");
+      for (const auto& layer : heads) c.hybrid_full_heads.push_back(int_list(layer, "full_attention_heads[layer]"));
     }
     c.hybrid_window = h.positive_int("window");
     c.hybrid_sinks = r.at("consa").value("sinks", int64_t{0});
@@ -309,11 +327,13 @@ json to_hf_config(const ModelConfig& c) {
       {"torch_dtype", c.dtype},
   };
   if (c.arch != Architecture::Qwen2) j["attention_bias"] = c.o_bias;
-  if (!c.hybrid_full_kv_heads.empty())
-    j["consa"] = {{"granularity", "kv_head"},
+  if (!c.hybrid_full_kv_heads.empty()) {
+    j["consa"] = {{"granularity", c.hybrid_full_heads.empty() ? "kv_head" : "head"},
                   {"window", c.hybrid_window},
                   {"sinks", c.hybrid_sinks},
                   {"full_attention_kv_heads", c.hybrid_full_kv_heads}};
+    if (!c.hybrid_full_heads.empty()) j["consa"]["full_attention_heads"] = c.hybrid_full_heads;
+  }
   int64_t window = 0;
   bool any_sliding = false;
   for (int64_t w : c.layer_window) {

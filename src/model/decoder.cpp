@@ -20,6 +20,11 @@ SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& c, int64_t layer,
       group_spans(c.num_kv_heads),
       backend(make_attention_backend(AttentionImpl::Auto)) {
   for (int64_t g = 0; g < c.num_kv_heads; ++g) group_spans[g] = c.declared_span(layer, g);
+  if (!c.hybrid_full_heads.empty()) {  // query-head hybrid: a 0/1 mix per head
+    fa_weight = at::zeros({c.num_heads}, at::kFloat);
+    for (int64_t h : c.hybrid_full_heads.at(layer)) fa_weight[h] = 1.0f;
+    swa_span = AttentionSpan::sliding(c.hybrid_window, c.hybrid_sinks);
+  }
   q_proj = register_module("q_proj", Linear(c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias, options));
   k_proj = register_module("k_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));
   v_proj = register_module("v_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));

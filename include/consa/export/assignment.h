@@ -58,6 +58,11 @@ struct Assignment {
 Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
                     ConstraintScope scope);
 
+// The layout a checkpoint declares itself, as an assignment: a consa hybrid export's kv_head or
+// head split, or else per-layer windows (layer units; transformers' layer_types, Mistral's
+// sliding_window). Scores are +1 (full) / -1 (sliding): there are no learned gates.
+Assignment declared_assignment(CausalLM& model, const std::string& source);
+
 // FNV-1a 64 over parameter names and bytes, in name order: identifies the weights an assignment
 // was learned on.
 std::string weights_checksum(CausalLM& model);

@@ -3,11 +3,11 @@
 // and assignment.json in one directory.
 //   layer granularity   - transformers' own per-layer `layer_types` + `sliding_window`, so stock
 //                         transformers runs each layer with the right attention (no sinks there);
-//   kv_head granularity - KV groups permuted within each layer so the full-attention ones come
-//                         first (q/k/v rows, biases and o_proj columns moved together), and the
-//                         per-layer split recorded under config.json's "consa" entry. consa loads
-//                         it as the hybrid; stock transformers loads the same weights as a dense
-//                         model (it has no per-head attention types).
+//   kv_head / head      - heads stored in the hybrid layout (consa/export/hybrid_layout.h: in each
+//                         layer the full-cache KV groups first, full-attention query heads first
+//                         within a group) and the per-layer split recorded under config.json's
+//                         "consa" entry. consa loads it as the hybrid; stock transformers loads the
+//                         same weights as a dense model (it has no per-head attention types).
 #include <string>
 
 #include "consa/export/assignment.h"
@@ -16,8 +16,5 @@
 namespace consa {
 
 void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir);
-
-// Moves KV group perm[i] of `layer` to position i (its query heads, k/v rows, o_proj columns).
-void permute_kv_groups(CausalLM& model, int64_t layer, const std::vector<int64_t>& perm);
 
 }  // namespace consa

@@ -49,6 +49,9 @@ struct ModelConfig {
   // stored permuted so). Empty for ordinary checkpoints.
   std::vector<int64_t> hybrid_full_kv_heads;
   int64_t hybrid_window = 0, hybrid_sinks = 0;
+  // Query-head granularity exports also list, per layer, the query heads that keep full
+  // attention (the others use the hybrid window); empty otherwise.
+  std::vector<std::vector<int64_t>> hybrid_full_heads;
   std::string dtype = "float32";  // the checkpoint's stored dtype ("float32", "bfloat16", ...)
 
   int64_t group_size() const { return num_heads / num_kv_heads; }  // query heads per KV head

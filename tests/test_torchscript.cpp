@@ -1,0 +1,233 @@
+// The pruned TorchScript export: equal to the gated model under binarized gates, incremental
+// decode through the ring-buffer cache equal to full recompute, KV bytes equal to the analytic
+// count, transformers' logits on the parity fixtures, and a load in Python's torch.jit.
+#include <ATen/core/grad_mode.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "catch_compat.h"
+#include "consa/core/error.h"
+#include "consa/export/assignment.h"
+#include "consa/export/torchscript_export.h"
+#include "consa/load/pretrained.h"
+#include "consa/load/safetensors.h"
+#include "helpers.h"
+
+using namespace consa;
+using namespace consa_test;
+
+namespace {
+
+CausalLM random_model(const ModelConfig& c, uint64_t seed) {
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.2, seed);
+  at::NoGradGuard no_grad;
+  for (auto& item : model->named_parameters())  // norms and biases away from 1 and 0
+    if (item.key().find("norm") != std::string::npos || item.key().find("bias") != std::string::npos)
+      item.value().add_(0.2 * at::randn(item.value().sizes()));
+  return model;
+}
+
+// A random assignment with about half of the units on SWA, and every layer mixed when possible.
+Assignment random_assignment(CausalLM& model, GateUnit unit, AttentionSpan swa, uint64_t seed) {
+  const ModelConfig& c = model->config();
+  Assignment a;
+  a.architecture = architecture_name(c.arch);
+  a.num_layers = c.num_layers;
+  a.num_heads = c.num_heads;
+  a.num_kv_heads = c.num_kv_heads;
+  a.head_dim = c.head_dim;
+  a.unit = unit;
+  a.swa = swa;
+  const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;
+  at::manual_seed(seed);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<bool> full;
+    std::vector<double> scores;
+    for (int64_t u = 0; u < units; ++u) {
+      const double s = at::randn({1}).item<double>();
+      full.push_back(unit == GateUnit::Layer ? l % 2 == 1 : s > 0);
+      scores.push_back(s);
+    }
+    a.full.push_back(full);
+    a.scores.push_back(scores);
+  }
+  a.target = a.achieved_sparsity();
+  a.weights_checksum = weights_checksum(model);
+  return a;
+}
+
+// The gated model with binarized gates: every query head mixes FA and SWA with z = 0 or 1.
+at::Tensor gated_logits(CausalLM& model, const Assignment& a, const at::Tensor& ids) {
+  const ModelConfig& c = model->config();
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<float> z;
+    for (int64_t h = 0; h < c.num_heads; ++h) {
+      const int64_t u = a.unit == GateUnit::Layer ? 0 : a.unit == GateUnit::KvHead ? h / c.group_size() : h;
+      z.push_back(a.full[l][u] ? 1.0f : 0.0f);
+    }
+    model->attention(l).fa_weight = at::tensor(z);
+    model->attention(l).swa_span = a.swa;
+  }
+  at::NoGradGuard no_grad;
+  at::Tensor logits = model->forward(ids);
+  for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
+  return logits;
+}
+
+ModelConfig qwen_like_config() {
+  ModelConfig c = tiny_config(3, 6, 3, 8, 61);
+  c.arch = Architecture::Qwen3;
+  c.qkv_bias = true;
+  c.o_bias = true;
+  c.qk_norm = true;
+  return c;
+}
+
+// Python with a torch module: the system's python3 (Debian's python3-torch), or the first python3.
+std::string python_with_torch() {
+  for (const char* python : {"python3", "/usr/bin/python3"}) {
+    const std::string probe = std::string(python) + " -c 'import torch' >/dev/null 2>&1";
+    if (std::system(probe.c_str()) == 0) return python;
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("TorchScript logits equal the gated model under binarized gates", "[torchscript]") {
+  for (const ModelConfig& c : {tiny_config(3, 4, 2, 8), qwen_like_config()}) {
+    CausalLM model = random_model(c, 21);
+    at::Tensor ids = at::randint(0, c.vocab_size, {2, 40}, at::TensorOptions().dtype(at::kLong));
+    for (GateUnit unit : {GateUnit::Layer, GateUnit::KvHead, GateUnit::Head})
+      for (AttentionSpan swa : {AttentionSpan::sliding(6), AttentionSpan::sliding(5, 2)})
+        for (int64_t block : {7, 1024}) {
+          Assignment a = random_assignment(model, unit, swa, 5);
+          TorchScriptOptions options;
+          options.query_block = block;
+          ScriptedLM scripted(build_scripted_model(model, a, options), a);
+          at::NoGradGuard no_grad;
+          const at::Tensor reference = gated_logits(model, a, ids);
+          const double diff = max_abs_diff(scripted.forward(ids), reference);
+          INFO(gate_unit_name(unit) << " window " << swa.window << " sinks " << swa.sinks << " block " << block
+                                    << " qk_norm " << c.qk_norm << ": max diff " << diff << ", max |logit| "
+                                    << reference.abs().max().item<double>());
+          CHECK(diff <= 1e-5);
+          CHECK(max_abs_diff(model->forward(ids), reference) > 1e-3);  // the assignment matters here
+        }
+  }
+}
+
+TEST_CASE("incremental decode through the ring-buffer cache equals full recompute", "[torchscript]") {
+  ModelConfig c = qwen_like_config();
+  CausalLM model = random_model(c, 22);
+  const int64_t window = 6, length = 64;  // > 10 windows
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong));
+  for (GateUnit unit : {GateUnit::KvHead, GateUnit::Head})
+    for (int64_t sinks : {0, 3}) {
+      Assignment a = random_assignment(model, unit, AttentionSpan::sliding(window, sinks), 9);
+      TorchScriptOptions options;
+      options.query_block = 4;
+      ScriptedLM scripted(build_scripted_model(model, a, options), a);
+      at::NoGradGuard no_grad;
+      const at::Tensor reference = gated_logits(model, a, ids);
+      INFO(gate_unit_name(unit) << " sinks " << sinks);
+      // One token at a time after a 5-token prompt.
+      ScriptedLM::Cache cache = scripted.new_cache(2, length);
+      std::vector<at::Tensor> steps = {scripted.extend(ids.narrow(1, 0, 5), cache, false)};
+      for (int64_t t = 5; t < length; ++t) steps.push_back(scripted.extend(ids.narrow(1, t, 1), cache, false));
+      CHECK(cache.length() == length);
+      CHECK(max_abs_diff(at::cat(steps, 1), reference) <= 1e-5);
+      // Uneven chunks, some longer than the window, through a fresh cache.
+      ScriptedLM::Cache chunked = scripted.new_cache(2, length);
+      std::vector<at::Tensor> parts;
+      for (int64_t t = 0, step = 1; t < length; t += step, step = step % 11 + 3)
+        parts.push_back(scripted.extend(ids.narrow(1, t, std::min(step, length - t)), chunked, false));
+      CHECK(max_abs_diff(at::cat(parts, 1), reference) <= 1e-5);
+      // last_only returns the final position's logits.
+      ScriptedLM::Cache last = scripted.new_cache(2, length);
+      CHECK(max_abs_diff(scripted.extend(ids, last, true), reference.narrow(1, length - 1, 1)) <= 1e-5);
+      CHECK_THROWS_WITH(scripted.extend(ids.narrow(1, 0, 1), last, true), contains("exceed its capacity"));
+    }
+}
+
+TEST_CASE("the cache holds exactly the analytic KV bytes", "[torchscript]") {
+  ModelConfig c = tiny_config(4, 8, 4, 8);
+  CausalLM model = random_model(c, 23);
+  for (GateUnit unit : {GateUnit::Layer, GateUnit::KvHead, GateUnit::Head}) {
+    Assignment a = random_assignment(model, unit, AttentionSpan::sliding(16, 4), 3);
+    ScriptedLM scripted(build_scripted_model(model, a), a);
+    for (int64_t capacity : {8, 20, 300}) {
+      ScriptedLM::Cache cache = scripted.new_cache(1, capacity);
+      auto [fa, swa] = a.kv_cache_bytes(capacity, 4);
+      // Per KV head and layer: K and V, head_dim floats per position; capacity positions for a
+      // full-cache head, min(capacity, window + sinks) for a sliding one.
+      int64_t full_heads = 0;
+      for (int64_t l = 0; l < 4; ++l)
+        for (int64_t g = 0; g < 4; ++g) full_heads += a.kv_head_full(l, g);
+      const int64_t expected = full_heads * capacity * 2 * 8 * 4 + (16 - full_heads) * std::min<int64_t>(capacity, 20) * 2 * 8 * 4;
+      INFO(gate_unit_name(unit) << " capacity " << capacity);
+      CHECK(cache.kv_bytes() == expected);
+      CHECK(cache.kv_bytes() == fa + swa);
+    }
+  }
+}
+
+TEST_CASE("TorchScript exports of the parity fixtures match transformers' logits", "[torchscript]") {
+  for (const char* name : {"llama_gqa", "llama3_tied_mha", "mistral_swa", "qwen2_bias", "qwen3_norm"}) {
+    const std::string dir = fixture(name);
+    LoadOptions opts;
+    opts.dtype = at::kFloat;
+    CausalLM model = load_pretrained(dir, opts);
+    const std::string path = scratch_dir("ts-fixture") + "/model.ts";
+    export_torchscript(model, declared_assignment(model, dir), path);
+    ScriptedLM scripted = ScriptedLM::load(path, at::kCPU);
+    SafetensorsFile ref = SafetensorsFile::open(dir + "/reference.safetensors");
+    at::NoGradGuard no_grad;
+    INFO(name);
+    CHECK(max_abs_diff(scripted.forward(ref.tensor("input_ids")), ref.tensor("logits")) <= 1e-4);
+    CHECK(scripted.assignment().weights_checksum == weights_checksum(model));
+  }
+}
+
+TEST_CASE("a saved export reloads with its assignment and runs in Python's torch.jit", "[torchscript]") {
+  CausalLM model = random_model(qwen_like_config(), 24);
+  Assignment a = random_assignment(model, GateUnit::KvHead, AttentionSpan::sliding(6, 2), 4);
+  const std::string dir = scratch_dir("ts-python");
+  export_torchscript(model, a, dir + "/model.ts");
+  ScriptedLM loaded = ScriptedLM::load(dir + "/model.ts", at::kCPU);
+  CHECK(loaded.assignment().achieved_sparsity() == a.achieved_sparsity());
+  CHECK(loaded.assignment().weights_checksum == a.weights_checksum);
+  for (int64_t l = 0; l < 3; ++l) {  // stored order: full-attention groups first
+    const auto& full = loaded.assignment().full[l];
+    CHECK(std::is_sorted(full.begin(), full.end(), [](bool x, bool y) { return x > y; }));
+  }
+  at::Tensor ids = at::randint(0, 61, {1, 30}, at::TensorOptions().dtype(at::kLong));
+  at::NoGradGuard no_grad;
+  const at::Tensor reference = gated_logits(model, a, ids);
+  CHECK(max_abs_diff(loaded.forward(ids), reference) <= 1e-5);
+
+  // Python: forward and incremental decode, compared with the gated model's logits.
+  {
+    std::ofstream ids_file(dir + "/ids.txt");
+    for (int64_t t = 0; t < 30; ++t) ids_file << ids[0][t].item<int64_t>() << " ";
+    std::ofstream logits_file(dir + "/logits.f32", std::ios::binary);
+    at::Tensor flat = reference.contiguous();
+    logits_file.write(static_cast<const char*>(flat.data_ptr()), flat.numel() * 4);
+  }
+  const std::string python = python_with_torch();
+  REQUIRE_FALSE(python.empty());  // install Debian's python3-torch (scripts/install_deps.sh does)
+  const std::string command = python + " " + CONSA_SOURCE_DIR + "/scripts/check_torchscript.py " + dir + "/model.ts " +
+                              dir + "/ids.txt " + dir + "/logits.f32 > " + dir + "/python.log 2>&1";
+  const int rc = std::system(command.c_str());
+  INFO(read_text(dir + "/python.log"));
+  CHECK(rc == 0);
+}
+
+TEST_CASE("loading rejects files that are not consa TorchScript exports", "[torchscript]") {
+  const std::string dir = scratch_dir("ts-bad");
+  write_text(dir + "/junk.ts", "not a zip archive");
+  CHECK_THROWS_WITH(ScriptedLM::load(dir + "/junk.ts", at::kCPU), contains("not a loadable TorchScript file"));
+  CHECK_THROWS_WITH(ScriptedLM::load(dir + "/missing.ts", at::kCPU), contains("no such TorchScript file"));
+}
