@@ -3,7 +3,10 @@
 #include <algorithm>
 
 #include "catch_compat.h"
+#include <ATen/core/grad_mode.h>
+
 #include "consa/data/token_shards.h"
+#include "consa/load/pretrained.h"
 #include "helpers.h"
 
 using namespace consa_test;
@@ -84,6 +87,28 @@ TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train 
   CHECK_THAT(out, contains("expected SWA fraction"));
   CHECK(read_text(dir + "/run/metrics.jsonl").find("\"step\":4") != std::string::npos);
 
+  // consa generate tokenizes --prompt and streams text: the same as decoding its ids.
+  const std::string tok = dir + "/spm/tok.model";
+  REQUIRE(run_consa("tokenize --tokenizer " + tok + " --encode 'gamma alpha beta'", &out, &err) == 0);
+  std::string prompt_ids = out.substr(0, out.find('\n'));
+  const std::string model_dir = dir + "/vocab24";  // a random model over the tokenizer's 24 ids
+  {
+    consa::CausalLM model(tiny_config(2, 4, 2, 8, 24), at::TensorOptions().dtype(at::kFloat));
+    consa::init_random_weights(model, 0.5, 3);
+    consa::save_pretrained(model, model_dir);
+  }
+  REQUIRE(run_consa("generate " + model_dir + " --prompt-ids " + prompt_ids + " --max-new-tokens 12", &out, &err) == 0);
+  std::string ids_per_line = out;
+  std::replace(ids_per_line.begin(), ids_per_line.end(), ' ', '\n');
+  write_text(dir + "/generated.txt", ids_per_line);
+  REQUIRE(run_consa("tokenize --tokenizer " + tok + " --decode-stream < " + dir + "/generated.txt", &out, &err) == 0);
+  const std::string decoded = out;
+  REQUIRE(run_consa("generate " + model_dir + " --prompt 'gamma alpha beta' --tokenizer " + tok +
+                        " --max-new-tokens 12",
+                    &out, &err) == 0);
+  CHECK(out == decoded + "\n");
+  CHECK(!decoded.empty());
+
   CHECK(run_consa("tokenize --input " + dir + "/missing.txt --tokenizer x.model", &out, &err) == 1);
   CHECK_THAT(err, contains("missing.txt: cannot read input text"));
 }
@@ -110,8 +135,28 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
   CHECK_THAT(out, contains("kv_head units, 0.5 on SWA"));
   REQUIRE(run_consa("inspect " + dir + "/hf", &out, &err) == 0);
   CHECK_THAT(out, contains("swa(W=8)"));  // the hybrid layout comes back from config.json
-  CHECK(run_consa("export " + dir + " --format torchscript --out " + dir + "/ts", &out, &err) == 1);
-  CHECK_THAT(err, contains("--format 'torchscript' is not available; supported: hf"));
+
+  // The TorchScript export generates through its cache exactly the greedy tokens that full
+  // recompute with the reloaded Hugging Face export gives.
+  REQUIRE(run_consa("export " + dir + " --format torchscript --out " + dir + "/model.ts", &out, &err) == 0);
+  REQUIRE(run_consa("generate " + dir + "/model.ts --prompt-ids 5,6,7,8 --max-new-tokens 24", &out, &err) == 0);
+  CHECK_THAT(err, contains("tokens/s"));
+  // Layer 0 keeps 2 KV heads x 28 positions, layer 1 2 x 8 (the window); K and V, 24 floats each.
+  CHECK_THAT(err, contains("KV cache 13,824 bytes in use for 28 positions"));
+  consa::CausalLM reloaded = consa::load_pretrained(dir + "/hf");
+  std::vector<int64_t> expected = {5, 6, 7, 8};
+  {
+    at::NoGradGuard no_grad;
+    for (int i = 0; i < 24; ++i)
+      expected.push_back(reloaded->forward(at::tensor(expected, at::kLong).unsqueeze(0))[0][-1].argmax().item<int64_t>());
+  }
+  std::string expected_text;
+  for (size_t i = 4; i < expected.size(); ++i) expected_text += std::to_string(expected[i]) + " ";
+  CHECK(out == expected_text + "\n");
+  CHECK(run_consa("export " + dir + " --format onnx --out " + dir + "/x", &out, &err) == 1);
+  CHECK_THAT(err, contains("--format 'onnx' is not available; supported: hf, torchscript"));
+  CHECK(run_consa("generate " + dir + "/model.ts --prompt hello", &out, &err) == 1);
+  CHECK_THAT(err, contains("--prompt needs a sentencepiece --tokenizer"));
 }
 
 TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli]") {

@@ -18,6 +18,7 @@ int run_demo(int argc, char** argv);
 int run_train(int argc, char** argv);
 int run_validate(int argc, char** argv);
 int run_export(int argc, char** argv);
+int run_generate(int argc, char** argv);
 
 // Shared helpers.
 // Parses argv with `options`; prints the help and returns false when --help was given.

@@ -1,48 +1,99 @@
-// consa export RUN_DIR --format hf --out DIR
+// consa export RUN_DIR|MODEL_DIR --format hf|torchscript --out PATH
 #include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
 
 #include "commands.h"
+#include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/export/hf_export.h"
+#include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/recipe.h"
 
 namespace consa::cli {
 namespace fs = std::filesystem;
 
+namespace {
+
+struct ExportSource {
+  std::string model_dir;
+  std::string assignment_path;  // empty: the checkpoint's own declared layout
+};
+
+// A training run (assignment.json + model/ or its recipe's checkpoint), or a Hugging Face
+// checkpoint directory.
+ExportSource resolve_source(const fs::path& source, const std::string& assignment_option) {
+  ExportSource out;
+  if (fs::exists(source / "config.json")) {
+    out.model_dir = source.string();
+  } else {
+    const fs::path assignment = source / "assignment.json";
+    CONSA_CHECK(fs::exists(assignment), source.string(),
+                ": neither a consa train output.dir (no assignment.json) nor a Hugging Face checkpoint (no config.json)");
+    out.assignment_path = assignment.string();
+    // Trained weights live in RUN_DIR/model; gates-only runs use the recipe's checkpoint.
+    out.model_dir = (source / "model").string();
+    if (!fs::exists(out.model_dir)) out.model_dir = load_recipe((source / "recipe.yaml").string()).model.path;
+  }
+  if (!assignment_option.empty()) out.assignment_path = assignment_option;
+  return out;
+}
+
+}  // namespace
+
 int run_export(int argc, char** argv) {
-  cxxopts::Options options("consa export", "Export a training run's model under its binarized assignment.");
-  options.positional_help("RUN_DIR");
+  cxxopts::Options options("consa export",
+                           "Export a model under a binarized FA/SWA assignment: a training run's, a given\n"
+                           "assignment.json applied to a checkpoint, or a checkpoint's own layout.");
+  options.positional_help("RUN_DIR|MODEL_DIR");
   options.add_options()
-      ("run", "output.dir of a consa train run", cxxopts::value<std::string>())
-      ("format", "hf (Hugging Face safetensors + config.json + assignment.json)", cxxopts::value<std::string>()->default_value("hf"))
-      ("out", "directory to write", cxxopts::value<std::string>())
+      ("source", "output.dir of a consa train run, or a Hugging Face checkpoint directory", cxxopts::value<std::string>())
+      ("format", "hf (safetensors + config.json + assignment.json) or torchscript (one pruned .ts file)",
+       cxxopts::value<std::string>()->default_value("hf"))
+      ("out", "directory (hf) or file (torchscript) to write", cxxopts::value<std::string>())
+      ("assignment", "assignment.json to apply instead of the source's own", cxxopts::value<std::string>())
+      ("dtype", "weights dtype of the export: float32, bfloat16, float16 (default: as stored)", cxxopts::value<std::string>())
+      ("query-block", "torchscript: queries per attention block in prefill", cxxopts::value<int64_t>()->default_value("1024"))
       ("h,help", "show this help");
-  options.parse_positional({"run"});
+  options.parse_positional({"source"});
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
-  CONSA_CHECK(args.count("run"), "consa export: missing RUN_DIR (see consa export --help)");
-  CONSA_CHECK(args.count("out"), "consa export: --out DIR is required");
+  CONSA_CHECK(args.count("source"), "consa export: missing RUN_DIR or MODEL_DIR (see consa export --help)");
+  CONSA_CHECK(args.count("out"), "consa export: --out is required");
   const std::string format = args["format"].as<std::string>();
-  CONSA_CHECK(format == "hf", "consa export: --format '", format, "' is not available; supported: hf");
-  const fs::path run = args["run"].as<std::string>();
-  const std::string assignment_path = (run / "assignment.json").string();
-  CONSA_CHECK(fs::exists(assignment_path), assignment_path, ": not found (is ", run.string(),
-              " the output.dir of a finished consa train run?)");
-  Assignment assignment = Assignment::load(assignment_path);
-  // Trained weights live in RUN_DIR/model; gates-only runs use the recipe's checkpoint.
-  std::string model_dir = (run / "model").string();
-  if (!fs::exists(model_dir)) model_dir = load_recipe((run / "recipe.yaml").string()).model.path;
-  CausalLM model = load_pretrained(model_dir);
-  const std::string checksum = weights_checksum(model);
-  CONSA_CHECK(checksum == assignment.weights_checksum, assignment_path, ": learned on weights ",
-              assignment.weights_checksum, " but ", model_dir, " holds ", checksum);
+  CONSA_CHECK(format == "hf" || format == "torchscript", "consa export: --format '", format,
+              "' is not available; supported: hf, torchscript");
+  const ExportSource source =
+      resolve_source(args["source"].as<std::string>(), args.count("assignment") ? args["assignment"].as<std::string>() : "");
+
+  LoadOptions load;
+  if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
+  CausalLM model = load_pretrained(source.model_dir, load);
+  Assignment assignment;
+  if (source.assignment_path.empty()) {
+    assignment = declared_assignment(model, source.model_dir);
+  } else {
+    assignment = Assignment::load(source.assignment_path);
+    // Checksums are over the stored weights; a dtype change alters them, so check before it.
+    CausalLM stored = args.count("dtype") ? load_pretrained(source.model_dir) : model;
+    const std::string checksum = weights_checksum(stored);
+    CONSA_CHECK(checksum == assignment.weights_checksum, source.assignment_path, ": learned on weights ",
+                assignment.weights_checksum, " but ", source.model_dir, " holds ", checksum);
+  }
   const std::string out = args["out"].as<std::string>();
-  export_hf(model, assignment, out);
-  std::cout << "exported " << model_dir << " under " << assignment_path << " to " << out << " ("
-            << gate_unit_name(assignment.unit) << " units, " << assignment.achieved_sparsity() << " on SWA)\n";
+  if (format == "hf") {
+    export_hf(model, assignment, out);
+  } else {
+    TorchScriptOptions ts;
+    ts.query_block = args["query-block"].as<int64_t>();
+    export_torchscript(model, assignment, out, ts);
+  }
+  std::cout << "exported " << source.model_dir << " ("
+            << (source.assignment_path.empty() ? "its own attention layout" : "under " + source.assignment_path)
+            << ") to " << out << " as " << format << ": " << gate_unit_name(assignment.unit) << " units, "
+            << assignment.achieved_sparsity() << " on SWA, window " << assignment.swa.window << ", sinks "
+            << assignment.swa.sinks << "\n";
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "commands.h"
+#include "process.h"
 #include "consa/core/error.h"
 
 namespace {
@@ -17,13 +18,7 @@ namespace {
 // consa-tokenize lives beside this program (it links sentencepiece, which cannot share a
 // process with LibTorch's protobuf); hand the arguments over to it.
 int run_tokenize(int argc, char** argv) {
-  char self[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  std::string path = "consa-tokenize";
-  if (n > 0) {
-    std::string exe(self, static_cast<size_t>(n));
-    path = exe.substr(0, exe.rfind('/') + 1) + "consa-tokenize";
-  }
+  const std::string path = consa::cli::sibling_program("consa-tokenize");
   std::vector<char*> args = {const_cast<char*>(path.c_str())};
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
   args.push_back(nullptr);
@@ -40,7 +35,8 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"demo", consa::cli::run_demo, "create a small model, reload it and decode (no download)"},
-    {"export", consa::cli::run_export, "export a run's model under its assignment (Hugging Face format)"},
+    {"export", consa::cli::run_export, "export a model under its FA/SWA assignment (Hugging Face or TorchScript)"},
+    {"generate", consa::cli::run_generate, "generate with an exported model through its sliding-window KV cache"},
     {"inspect", consa::cli::run_inspect, "summarise a Hugging Face checkpoint; --prompt-ids for next tokens"},
     {"tokenize", run_tokenize, "text -> token shard with sentencepiece (--train-tokenizer to train one)"},
     {"train", consa::cli::run_train, "run a ConSA recipe: learn the FA/SWA assignment (consa train RECIPE)"},

@@ -23,6 +23,35 @@ void check(const sentencepiece::util::Status& status, const std::string& what) {
   CONSA_CHECK(status.ok(), what, ": ", status.ToString());
 }
 
+// --encode TEXT / --decode-stream: the tokenizer as a filter for consa generate.
+int run_codec(const cxxopts::ParseResult& args) {
+  CONSA_CHECK(args.count("tokenizer"), "consa tokenize: --tokenizer is required");
+  const std::string model = args["tokenizer"].as<std::string>();
+  sentencepiece::SentencePieceProcessor sp;
+  check(sp.Load(model), model);
+  if (args.count("encode")) {
+    std::vector<int> ids;
+    check(sp.Encode(args["encode"].as<std::string>(), &ids), "--encode");
+    for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? "," : "") << ids[i];
+    std::cout << "\n";
+    return 0;
+  }
+  // Decode the whole sequence each time and print what it added: pieces such as byte
+  // fallbacks and word-initial spaces only decode correctly in context.
+  std::vector<int> ids;
+  std::string shown;
+  for (std::string line; std::getline(std::cin, line);) {
+    if (line.empty()) continue;
+    ids.push_back(std::stoi(line));
+    std::string text;
+    check(sp.Decode(ids, &text), "decoding generated ids");
+    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::cout << text.substr(shown.size());
+    shown = text;
+    std::cout.flush();
+  }
+  return 0;
+}
+
 int run(int argc, char** argv) {
   cxxopts::Options options("consa tokenize",
                            "Tokenize text files into a token shard with a sentencepiece model, or train one.");
@@ -34,12 +63,15 @@ int run(int argc, char** argv) {
       ("vocab-size", "vocabulary of a trained tokenizer", cxxopts::value<int>()->default_value("8000"))
       ("model-type", "unigram or bpe (trained tokenizer)", cxxopts::value<std::string>()->default_value("unigram"))
       ("eos", "append this id after every line (-1: the tokenizer's eos id, if any)", cxxopts::value<int>()->default_value("-1"))
+      ("encode", "print the ids of this text, comma-separated (used by consa generate)", cxxopts::value<std::string>())
+      ("decode-stream", "read ids from stdin, one per line, and write their text as it grows (used by consa generate)")
       ("h,help", "show this help");
   auto args = options.parse(argc, argv);
   if (args.count("help")) {
     std::cout << options.help() << "\n";
     return 0;
   }
+  if (args.count("encode") || args.count("decode-stream")) return run_codec(args);
   CONSA_CHECK(args.count("input"), "consa tokenize: --input is required");
   CONSA_CHECK(args.count("tokenizer"), "consa tokenize: --tokenizer is required (a tokenizer.model to use, or to write "
               "with --train-tokenizer)");
