@@ -3,7 +3,7 @@
 
 usage: check_torchscript.py MODEL.ts IDS.txt LOGITS.f32 [--device cuda] [--tolerance 1e-5]
 
-IDS.txt holds space-separated token ids of one sequence; LOGITS.f32 the expected logits
+IDS.txt holds token ids (space- or comma-separated) of one sequence; LOGITS.f32 the expected logits
 [len, vocab] as raw little-endian float32. Checks forward() and token-by-token decode through
 init_cache/extend; prints the largest differences and exits 1 when one exceeds the tolerance.
 """
@@ -27,7 +27,7 @@ def main():
     model = torch.jit.load(args.model, map_location=args.device, _extra_files=extra)
     info = json.loads(extra["consa.json"])
     assignment = json.loads(extra["assignment.json"])
-    ids = torch.tensor([[int(t) for t in open(args.ids).read().split()]], device=args.device)
+    ids = torch.tensor([[int(t) for t in open(args.ids).read().replace(",", " ").split()]], device=args.device)
     raw = bytearray(open(args.logits, "rb").read())
     expected = torch.frombuffer(raw, dtype=torch.float32).view(ids.shape[1], info["vocab_size"])
 

@@ -1,8 +1,11 @@
 // consa inspect MODEL_DIR [--prompt-ids 1,2,3] | consa inspect ASSIGNMENT.json
+#include <ATen/core/grad_mode.h>
+
 #include <cxxopts.hpp>
 #include <iostream>
 
 #include "commands.h"
+#include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/export/assignment.h"
@@ -20,6 +23,7 @@ int run_inspect(int argc, char** argv) {
       ("dtype", "compute dtype: float32, bfloat16, float16 (default: as stored)", cxxopts::value<std::string>())
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
       ("attention", "attention backend: auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
+      ("logits-out", "with --prompt-ids: write every position's logits, float32 [len, vocab] raw", cxxopts::value<std::string>())
       ("kv-context", "context length for an assignment's KV-cache figures", cxxopts::value<int64_t>()->default_value("4096"))
       ("h,help", "show this help");
   options.parse_positional({"model"});
@@ -41,7 +45,15 @@ int run_inspect(int argc, char** argv) {
   if (args.count("prompt-ids")) {
     const int64_t top = args["top"].as<int64_t>();
     CONSA_CHECK(top > 0, "--top must be > 0, got ", top);
-    print_next_tokens(std::cout, model, parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids"), top);
+    const std::vector<int64_t> prompt = parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids");
+    print_next_tokens(std::cout, model, prompt, top);
+    if (args.count("logits-out")) {
+      at::NoGradGuard no_grad;
+      const at::Tensor logits = model->forward(at::tensor(prompt, at::kLong).unsqueeze(0))[0].to(at::kFloat).cpu().contiguous();
+      AtomicFileWriter out(args["logits-out"].as<std::string>());
+      out.write(logits.data_ptr(), static_cast<size_t>(logits.numel()) * sizeof(float));
+      out.commit();
+    }
   }
   return 0;
 }
