@@ -2,6 +2,8 @@
 # Build consa against the CUDA LibTorch inside the local PyTorch, run the whole test suite
 # (including the [cuda] tests) and save the logs. Meant for a GPU machine, in one command:
 #   OUT=/some/dir bash scripts/gpu_check.sh
+# With gpu_inputs/ from scripts/make_gpu_inputs.sh copied along, it also checks that PyTorch 2.x
+# loads a TorchScript export written by LibTorch 1.13.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 BUILD=${BUILD:-build-gpu}
