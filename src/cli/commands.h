@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "consa/eval/evaluate.h"
+#include "consa/export/assignment.h"
+#include "consa/train/recipe.h"
 #include "consa/model/decoder.h"
 
 namespace consa::cli {
@@ -20,7 +23,29 @@ int run_validate(int argc, char** argv);
 int run_export(int argc, char** argv);
 int run_generate(int argc, char** argv);
 
+int run_eval(int argc, char** argv);
+int run_assign(int argc, char** argv);
+int run_sweep(int argc, char** argv);
+
 // Shared helpers.
+// What a command was pointed at: a consa train output.dir (assignment.json, recipe.yaml, and
+// model/ when weights were trained) or a Hugging Face checkpoint directory.
+struct ModelSource {
+  std::string model_dir;
+  std::string assignment_path;  // empty: the checkpoint's own declared layout
+  std::string recipe_path;      // a run's recipe.yaml; empty for a checkpoint directory
+};
+// `assignment_option` (a file) replaces the source's own assignment when not empty.
+ModelSource resolve_model_source(const std::string& path, const std::string& assignment_option);
+// Loads the source's assignment, or its declared layout, checked against the model's weights.
+Assignment source_assignment(const ModelSource& source, CausalLM& model);
+// "0.1,0.5" -> numbers; `option` names the flag in errors.
+std::vector<double> parse_number_list(const std::string& text, const std::string& option);
+std::vector<std::string> parse_name_list(const std::string& text);
+// consa eval's evaluation flags (tasks, lengths, depths, ...), shared with consa sweep; defaults
+// come from `recipe` when there is one.
+void add_eval_options(cxxopts::Options& options);
+EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe);
 // Parses argv with `options`; prints the help and returns false when --help was given.
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args);
 at::Device parse_device(const std::string& name);

@@ -8,6 +8,9 @@
 #include "commands.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/train/recipe.h"
+
+#include <filesystem>
 
 namespace consa::cli {
 
@@ -45,6 +48,60 @@ std::vector<int64_t> parse_token_ids(const std::string& text, const std::string&
   }
   CONSA_CHECK(!ids.empty(), option, ": expected at least one token id");
   return ids;
+}
+
+ModelSource resolve_model_source(const std::string& path, const std::string& assignment_option) {
+  namespace fs = std::filesystem;
+  const fs::path source(path);
+  ModelSource out;
+  if (fs::exists(source / "config.json")) {
+    out.model_dir = source.string();
+  } else {
+    const fs::path assignment = source / "assignment.json";
+    CONSA_CHECK(fs::exists(assignment), path,
+                ": neither a consa train output.dir (no assignment.json) nor a Hugging Face checkpoint (no config.json)");
+    out.assignment_path = assignment.string();
+    out.recipe_path = (source / "recipe.yaml").string();
+    // Trained weights live in RUN_DIR/model; gates-only runs use the recipe's checkpoint.
+    out.model_dir = (source / "model").string();
+    if (!fs::exists(out.model_dir)) out.model_dir = load_recipe(out.recipe_path).model.path;
+  }
+  if (!assignment_option.empty()) out.assignment_path = assignment_option;
+  return out;
+}
+
+Assignment source_assignment(const ModelSource& source, CausalLM& model) {
+  if (source.assignment_path.empty()) return declared_assignment(model, source.model_dir);
+  Assignment a = Assignment::load(source.assignment_path);
+  const std::string checksum = weights_checksum(model);
+  CONSA_CHECK(checksum == a.weights_checksum, source.assignment_path, ": made for weights ", a.weights_checksum,
+              " but ", source.model_dir, " holds ", checksum);
+  return a;
+}
+
+std::vector<std::string> parse_name_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::vector<double> parse_number_list(const std::string& text, const std::string& option) {
+  std::vector<double> out;
+  for (const std::string& item : parse_name_list(text)) {
+    size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    CONSA_CHECK(used == item.size(), option, ": '", item, "' is not a number; expected a comma-separated list like 0.25,0.5");
+    out.push_back(value);
+  }
+  CONSA_CHECK(!out.empty(), option, ": expected at least one value");
+  return out;
 }
 
 namespace {

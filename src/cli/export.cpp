@@ -9,38 +9,9 @@
 #include "consa/export/hf_export.h"
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
-#include "consa/train/recipe.h"
 
 namespace consa::cli {
 namespace fs = std::filesystem;
-
-namespace {
-
-struct ExportSource {
-  std::string model_dir;
-  std::string assignment_path;  // empty: the checkpoint's own declared layout
-};
-
-// A training run (assignment.json + model/ or its recipe's checkpoint), or a Hugging Face
-// checkpoint directory.
-ExportSource resolve_source(const fs::path& source, const std::string& assignment_option) {
-  ExportSource out;
-  if (fs::exists(source / "config.json")) {
-    out.model_dir = source.string();
-  } else {
-    const fs::path assignment = source / "assignment.json";
-    CONSA_CHECK(fs::exists(assignment), source.string(),
-                ": neither a consa train output.dir (no assignment.json) nor a Hugging Face checkpoint (no config.json)");
-    out.assignment_path = assignment.string();
-    // Trained weights live in RUN_DIR/model; gates-only runs use the recipe's checkpoint.
-    out.model_dir = (source / "model").string();
-    if (!fs::exists(out.model_dir)) out.model_dir = load_recipe((source / "recipe.yaml").string()).model.path;
-  }
-  if (!assignment_option.empty()) out.assignment_path = assignment_option;
-  return out;
-}
-
-}  // namespace
 
 int run_export(int argc, char** argv) {
   cxxopts::Options options("consa export",
@@ -64,22 +35,19 @@ int run_export(int argc, char** argv) {
   const std::string format = args["format"].as<std::string>();
   CONSA_CHECK(format == "hf" || format == "torchscript", "consa export: --format '", format,
               "' is not available; supported: hf, torchscript");
-  const ExportSource source =
-      resolve_source(args["source"].as<std::string>(), args.count("assignment") ? args["assignment"].as<std::string>() : "");
+  const ModelSource source =
+      resolve_model_source(args["source"].as<std::string>(), args.count("assignment") ? args["assignment"].as<std::string>() : "");
 
   LoadOptions load;
   if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   CausalLM model = load_pretrained(source.model_dir, load);
+  // Checksums are over the stored weights; a --dtype conversion alters them, so check before it.
   Assignment assignment;
-  if (source.assignment_path.empty()) {
-    assignment = declared_assignment(model, source.model_dir);
+  if (args.count("dtype") && !source.assignment_path.empty()) {
+    CausalLM stored = load_pretrained(source.model_dir);
+    assignment = source_assignment(source, stored);
   } else {
-    assignment = Assignment::load(source.assignment_path);
-    // Checksums are over the stored weights; a dtype change alters them, so check before it.
-    CausalLM stored = args.count("dtype") ? load_pretrained(source.model_dir) : model;
-    const std::string checksum = weights_checksum(stored);
-    CONSA_CHECK(checksum == assignment.weights_checksum, source.assignment_path, ": learned on weights ",
-                assignment.weights_checksum, " but ", source.model_dir, " holds ", checksum);
+    assignment = source_assignment(source, model);
   }
   const std::string out = args["out"].as<std::string>();
   if (format == "hf") {

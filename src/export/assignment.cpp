@@ -84,6 +84,7 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
           {"granularity", gate_unit_name(unit)},
           {"window", swa.window},
           {"sinks", swa.sinks},
+          {"method", method},
           {"rule", binarize_rule_name(rule)},
           {"target_sparsity", target},
           {"achieved_sparsity", achieved_sparsity()},
@@ -114,6 +115,7 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
     a.unit = parse_gate_unit(j.at("granularity").get<std::string>());
     a.swa = AttentionSpan::sliding(j.at("window").get<int64_t>(), j.at("sinks").get<int64_t>());
     a.rule = parse_binarize_rule(j.at("rule").get<std::string>());
+    a.method = j.value("method", std::string("consa"));
     a.target = j.at("target_sparsity").get<double>();
     for (const auto& layer : j.at("layers")) {
       std::vector<bool> f;
@@ -172,20 +174,21 @@ void Assignment::apply(CausalLM& model) const {
   }
 }
 
-Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
-                    ConstraintScope scope) {
+Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope) {
   Assignment a;
   a.architecture = architecture_name(config.arch);
   a.num_layers = config.num_layers;
   a.num_heads = config.num_heads;
   a.num_kv_heads = config.num_kv_heads;
   a.head_dim = config.head_dim;
-  a.unit = gates.options().unit;
-  a.swa = gates.options().swa;
+  a.unit = unit;
+  a.swa = swa;
   a.rule = rule;
   a.target = target;
-  at::Tensor la = gates.log_alpha.detach().to(at::kDouble).cpu().contiguous();
+  at::Tensor la = unit_scores.detach().to(at::kDouble).cpu().contiguous();
   const int64_t layers = la.size(0), units = la.size(1);
+  CONSA_CHECK(layers == config.num_layers, "unit scores: ", layers, " layers for a model of ", config.num_layers);
   std::vector<double> scores(la.data_ptr<double>(), la.data_ptr<double>() + la.numel());
   std::vector<bool> flat(scores.size(), true);
   if (rule == BinarizeRule::Threshold) {
@@ -206,6 +209,12 @@ Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, 
     a.scores.emplace_back(scores.begin() + l * units, scores.begin() + (l + 1) * units);
   }
   return a;
+}
+
+Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
+                    ConstraintScope scope) {
+  return assignment_from_scores(config, gates.options().unit, gates.options().swa, gates.log_alpha, rule, target,
+                                scope);
 }
 
 std::string weights_checksum(CausalLM& model) {
@@ -266,6 +275,7 @@ Assignment declared_assignment(CausalLM& model, const std::string& source) {
   a.num_kv_heads = c.num_kv_heads;
   a.head_dim = c.head_dim;
   a.rule = BinarizeRule::Exact;
+  a.method = "declared";
   if (!c.hybrid_full_kv_heads.empty()) {
     a.unit = c.hybrid_full_heads.empty() ? GateUnit::KvHead : GateUnit::Head;
     a.swa = AttentionSpan::sliding(c.hybrid_window, c.hybrid_sinks);

@@ -130,16 +130,10 @@ class Job {
 };
 
 void Job::load_models() {
-  LoadOptions load;
-  load.dtype = parse_dtype(r_.model.dtype, r_.source + ": model.dtype");
-  CONSA_CHECK(r_.model.device == "cpu" || at::hasCUDA(), r_.source, ": model.device: ", r_.model.device,
-              " requested but no CUDA device is available");
-  load.device = at::Device(r_.model.device);
-  load.attention = parse_attention_impl(r_.model.attention);
-  model_ = load_pretrained(r_.model.path, load);
+  model_ = load_pretrained(r_.model.path, model_load_options(r_));
   model_->set_gradient_checkpointing(r_.train.gradient_checkpointing);
   if (r_.objective.needs_teacher() && weights_trained()) {
-    teacher_ = load_pretrained(r_.model.path, load);
+    teacher_ = load_pretrained(r_.model.path, model_load_options(r_));
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
   }
   gates_ = AttentionGates(model_->config(), r_.gates);
@@ -476,6 +470,16 @@ TrainOutcome Job::run() {
 }
 
 }  // namespace
+
+LoadOptions model_load_options(const Recipe& r) {
+  LoadOptions load;
+  load.dtype = parse_dtype(r.model.dtype, r.source + ": model.dtype");
+  CONSA_CHECK(r.model.device == "cpu" || at::hasCUDA(), r.source, ": model.device: ", r.model.device,
+              " requested but no CUDA device is available");
+  load.device = at::Device(r.model.device);
+  load.attention = parse_attention_impl(r.model.attention);
+  return load;
+}
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control) {
   Job job(recipe, control);

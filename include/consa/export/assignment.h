@@ -31,6 +31,9 @@ struct Assignment {
   GateUnit unit = GateUnit::KvHead;
   AttentionSpan swa;
   BinarizeRule rule = BinarizeRule::Exact;
+  // Who chose the units: "consa" (learned gates), a baseline allocator ("uniform", "random",
+  // "attention-span", "duo"), or "declared" (a checkpoint's own layout).
+  std::string method = "consa";
   // Per layer, per unit: true = full attention; and the gate score (log_alpha) behind it.
   std::vector<std::vector<bool>> full;
   std::vector<std::vector<double>> scores;
@@ -57,6 +60,9 @@ struct Assignment {
 
 Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
                     ConstraintScope scope);
+// The same rules over any per-unit scores [layers, units] (higher = keep full attention).
+Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope);
 
 // The layout a checkpoint declares itself, as an assignment: a consa hybrid export's kv_head or
 // head split, or else per-layer windows (layer units; transformers' layer_types, Mistral's

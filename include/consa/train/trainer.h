@@ -9,6 +9,7 @@
 // format) when weights were trained.
 #include <ATen/ATen.h>
 
+#include "consa/load/pretrained.h"
 #include "consa/train/recipe.h"
 
 namespace consa {
@@ -31,6 +32,9 @@ struct TrainOutcome {
 };
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control = {});
+
+// How the recipe's model section loads the checkpoint (dtype, device, attention backend).
+LoadOptions model_load_options(const Recipe& recipe);
 
 // Learning-rate multiplier at `step` of `total`: linear warm-up, then cosine/linear decay to 0,
 // or constant.

@@ -1,0 +1,52 @@
+#pragma once
+// Rule-based and post-hoc allocators that ConSA is compared against. Each scores every unit
+// (higher = keep full attention) and takes exactly round(t * N) units to SWA with the `exact`
+// rule (per layer under the per_layer scope), so every baseline meets its target exactly.
+//   uniform        - Gemma/Mistral-style interleave: full attention on evenly spaced units
+//                    (every k-th for t = 1 - 1/k), starting at `offset`
+//   random         - seeded random scores
+//   attention-span - post-hoc: the share of each unit's attention mass that falls outside the
+//                    window on calibration data; the narrowest units go to SWA
+//   duo            - DuoAttention-style: continuous gates in [0, 1] per unit mixing FA and SWA,
+//                    weights frozen, trained to reproduce the full-attention model's final hidden
+//                    states on retrieval samples with an L1 penalty, then ranked
+#include <functional>
+#include <string>
+
+#include "consa/data/batches.h"
+#include "consa/export/assignment.h"
+#include "consa/model/decoder.h"
+
+namespace consa {
+
+enum class BaselineMethod { Uniform, Random, AttentionSpan, Duo };
+BaselineMethod parse_baseline_method(const std::string& name);  // uniform | random | attention-span | duo
+const char* baseline_method_name(BaselineMethod method);
+
+struct BaselineOptions {
+  GateUnit unit = GateUnit::KvHead;
+  AttentionSpan swa = AttentionSpan::sliding(1024);
+  double target = 0.5;
+  ConstraintScope scope = ConstraintScope::Global;
+  int64_t offset = 0;  // uniform: index of the first full-attention unit
+  uint64_t seed = 0;   // random; duo's sample order
+  // Calibration data (attention-span, duo): sequences from this stream's training split.
+  DataOptions data;
+  int64_t calibration_batches = 4;  // attention-span
+  int64_t duo_steps = 200;
+  double duo_lr = 0.02;
+  double duo_l1 = 0.05;  // weight of sum(alpha)
+};
+
+// Called after each duo step with (step, distillation loss, mean alpha).
+using BaselineProgress = std::function<void(int64_t, double, double)>;
+
+Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineOptions& options,
+                         const BaselineProgress& progress = {});
+
+// Per unit [layers, units]: the mean share of attention mass outside `swa` over queries that
+// have keys outside it, averaged over the unit's query heads and the batches.
+at::Tensor attention_mass_outside(CausalLM& model, GateUnit unit, const AttentionSpan& swa,
+                                  const std::vector<at::Tensor>& batches);
+
+}  // namespace consa

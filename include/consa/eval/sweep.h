@@ -1,0 +1,38 @@
+#pragma once
+// A sweep: every (method, target) pair on one recipe's model, each evaluated the same way, with
+// the table a user picks a sparsity from. Each pair has its own folder, OUT/<method>_t<target>,
+// finished once its eval.json exists; an interrupted sweep resumes where it stopped (a consa
+// training run from its checkpoint).
+//   OUT/sweep.csv  one row per pair (plots: scripts/plot_sweep.py)
+//   OUT/sweep.md   the same as a Markdown table
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "consa/eval/baselines.h"
+#include "consa/eval/evaluate.h"
+#include "consa/train/recipe.h"
+
+namespace consa {
+
+struct SweepOptions {
+  std::vector<double> targets = {0.25, 0.5, 0.75, 0.875};
+  std::vector<std::string> methods = {"consa", "uniform", "random", "attention-span", "duo"};
+  std::string out_dir;
+  EvalOptions eval;
+  BaselineOptions baseline;  // offset, seed, duo settings (unit, window, target come from the recipe)
+};
+
+struct SweepSummary {
+  int64_t ran = 0, skipped = 0;
+};
+
+SweepSummary run_sweep(const Recipe& recipe, const SweepOptions& options, std::ostream& log);
+
+// The folder of one pair: "<out>/<method>_t<target>".
+std::string sweep_run_dir(const std::string& out_dir, const std::string& method, double target);
+
+// Rebuilds sweep.csv and sweep.md from the finished runs' eval.json files.
+void write_sweep_tables(const SweepOptions& options);
+
+}  // namespace consa

@@ -1,0 +1,194 @@
+// consa eval SOURCE: quality and KV cost of a model under an attention layout.
+// consa assign METHOD MODEL_DIR: a baseline allocator's assignment.json.
+#include <ATen/core/grad_mode.h>
+
+#include <cxxopts.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "commands.h"
+#include "consa/core/atomic_file.h"
+#include "consa/core/dtype.h"
+#include "consa/core/error.h"
+#include "consa/eval/baselines.h"
+#include "consa/eval/evaluate.h"
+#include "consa/export/torchscript_export.h"
+#include "consa/load/pretrained.h"
+#include "consa/train/recipe.h"
+
+namespace consa::cli {
+namespace fs = std::filesystem;
+
+void add_eval_options(cxxopts::Options& options) {
+  options.add_options("evaluation")
+      ("tasks", "retrieval tasks: passkey, multi_key_needle, associative_recall", cxxopts::value<std::string>()->default_value("passkey,multi_key_needle"))
+      ("lengths", "context lengths", cxxopts::value<std::string>()->default_value("256,512"))
+      ("depths", "key depths in [0, 1]", cxxopts::value<std::string>()->default_value("0.1,0.5,0.9"))
+      ("samples", "samples per (task, length, depth)", cxxopts::value<int64_t>()->default_value("8"))
+      ("first-id", "synthetic token layout's first id (default: the recipe's, else 0)", cxxopts::value<int64_t>())
+      ("value-digits", "digits per value (default: the recipe's, else 5)", cxxopts::value<int64_t>())
+      ("min-distance", "key-to-query distance (default: window + sinks + 1)", cxxopts::value<int64_t>()->default_value("0"))
+      ("data", "token shard(s) for held-out perplexity, comma-separated (default: a run's recipe data)", cxxopts::value<std::string>())
+      ("seq-len", "perplexity window length with --data", cxxopts::value<int64_t>()->default_value("512"))
+      ("heldout-batches", "perplexity batches", cxxopts::value<int64_t>()->default_value("4"));
+}
+
+// Evaluation settings from the flags, with defaults taken from `recipe` when there is one.
+EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe) {
+  EvalOptions o;
+  o.tasks.clear();
+  for (const auto& name : parse_name_list(args["tasks"].as<std::string>())) o.tasks.push_back(parse_synthetic_task(name));
+  o.lengths.clear();
+  for (double v : parse_number_list(args["lengths"].as<std::string>(), "--lengths")) {
+    CONSA_CHECK(v > 0 && v == std::floor(v), "--lengths: ", v, " is not a positive whole number");
+    o.lengths.push_back(static_cast<int64_t>(v));
+  }
+  o.depths = parse_number_list(args["depths"].as<std::string>(), "--depths");
+  for (double d : o.depths) CONSA_CHECK(d >= 0 && d <= 1, "--depths: ", d, " is outside [0, 1]");
+  o.samples = args["samples"].as<int64_t>();
+  CONSA_CHECK(o.samples > 0, "--samples must be > 0");
+  o.min_distance = args["min-distance"].as<int64_t>();
+  if (recipe) {
+    o.value_digits = recipe->data.value_digits;
+    o.num_needles = recipe->data.num_needles;
+    o.perplexity_data = recipe->data;
+  }
+  if (args.count("first-id")) o.first_id = args["first-id"].as<int64_t>();
+  if (args.count("value-digits")) o.value_digits = args["value-digits"].as<int64_t>();
+  if (args.count("data")) {
+    DataOptions d;
+    d.shards = parse_name_list(args["data"].as<std::string>());
+    d.synthetic_ratio = 0;
+    d.seq_len = args["seq-len"].as<int64_t>();
+    d.batch_size = 4;
+    d.heldout_batches = args["heldout-batches"].as<int64_t>();
+    o.perplexity_data = d;
+  }
+  return o;
+}
+
+namespace {
+
+LogitsFn model_logits(CausalLM& model) {
+  return [&model](const at::Tensor& ids) { return model->forward(ids.to(model->device())); };
+}
+
+void write_json(const std::string& path, const nlohmann::json& j) {
+  AtomicFileWriter out(path);
+  out.stream() << j.dump(2) << "\n";
+  out.commit();
+}
+
+}  // namespace
+
+int run_eval(int argc, char** argv) {
+  cxxopts::Options options("consa eval",
+                           "Evaluate a dense checkpoint, a training run (its binarized assignment), a Hugging Face\n"
+                           "or TorchScript export, or an assignment applied to a checkpoint: held-out perplexity,\n"
+                           "retrieval accuracy over lengths x depths, KV-cache bytes per sequence.");
+  options.positional_help("RUN_DIR|MODEL_DIR|MODEL.ts");
+  options.add_options()
+      ("source", "what to evaluate", cxxopts::value<std::string>())
+      ("assignment", "assignment.json to apply to the checkpoint", cxxopts::value<std::string>())
+      ("recipe", "take perplexity data and synthetic settings from this recipe", cxxopts::value<std::string>())
+      ("out", "write the report as JSON here", cxxopts::value<std::string>())
+      ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
+      ("dtype", "compute dtype for checkpoints: float32, bfloat16, float16", cxxopts::value<std::string>())
+      ("h,help", "show this help");
+  add_eval_options(options);
+  options.parse_positional({"source"});
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  CONSA_CHECK(args.count("source"), "consa eval: missing RUN_DIR, MODEL_DIR or MODEL.ts (see consa eval --help)");
+  const std::string path = args["source"].as<std::string>();
+  const at::Device device = parse_device(args["device"].as<std::string>());
+  at::NoGradGuard no_grad;
+
+  EvalReport report;
+  if (fs::is_regular_file(path)) {  // a TorchScript export
+    CONSA_CHECK(!args.count("assignment"), "--assignment applies to checkpoints; ", path, " has its own");
+    ScriptedLM scripted = ScriptedLM::load(path, device);
+    std::unique_ptr<Recipe> recipe;
+    if (args.count("recipe")) recipe = std::make_unique<Recipe>(load_recipe(args["recipe"].as<std::string>()));
+    report = evaluate([&](const at::Tensor& ids) { return scripted.forward(ids.to(device)); }, scripted.assignment(),
+                      scripted.vocab_size(), eval_options(args, recipe.get()));
+  } else {
+    const ModelSource source =
+        resolve_model_source(path, args.count("assignment") ? args["assignment"].as<std::string>() : "");
+    std::unique_ptr<Recipe> recipe;
+    const std::string recipe_path = args.count("recipe") ? args["recipe"].as<std::string>() : source.recipe_path;
+    if (!recipe_path.empty()) recipe = std::make_unique<Recipe>(load_recipe(recipe_path));
+    CausalLM stored = load_pretrained(source.model_dir);
+    Assignment layout = source_assignment(source, stored);
+    LoadOptions load;
+    load.device = device;
+    if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
+    CausalLM model = device.is_cpu() && !args.count("dtype") ? stored : load_pretrained(source.model_dir, load);
+    layout.apply(model);
+    report = evaluate(model_logits(model), layout, model->config().vocab_size, eval_options(args, recipe.get()));
+  }
+  report.model = path;
+  report.print(std::cout);
+  if (args.count("out")) write_json(args["out"].as<std::string>(), report.to_json());
+  return 0;
+}
+
+int run_assign(int argc, char** argv) {
+  cxxopts::Options options("consa assign",
+                           "Write a baseline allocator's FA/SWA assignment.json for a checkpoint, at any target\n"
+                           "and granularity: uniform, random, attention-span, duo.");
+  options.positional_help("METHOD MODEL_DIR");
+  options.add_options()
+      ("method", "uniform | random | attention-span | duo", cxxopts::value<std::string>())
+      ("model", "Hugging Face checkpoint directory", cxxopts::value<std::string>())
+      ("recipe", "take unit, window, sinks, target, scope and calibration data from this recipe", cxxopts::value<std::string>())
+      ("target", "fraction of units on SWA", cxxopts::value<double>())
+      ("unit", "layer | kv_head | head", cxxopts::value<std::string>())
+      ("window", "sliding window W", cxxopts::value<int64_t>())
+      ("sinks", "attention sinks S", cxxopts::value<int64_t>())
+      ("scope", "global | per_layer (per_layer: the same SWA share in every layer)", cxxopts::value<std::string>())
+      ("offset", "uniform: index of the first full-attention unit", cxxopts::value<int64_t>()->default_value("0"))
+      ("seed", "random: the draw; duo: sample order", cxxopts::value<uint64_t>()->default_value("0"))
+      ("steps", "duo: optimisation steps", cxxopts::value<int64_t>()->default_value("200"))
+      ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
+      ("out", "assignment.json to write", cxxopts::value<std::string>())
+      ("h,help", "show this help");
+  options.parse_positional({"method", "model"});
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  CONSA_CHECK(args.count("method") && args.count("model"), "consa assign: expected METHOD MODEL_DIR (see consa assign --help)");
+  CONSA_CHECK(args.count("out"), "consa assign: --out FILE is required");
+  const BaselineMethod method = parse_baseline_method(args["method"].as<std::string>());
+  BaselineOptions o;
+  if (args.count("recipe")) {
+    const Recipe recipe = load_recipe(args["recipe"].as<std::string>());
+    o.unit = recipe.gates.unit;
+    o.swa = recipe.gates.swa;
+    o.target = recipe.constraint.target;
+    o.scope = recipe.constraint.scope;
+    o.data = recipe.data;
+  }
+  if (args.count("target")) o.target = args["target"].as<double>();
+  if (args.count("unit")) o.unit = parse_gate_unit(args["unit"].as<std::string>());
+  if (args.count("window")) o.swa.window = args["window"].as<int64_t>();
+  if (args.count("sinks")) o.swa.sinks = args["sinks"].as<int64_t>();
+  if (args.count("scope")) o.scope = parse_constraint_scope(args["scope"].as<std::string>());
+  CONSA_CHECK(o.swa.window > 0 && o.swa.sinks >= 0, "consa assign: --window must be > 0 and --sinks >= 0");
+  CONSA_CHECK(o.target >= 0 && o.target <= 1, "consa assign: --target must be in [0, 1], got ", o.target);
+  o.offset = args["offset"].as<int64_t>();
+  o.seed = args["seed"].as<uint64_t>();
+  o.duo_steps = args["steps"].as<int64_t>();
+  LoadOptions load;
+  load.device = parse_device(args["device"].as<std::string>());
+  CausalLM model = load_pretrained(args["model"].as<std::string>(), load);
+  Assignment a = make_baseline(method, model, o, [&](int64_t step, double loss, double mean_alpha) {
+    if (step % 50 == 0 || step == o.duo_steps)
+      std::cerr << "duo step " << step << "/" << o.duo_steps << "  distill " << loss << "  mean alpha " << mean_alpha << "\n";
+  });
+  const std::string out = args["out"].as<std::string>();
+  a.save(out);
+  print_assignment(std::cout, a, out, 4096);
+  return 0;
+}
+
+}  // namespace consa::cli

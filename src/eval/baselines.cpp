@@ -1,0 +1,193 @@
+#include "consa/eval/baselines.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/optim/adam.h>
+
+#include <cmath>
+
+#include "consa/core/enum_names.h"
+#include "consa/core/error.h"
+#include "consa/model/rope.h"
+
+namespace consa {
+
+namespace {
+
+constexpr EnumName<BaselineMethod> kMethods[] = {{BaselineMethod::Uniform, "uniform"},
+                                                 {BaselineMethod::Random, "random"},
+                                                 {BaselineMethod::AttentionSpan, "attention-span"},
+                                                 {BaselineMethod::Duo, "duo"}};
+
+int64_t units_per_layer(const ModelConfig& c, GateUnit unit) {
+  return unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;
+}
+
+// Per-head values [layers, heads] -> per-unit means [layers, units].
+at::Tensor heads_to_units(const at::Tensor& per_head, const ModelConfig& c, GateUnit unit) {
+  if (unit == GateUnit::Head) return per_head;
+  if (unit == GateUnit::Layer) return per_head.mean(1, /*keepdim=*/true);
+  return per_head.view({c.num_layers, c.num_kv_heads, c.group_size()}).mean(2);
+}
+
+// Full attention on evenly spaced units of each group (the whole model, or each layer).
+at::Tensor uniform_scores(const ModelConfig& c, const BaselineOptions& o) {
+  const int64_t units = units_per_layer(c, o.unit);
+  at::Tensor scores = at::full({c.num_layers, units}, -1.0, at::kDouble);
+  auto mark = [&](int64_t first, int64_t count) {
+    const int64_t full = count - std::llround(o.target * static_cast<double>(count));
+    for (int64_t i = 0; i < full; ++i) {
+      // floor(i * count / full) is strictly increasing when full <= count: `full` distinct units.
+      const int64_t idx = first + (o.offset + i * count / full) % count;
+      scores.view(-1)[idx] = 1.0;
+    }
+  };
+  if (o.scope == ConstraintScope::PerLayer) {
+    for (int64_t l = 0; l < c.num_layers; ++l) mark(l * units, units);
+  } else {
+    mark(0, c.num_layers * units);
+  }
+  return scores;
+}
+
+at::Tensor random_scores(const ModelConfig& c, const BaselineOptions& o) {
+  auto gen = at::detail::createCPUGenerator(o.seed);
+  return at::rand({c.num_layers, units_per_layer(c, o.unit)}, gen, at::kDouble);
+}
+
+std::vector<at::Tensor> calibration_batches(CausalLM& model, const BaselineOptions& o, int64_t count) {
+  BatchStream stream(o.data, model->config().vocab_size,
+                     o.data.min_distance > 0 ? o.data.min_distance : o.swa.window + o.swa.sinks + 1, Split::Train);
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < count; ++i) out.push_back(stream.next().tokens);
+  return out;
+}
+
+// Restores every layer's gating state and the parameters' requires_grad on exit.
+class GateStateGuard {
+ public:
+  explicit GateStateGuard(CausalLM& model) : model_(model) {
+    for (int64_t l = 0; l < model->num_layers(); ++l)
+      saved_.push_back({model->attention(l).fa_weight, model->attention(l).swa_span});
+    for (auto& p : model->parameters()) requires_grad_.push_back(p.requires_grad());
+  }
+  ~GateStateGuard() {
+    for (int64_t l = 0; l < model_->num_layers(); ++l) {
+      model_->attention(l).fa_weight = saved_[l].first;
+      model_->attention(l).swa_span = saved_[l].second;
+    }
+    size_t i = 0;
+    for (auto& p : model_->parameters()) p.requires_grad_(requires_grad_[i++]);
+  }
+
+ private:
+  CausalLM& model_;
+  std::vector<std::pair<at::Tensor, AttentionSpan>> saved_;
+  std::vector<bool> requires_grad_;
+};
+
+at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineProgress& progress) {
+  const ModelConfig& c = model->config();
+  GateStateGuard guard(model);
+  for (auto& p : model->parameters()) p.requires_grad_(false);
+  for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
+  at::Tensor alpha = at::ones({c.num_layers, units_per_layer(c, o.unit)}, at::kFloat).requires_grad_(true);
+  torch::optim::Adam optimizer({alpha}, torch::optim::AdamOptions(o.duo_lr));
+  DataOptions data = o.data;
+  data.seed = o.seed;
+  BatchStream stream(data, c.vocab_size, data.min_distance > 0 ? data.min_distance : o.swa.window + o.swa.sinks + 1,
+                     Split::Train);
+  for (int64_t step = 1; step <= o.duo_steps; ++step) {
+    Batch batch = stream.next();
+    at::Tensor tokens = batch.tokens.to(model->device());
+    at::Tensor teacher;
+    {
+      at::NoGradGuard no_grad;
+      for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
+      teacher = model->hidden_states(tokens).to(at::kFloat);
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      at::Tensor a = alpha[l];
+      if (o.unit == GateUnit::Layer) a = a.expand({c.num_heads});
+      else if (o.unit == GateUnit::KvHead) a = a.repeat_interleave(c.group_size());
+      model->attention(l).fa_weight = a;
+      model->attention(l).swa_span = o.swa;
+    }
+    at::Tensor student = model->hidden_states(tokens).to(at::kFloat);
+    // Positions whose next token is an answer token (the stream's cross-entropy mask).
+    at::Tensor mask = at::cat({batch.ce_mask, at::zeros({batch.ce_mask.size(0), 1})}, 1).to(student.device());
+    at::Tensor distill = ((student - teacher).pow(2).mean(-1) * mask).sum() / mask.sum().clamp_min(1.0);
+    at::Tensor loss = distill + o.duo_l1 * alpha.sum();
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    {
+      at::NoGradGuard no_grad;
+      alpha.clamp_(0.0, 1.0);
+    }
+    if (progress) progress(step, distill.item<double>(), alpha.mean().item<double>());
+  }
+  return alpha.detach().to(at::kDouble);
+}
+
+}  // namespace
+
+BaselineMethod parse_baseline_method(const std::string& name) { return parse_enum(kMethods, name, "baseline method"); }
+const char* baseline_method_name(BaselineMethod method) { return enum_name(kMethods, method); }
+
+at::Tensor attention_mass_outside(CausalLM& model, GateUnit unit, const AttentionSpan& swa,
+                                  const std::vector<at::Tensor>& batches) {
+  const ModelConfig& c = model->config();
+  at::NoGradGuard no_grad;
+  at::Tensor per_head = at::zeros({c.num_layers, c.num_heads}, at::kDouble);
+  const at::Tensor inv_freq = rope_inv_freq(c.rope, c.head_dim);
+  for (const at::Tensor& tokens : batches) {
+    const int64_t len = tokens.size(1);
+    CONSA_CHECK(len > swa.window + swa.sinks, "attention-span calibration: sequences of ", len,
+                " tokens never reach past a window of ", swa.window, " + ", swa.sinks, " sinks; use longer ones");
+    at::Tensor h = model->model->embed_tokens->forward(tokens.to(model->device()));
+    RopeTables rope = rope_tables(inv_freq, 0, len, h.scalar_type(), h.device());
+    const at::Tensor visible = visibility_mask(len, len, swa, h.device());
+    const at::Tensor causal = visibility_mask(len, len, AttentionSpan::full(), h.device());
+    const at::Tensor outside = (causal & ~visible).to(at::kFloat);  // [L, L]
+    // Queries with some key outside the span: i >= window + sinks.
+    const int64_t first_query = swa.window + swa.sinks;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      DecoderLayerImpl& layer = *model->model->layer_list[l];
+      const SelfAttentionImpl& attn = *layer.self_attn;
+      ProjectedQKV qkv = attn.project(layer.input_layernorm->forward(h), rope);
+      const int64_t group = c.group_size();
+      for (int64_t g = 0; g < c.num_kv_heads; ++g) {
+        at::Tensor q = qkv.q.narrow(2, g * group, group).transpose(1, 2).to(at::kFloat);  // [B, G, L, D]
+        at::Tensor k = qkv.k.select(2, g).unsqueeze(1).to(at::kFloat);                   // [B, 1, L, D]
+        at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * attn.scale;
+        at::Tensor probs = at::softmax(scores.masked_fill(~causal, -INFINITY), -1);
+        at::Tensor mass = (probs * outside).sum(-1).narrow(-1, first_query, len - first_query);  // [B, G, Lq]
+        per_head[l].narrow(0, g * group, group) += mass.mean(at::IntArrayRef{0, 2}).to(at::kDouble).cpu();
+      }
+      h = layer.forward(h, rope);
+    }
+  }
+  return heads_to_units(per_head / static_cast<double>(batches.size()), c, unit);
+}
+
+Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineOptions& o,
+                         const BaselineProgress& progress) {
+  const ModelConfig& c = model->config();
+  CONSA_CHECK(o.target >= 0 && o.target <= 1, "baseline target must be in [0, 1], got ", o.target);
+  at::Tensor scores;
+  switch (method) {
+    case BaselineMethod::Uniform: scores = uniform_scores(c, o); break;
+    case BaselineMethod::Random: scores = random_scores(c, o); break;
+    case BaselineMethod::AttentionSpan:
+      scores = attention_mass_outside(model, o.unit, o.swa, calibration_batches(model, o, o.calibration_batches));
+      break;
+    case BaselineMethod::Duo: scores = duo_scores(model, o, progress); break;
+  }
+  Assignment a = assignment_from_scores(c, o.unit, o.swa, scores, BinarizeRule::Exact, o.target, o.scope);
+  a.method = baseline_method_name(method);
+  a.weights_checksum = weights_checksum(model);
+  return a;
+}
+
+}  // namespace consa
