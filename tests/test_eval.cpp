@@ -1,0 +1,240 @@
+// Evaluation metrics on cases with known answers, the baseline allocators (exact targets, the
+// interleave pattern, attention mass against a closed form, frozen weights), and sweep resumption.
+#include <ATen/core/grad_mode.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "catch_compat.h"
+#include "consa/core/error.h"
+#include "consa/eval/baselines.h"
+#include "consa/eval/evaluate.h"
+#include "consa/eval/sweep.h"
+#include "consa/load/pretrained.h"
+#include "helpers.h"
+
+using namespace consa;
+using namespace consa_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+CausalLM random_model(const ModelConfig& c, uint64_t seed) {
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, seed);
+  return model;
+}
+
+int64_t swa_units(const Assignment& a) {
+  int64_t n = 0;
+  for (const auto& l : a.full) n += std::count(l.begin(), l.end(), false);
+  return n;
+}
+
+EvalOptions small_eval() {
+  EvalOptions o;
+  o.lengths = {48, 64};
+  o.depths = {0.2, 0.8};
+  o.samples = 4;
+  o.value_digits = 3;
+  o.num_needles = 2;
+  return o;
+}
+
+// A layout with no SWA unit, for evaluating plain functions.
+Assignment dense_layout(const ModelConfig& c) {
+  CausalLM m(c, at::TensorOptions().dtype(at::kFloat));
+  return declared_assignment(m, "dense");
+}
+
+}  // namespace
+
+TEST_CASE("retrieval scoring and perplexity on functions with known answers", "[eval]") {
+  const ModelConfig c = tiny_config(2, 4, 2, 8, 40);
+  const Assignment layout = dense_layout(c);
+  EvalOptions o = small_eval();
+  DataOptions data;
+  data.seq_len = 32;
+  data.batch_size = 2;
+  data.heldout_batches = 2;
+  data.value_digits = 3;
+  o.perplexity_data = data;
+  // An oracle that puts all mass on the true next token retrieves everything.
+  const LogitsFn oracle = [&](const at::Tensor& ids) {
+    at::Tensor next = at::cat({ids.narrow(1, 1, ids.size(1) - 1), ids.narrow(1, 0, 1)}, 1);
+    return at::one_hot(next, c.vocab_size).to(at::kFloat) * 50.0;
+  };
+  EvalReport perfect = evaluate(oracle, layout, c.vocab_size, o);
+  CHECK(perfect.retrieval_accuracy() == 1.0);
+  CHECK(perfect.retrieval.size() == 2 * 2 * 2);
+  CHECK(perfect.perplexity() == Approx(1.0).margin(1e-6));
+  // Flat logits: perplexity is the vocabulary size; the argmax (id 0) is never a digit here.
+  const LogitsFn flat = [&](const at::Tensor& ids) { return at::zeros({ids.size(0), ids.size(1), c.vocab_size}); };
+  o.first_id = 1;
+  EvalReport uniform = evaluate(flat, layout, c.vocab_size, o);
+  CHECK(uniform.retrieval_accuracy() == 0.0);
+  CHECK(uniform.perplexity() == Approx(static_cast<double>(c.vocab_size)).epsilon(1e-6));
+  // The oracle with its last answer digit wrong retrieves nothing.
+  const LogitsFn off_by_one = [&](const at::Tensor& ids) {
+    at::Tensor logits = oracle(ids);
+    logits.select(1, ids.size(1) - 2).zero_();  // predicts id 0 for the final token
+    return logits;
+  };
+  CHECK(evaluate(off_by_one, layout, c.vocab_size, o).retrieval_accuracy() == 0.0);
+  // KV bytes: dense layout, bf16.
+  CHECK(perfect.kv_cache[1].dense_bytes == 2 * 2 * 64 * 2 * 8 * 2);
+  CHECK(perfect.kv_cache[1].full_attention_bytes == perfect.kv_cache[1].dense_bytes);
+}
+
+TEST_CASE("a model whose attention adds nothing scores the same under any assignment", "[eval]") {
+  const ModelConfig c = tiny_config(3, 4, 2, 8, 40);
+  CausalLM model = random_model(c, 5);
+  {
+    at::NoGradGuard no_grad;
+    for (int64_t l = 0; l < 3; ++l) model->attention(l).o_proj->weight.zero_();  // attention output is 0
+  }
+  EvalOptions o = small_eval();
+  DataOptions data;
+  data.seq_len = 48;
+  data.batch_size = 2;
+  data.heldout_batches = 2;
+  data.value_digits = 3;
+  o.perplexity_data = data;
+  BaselineOptions b;
+  b.swa = AttentionSpan::sliding(4);
+  std::vector<double> perplexities;
+  for (double target : {0.0, 0.5, 1.0}) {
+    b.target = target;
+    Assignment a = make_baseline(BaselineMethod::Random, model, b);
+    a.apply(model);
+    EvalReport r = evaluate([&](const at::Tensor& ids) { return model->forward(ids); }, a, c.vocab_size, o);
+    perplexities.push_back(r.perplexity());
+    CHECK(r.kv_cache[0].full_attention_bytes + r.kv_cache[0].sliding_window_bytes <= r.kv_cache[0].dense_bytes);
+  }
+  CHECK(perplexities[0] == Approx(perplexities[1]).epsilon(1e-6));
+  CHECK(perplexities[0] == Approx(perplexities[2]).epsilon(1e-6));
+}
+
+TEST_CASE("every baseline meets its target exactly, at every granularity and scope", "[eval]") {
+  const ModelConfig c = tiny_config(4, 4, 2, 8, 40);
+  CausalLM model = random_model(c, 6);
+  const std::string before = weights_checksum(model);
+  for (BaselineMethod method : {BaselineMethod::Uniform, BaselineMethod::Random, BaselineMethod::AttentionSpan,
+                                BaselineMethod::Duo})
+    for (GateUnit unit : {GateUnit::Layer, GateUnit::KvHead, GateUnit::Head})
+      for (ConstraintScope scope : {ConstraintScope::Global, ConstraintScope::PerLayer})
+        for (double target : {0.25, 0.5, 0.75}) {
+          if (unit == GateUnit::Layer && scope == ConstraintScope::PerLayer) continue;  // one unit a layer
+          BaselineOptions b;
+          b.unit = unit;
+          b.scope = scope;
+          b.target = target;
+          b.swa = AttentionSpan::sliding(6, 1);
+          b.data.seq_len = 40;
+          b.data.batch_size = 2;
+          b.data.value_digits = 3;
+          b.calibration_batches = 1;
+          b.duo_steps = 3;
+          Assignment a = make_baseline(method, model, b);
+          const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? 2 : 4;
+          INFO(baseline_method_name(method) << " " << gate_unit_name(unit) << " " << constraint_scope_name(scope)
+                                            << " target " << target);
+          CHECK(a.method == baseline_method_name(method));
+          const int64_t expected = scope == ConstraintScope::PerLayer ? 4 * std::llround(target * units)
+                                                                      : std::llround(target * 4 * units);
+          CHECK(swa_units(a) == expected);
+          if (scope == ConstraintScope::PerLayer)
+            for (const auto& layer : a.full)
+              CHECK(std::count(layer.begin(), layer.end(), false) == std::llround(target * units));
+        }
+  CHECK(weights_checksum(model) == before);  // duo trains gates only
+  for (int64_t l = 0; l < 4; ++l) CHECK(!model->attention(l).fa_weight.defined());  // and leaves no gates behind
+}
+
+TEST_CASE("uniform keeps full attention on every k-th unit from the offset", "[eval]") {
+  const ModelConfig c = tiny_config(6, 4, 2, 8, 40);
+  CausalLM model = random_model(c, 7);
+  BaselineOptions b;
+  b.unit = GateUnit::Layer;
+  b.target = 0.5;
+  auto full_layers = [&](const Assignment& a) {
+    std::vector<int64_t> out;
+    for (int64_t l = 0; l < 6; ++l)
+      if (a.full[l][0]) out.push_back(l);
+    return out;
+  };
+  CHECK(full_layers(make_baseline(BaselineMethod::Uniform, model, b)) == std::vector<int64_t>{0, 2, 4});
+  b.offset = 1;
+  CHECK(full_layers(make_baseline(BaselineMethod::Uniform, model, b)) == std::vector<int64_t>{1, 3, 5});
+  b.target = 5.0 / 6.0;  // Gemma 3: five local layers per global one
+  b.offset = 5;
+  CHECK(full_layers(make_baseline(BaselineMethod::Uniform, model, b)) == std::vector<int64_t>{5});
+}
+
+TEST_CASE("attention mass outside the window matches the closed form for uniform attention", "[eval]") {
+  const ModelConfig c = tiny_config(2, 4, 2, 8, 40);
+  CausalLM model = random_model(c, 8);
+  {
+    at::NoGradGuard no_grad;
+    model->attention(0).q_proj->weight.zero_();  // all scores 0: each query spreads over its i + 1 keys
+  }
+  const int64_t window = 5, sinks = 2, len = 30;
+  std::vector<at::Tensor> batches = {at::randint(0, 40, {2, len}, at::TensorOptions().dtype(at::kLong))};
+  at::Tensor mass = attention_mass_outside(model, GateUnit::Head, AttentionSpan::sliding(window, sinks), batches);
+  // Query i sees i + 1 keys; window + sinks of them stay visible: (i + 1 - window - sinks) / (i + 1).
+  double expected = 0;
+  for (int64_t i = window + sinks; i < len; ++i) expected += static_cast<double>(i + 1 - window - sinks) / (i + 1);
+  expected /= static_cast<double>(len - window - sinks);
+  for (int64_t h = 0; h < 4; ++h) CHECK(mass[0][h].item<double>() == Approx(expected).epsilon(1e-5));
+  CHECK(mass[1].min().item<double>() >= 0.0);
+  CHECK(mass[1].max().item<double>() <= 1.0);
+  // Narrower heads go to SWA first.
+  BaselineOptions b;
+  b.unit = GateUnit::Head;
+  b.swa = AttentionSpan::sliding(window, sinks);
+  b.target = 0.5;
+  b.data.seq_len = len;
+  b.data.batch_size = 2;
+  b.calibration_batches = 1;
+  Assignment a = make_baseline(BaselineMethod::AttentionSpan, model, b);
+  double max_swa = -1, min_full = 2;
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t h = 0; h < 4; ++h) {
+      if (a.full[l][h]) min_full = std::min(min_full, a.scores[l][h]);
+      else max_swa = std::max(max_swa, a.scores[l][h]);
+    }
+  CHECK(max_swa <= min_full);
+}
+
+TEST_CASE("a sweep resumes without redoing finished runs", "[eval]") {
+  const std::string dir = scratch_dir("sweep");
+  write_text(dir + "/recipe.yaml", "model: {path: " + fixture("qwen3_norm") + "}\n" +
+                                       "gates: {window: 8}\n"
+                                       "data: {seq_len: 40, batch_size: 2, heldout_batches: 1, value_digits: 3}\n"
+                                       "train: {steps: 3, log_every: 1}\noutput: {dir: " + dir + "/unused}\n");
+  const Recipe recipe = load_recipe(dir + "/recipe.yaml");
+  SweepOptions o;
+  o.targets = {0.5, 1.0};
+  o.methods = {"consa", "uniform", "duo"};
+  o.out_dir = dir + "/sweep";
+  o.eval = small_eval();
+  o.eval.value_digits = 3;
+  o.eval.perplexity_data = recipe.data;
+  o.baseline.duo_steps = 2;
+  std::ostringstream log;
+  SweepSummary first = run_sweep(recipe, o, log);
+  CHECK(first.ran == 6);
+  CHECK(first.skipped == 0);
+  const auto stamp = fs::last_write_time(sweep_run_dir(o.out_dir, "uniform", 0.5) + "/eval.json");
+  fs::remove(sweep_run_dir(o.out_dir, "duo", 1.0) + "/eval.json");
+  SweepSummary second = run_sweep(recipe, o, log);
+  CHECK(second.ran == 1);
+  CHECK(second.skipped == 5);
+  CHECK(fs::last_write_time(sweep_run_dir(o.out_dir, "uniform", 0.5) + "/eval.json") == stamp);
+  const std::string csv = read_text(o.out_dir + "/sweep.csv");
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 7);  // header + 6 rows
+  CHECK_THAT(csv, contains("consa,0.5,0.5,"));
+  CHECK_THAT(read_text(o.out_dir + "/sweep.md"), contains("| uniform | 1.000 | 1.000 |"));
+  o.methods = {"frobnicate"};
+  CHECK_THROWS_WITH(run_sweep(recipe, o, log), contains("unknown baseline method 'frobnicate'"));
+}
