@@ -17,7 +17,7 @@
 namespace consa::cli {
 
 int run_inspect(int argc, char** argv);
-int run_demo(int argc, char** argv);
+int run_init(int argc, char** argv);
 int run_train(int argc, char** argv);
 int run_validate(int argc, char** argv);
 int run_export(int argc, char** argv);

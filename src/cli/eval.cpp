@@ -49,6 +49,9 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
   CONSA_CHECK(o.samples > 0, "--samples must be > 0");
   o.min_distance = args["min-distance"].as<int64_t>();
   if (recipe) {
+    // The recipe's retrieval setting: keys beyond its window, as in its training data.
+    if (o.min_distance == 0)
+      o.min_distance = recipe->data.min_distance > 0 ? recipe->data.min_distance : recipe->gates.swa.window + 1;
     o.value_digits = recipe->data.value_digits;
     o.num_needles = recipe->data.num_needles;
     o.perplexity_data = recipe->data;

@@ -35,10 +35,10 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"assign", consa::cli::run_assign, "a baseline allocator's assignment: uniform, random, attention-span, duo"},
-    {"demo", consa::cli::run_demo, "create a small model, reload it and decode (no download)"},
     {"eval", consa::cli::run_eval, "perplexity, retrieval accuracy and KV bytes of a model under a layout"},
     {"export", consa::cli::run_export, "export a model under its FA/SWA assignment (Hugging Face or TorchScript)"},
     {"generate", consa::cli::run_generate, "generate with an exported model through its sliding-window KV cache"},
+    {"init", consa::cli::run_init, "write a randomly initialised model of a given shape (Hugging Face format)"},
     {"inspect", consa::cli::run_inspect, "summarise a Hugging Face checkpoint; --prompt-ids for next tokens"},
     {"sweep", consa::cli::run_sweep, "every (method, target) pair on a recipe's model: sweep.csv, sweep.md"},
     {"tokenize", run_tokenize, "text -> token shard with sentencepiece (--train-tokenizer to train one)"},

@@ -57,6 +57,10 @@ int run_train(int argc, char** argv) {
     std::cout << "stopped after step " << outcome.global_step << "; continue with --resume\n";
     return 0;
   }
+  if (recipe.train.mode == "dense") {
+    std::cout << "dense training done: weights in " << recipe.output.dir << "/model\n";
+    return 0;
+  }
   std::cout << "expected SWA fraction " << outcome.s_hat << " (target " << outcome.target << ")\n"
             << "per layer            ";
   for (int64_t l = 0; l < outcome.layer_s_hat.size(0); ++l) std::cout << " " << outcome.layer_s_hat[l].item<double>();

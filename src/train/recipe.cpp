@@ -229,7 +229,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   sched.finish();
 
   Section train = top.child("train");
-  r.train.mode = train.text("mode", r.train.mode, {"gates", "full"});
+  r.train.mode = train.text("mode", r.train.mode, {"gates", "full", "dense"});
   r.train.steps = train.integer("steps", r.train.steps, 1);
   r.train.seed = static_cast<uint64_t>(train.integer("seed", 0, 0));
   r.train.gradient_checkpointing = train.boolean("gradient_checkpointing", false);

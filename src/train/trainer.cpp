@@ -82,7 +82,8 @@ class DenseView {
 class Job {
  public:
   Job(const Recipe& recipe, const TrainControl& control)
-      : r_(recipe),
+      : r_(as_stages(recipe)),
+        original_(recipe),
         control_(control),
         dir_(recipe.output.dir),
         model_(nullptr),
@@ -115,7 +116,21 @@ class Job {
   bool weights_trained() const { return r_.train.mode == "full" || r_.recover.steps > 0; }
   std::string checkpoint_path() const { return (fs::path(dir_) / "checkpoint.pt").string(); }
 
+  // Dense pretraining (train.mode: dense) runs as stage 2 alone: every unit on full attention,
+  // weights training for train.steps at optimizer.lr; no gates, no constraint.
+  static Recipe as_stages(Recipe r) {
+    if (r.train.mode != "dense") return r;
+    r.recover.steps = r.train.steps;
+    r.recover.lr = r.optimizer.lr;
+    r.train.steps = 0;
+    r.constraint.target = 0;
+    r.exporting.rule = BinarizeRule::Exact;
+    return r;
+  }
+  bool dense() const { return r_.train.mode == "dense"; }
+
   Recipe r_;
+  Recipe original_;  // as written, for recipe.yaml
   TrainControl control_;
   std::string dir_;
   CausalLM model_;
@@ -348,7 +363,7 @@ TrainOutcome Job::run() {
   fs::create_directories(dir_);
   {
     AtomicFileWriter out((fs::path(dir_) / "recipe.yaml").string());
-    out.stream() << recipe_to_yaml(r_);
+    out.stream() << recipe_to_yaml(original_);
     out.commit();
   }
   load_models();
@@ -379,7 +394,9 @@ TrainOutcome Job::run() {
     log_->write(j);
   };
 
-  if (stage == 1) {
+  if (stage == 1 && dense()) {
+    stage = 2;
+  } else if (stage == 1) {
     Progress progress("stage 1 (gates)", r_.train.steps, r_.train.log_every);
     for (int64_t s = start; s < r_.train.steps; ++s) {
       json m = step(1, s, r_.train.steps, *optimizer, data);
@@ -417,8 +434,8 @@ TrainOutcome Job::run() {
     at::NoGradGuard no_grad;
     gates_->apply(model_, gates_->deterministic());
   }
-  outcome.heldout_ce = heldout_ce();
-  write_gates_json(outcome);
+  outcome.heldout_ce = dense() ? -1 : heldout_ce();
+  if (!dense()) write_gates_json(outcome);
 
   // Binarize: assignment.json is the run's deliverable, and stage 2 trains under it.
   Assignment assignment =
@@ -439,7 +456,7 @@ TrainOutcome Job::run() {
       archive.read("optimizer", optimizer_archive);
       recover_optimizer->load(optimizer_archive);
     }
-    Progress progress("stage 2 (recover)", r_.recover.steps, r_.train.log_every);
+    Progress progress(dense() ? "dense" : "stage 2 (recover)", r_.recover.steps, r_.train.log_every);
     for (int64_t s = start; s < r_.recover.steps; ++s) {
       json m = step(2, s, r_.recover.steps, *recover_optimizer, data);
       ++steps_this_process_;

@@ -1,0 +1,67 @@
+// consa init: a randomly initialised decoder of a given shape, written as a Hugging Face
+// checkpoint (for pretraining with train.mode: dense, or for tests and benchmarks).
+#include <ATen/core/grad_mode.h>
+
+#include <cxxopts.hpp>
+#include <iostream>
+
+#include "commands.h"
+#include "consa/core/error.h"
+#include "consa/load/hf_config.h"
+#include "consa/load/pretrained.h"
+
+namespace consa::cli {
+
+int run_init(int argc, char** argv) {
+  cxxopts::Options options("consa init", "Write a randomly initialised model of a given shape as a Hugging Face checkpoint.");
+  options.add_options()
+      ("out", "checkpoint directory to write", cxxopts::value<std::string>())
+      ("arch", "llama, mistral, qwen2, qwen3", cxxopts::value<std::string>()->default_value("qwen3"))
+      ("vocab", "vocabulary size", cxxopts::value<int64_t>()->default_value("256"))
+      ("hidden", "hidden size", cxxopts::value<int64_t>()->default_value("128"))
+      ("intermediate", "MLP size", cxxopts::value<int64_t>()->default_value("352"))
+      ("layers", "decoder layers", cxxopts::value<int64_t>()->default_value("4"))
+      ("heads", "query heads", cxxopts::value<int64_t>()->default_value("8"))
+      ("kv-heads", "key/value heads", cxxopts::value<int64_t>()->default_value("2"))
+      ("head-dim", "head dimension (default: hidden / heads)", cxxopts::value<int64_t>())
+      ("rope-theta", "RoPE base", cxxopts::value<double>()->default_value("10000"))
+      ("max-positions", "max_position_embeddings", cxxopts::value<int64_t>()->default_value("4096"))
+      ("tie-embeddings", "share the input embedding with the output head")
+      ("std", "initialisation standard deviation", cxxopts::value<double>()->default_value("0.02"))
+      ("seed", "initialisation seed", cxxopts::value<uint64_t>()->default_value("0"))
+      ("h,help", "show this help");
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  CONSA_CHECK(args.count("out"), "consa init: --out DIR is required");
+  const std::string arch = args["arch"].as<std::string>();
+  const std::map<std::string, Architecture> archs = {{"llama", Architecture::Llama}, {"mistral", Architecture::Mistral},
+                                                     {"qwen2", Architecture::Qwen2}, {"qwen3", Architecture::Qwen3}};
+  CONSA_CHECK(archs.count(arch), "--arch '", arch, "' is not supported; supported: llama, mistral, qwen2, qwen3");
+  ModelConfig c;
+  c.arch = archs.at(arch);
+  c.vocab_size = args["vocab"].as<int64_t>();
+  c.hidden_size = args["hidden"].as<int64_t>();
+  c.intermediate_size = args["intermediate"].as<int64_t>();
+  c.num_layers = args["layers"].as<int64_t>();
+  c.num_heads = args["heads"].as<int64_t>();
+  c.num_kv_heads = args["kv-heads"].as<int64_t>();
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"--vocab", c.vocab_size}, {"--hidden", c.hidden_size},
+                                    {"--intermediate", c.intermediate_size}, {"--layers", c.num_layers},
+                                    {"--heads", c.num_heads}, {"--kv-heads", c.num_kv_heads}})
+    CONSA_CHECK(value > 0, name, " must be > 0, got ", value);
+  c.head_dim = args.count("head-dim") ? args["head-dim"].as<int64_t>() : c.hidden_size / c.num_heads;
+  c.qkv_bias = c.arch == Architecture::Qwen2;
+  c.qk_norm = c.arch == Architecture::Qwen3;
+  c.rope.theta = args["rope-theta"].as<double>();
+  c.max_position_embeddings = args["max-positions"].as<int64_t>();
+  c.tie_word_embeddings = args.count("tie-embeddings") > 0;
+  c.layer_window.assign(c.num_layers, 0);
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, args["std"].as<double>(), args["seed"].as<uint64_t>());
+  const std::string dir = args["out"].as<std::string>();
+  save_pretrained(model, dir);
+  print_model_summary(std::cout, model, dir);
+  return 0;
+}
+
+}  // namespace consa::cli
