@@ -1,11 +1,13 @@
-// The consa command: the demo job runs, inspect prints the summary, and bad input gives one
-// line on stderr and a non-zero exit.
-#include <algorithm>
-
-#include "catch_compat.h"
+// The consa command: init and dense training, inspect, tokenize, train/export/generate, and
+// bad input giving one line on stderr and a non-zero exit.
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
+#include <filesystem>
+
+#include "catch_compat.h"
 #include "consa/data/token_shards.h"
+#include "consa/export/assignment.h"
 #include "consa/load/pretrained.h"
 #include "helpers.h"
 
@@ -15,13 +17,28 @@ namespace {
 size_t lines(const std::string& s) { return std::count(s.begin(), s.end(), '\n'); }
 }  // namespace
 
-TEST_CASE("consa demo writes, reloads and decodes a model", "[cli]") {
+TEST_CASE("consa init writes a random model that dense training then trains", "[cli]") {
   std::string out, err;
-  const std::string dir = scratch_dir("demo") + "/model";
-  REQUIRE(run_consa("demo --out " + dir + " --tokens 4", &out, &err) == 0);
-  CHECK_THAT(out, contains("max |logit(created) - logit(reloaded)| = 0"));
+  const std::string dir = scratch_dir("init");
+  REQUIRE(run_consa("init --out " + dir + "/init --arch llama --vocab 40 --hidden 32 --intermediate 48 --layers 2 "
+                    "--heads 4 --kv-heads 2 --seed 3",
+                    &out, &err) == 0);
   CHECK_THAT(out, contains("architecture  LlamaForCausalLM"));
-  CHECK_THAT(out, contains("greedy ids"));
+  CHECK_THAT(out, contains("heads         4 query, 2 KV (2 per group), head_dim 8"));
+  consa::CausalLM created = consa::load_pretrained(dir + "/init");
+  write_text(dir + "/recipe.yaml", "model: {path: " + dir + "/init}\n" +
+                                       "gates: {window: 4}\n"
+                                       "data: {seq_len: 24, batch_size: 2, heldout_batches: 1, value_digits: 2}\n"
+                                       "optimizer: {lr: 0.01}\n"
+                                       "train: {mode: dense, steps: 3, log_every: 1}\noutput: {dir: " + dir + "/run}\n");
+  REQUIRE(run_consa("train " + dir + "/recipe.yaml", &out, &err) == 0);
+  CHECK_THAT(out, contains("dense training done: weights in " + dir + "/run/model"));
+  consa::CausalLM trained = consa::load_pretrained(dir + "/run/model");
+  CHECK(consa::weights_checksum(trained) != consa::weights_checksum(created));  // the weights moved
+  CHECK(!std::filesystem::exists(dir + "/run/gates.json"));                      // no gates trained
+  for (int64_t l = 0; l < 2; ++l) CHECK(trained->attention(l).group_spans[0].is_full());
+  CHECK(run_consa("init --out " + dir + "/x --arch gpt2", &out, &err) == 1);
+  CHECK_THAT(err, contains("--arch 'gpt2' is not supported; supported: llama, mistral, qwen2, qwen3"));
 }
 
 TEST_CASE("consa inspect summarises a checkpoint and predicts next tokens", "[cli]") {

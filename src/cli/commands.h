@@ -54,8 +54,4 @@ void print_model_summary(std::ostream& out, CausalLM& model, const std::string& 
 // Prints the `top` most likely next tokens after `prompt`.
 void print_next_tokens(std::ostream& out, CausalLM& model, const std::vector<int64_t>& prompt,
                        int64_t top);
-// Greedy continuation of `prompt` by `count` tokens (full recompute each step).
-std::vector<int64_t> greedy_continue(CausalLM& model, const std::vector<int64_t>& prompt,
-                                     int64_t count);
-
 }  // namespace consa::cli

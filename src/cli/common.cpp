@@ -180,16 +180,4 @@ void print_next_tokens(std::ostream& out, CausalLM& model, const std::vector<int
   out.unsetf(std::ios::fixed);
 }
 
-std::vector<int64_t> greedy_continue(CausalLM& model, const std::vector<int64_t>& prompt,
-                                     int64_t count) {
-  check_vocab(model, prompt);
-  at::NoGradGuard no_grad;
-  std::vector<int64_t> tokens = prompt;
-  for (int64_t step = 0; step < count; ++step) {
-    at::Tensor ids = at::tensor(tokens, at::kLong).unsqueeze(0);
-    tokens.push_back(model->forward(ids)[0][-1].argmax().item<int64_t>());
-  }
-  return std::vector<int64_t>(tokens.begin() + static_cast<long>(prompt.size()), tokens.end());
-}
-
 }  // namespace consa::cli

@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/data/synthetic.h"
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
 #include "process.h"
@@ -76,6 +77,12 @@ int run_generate(int argc, char** argv) {
       ("prompt", "prompt text, tokenized with --tokenizer (sentencepiece)", cxxopts::value<std::string>())
       ("tokenizer", "sentencepiece tokenizer.model (default: MODEL_DIR/tokenizer.model)", cxxopts::value<std::string>())
       ("prompt-ids", "prompt as comma-separated token ids", cxxopts::value<std::string>())
+      ("synthetic", "prompt: a retrieval sample up to its answer (passkey, multi_key_needle, associative_recall); "
+                    "prints the expected answer", cxxopts::value<std::string>())
+      ("length", "--synthetic: sample length", cxxopts::value<int64_t>()->default_value("128"))
+      ("value-digits", "--synthetic: digits per value", cxxopts::value<int64_t>()->default_value("4"))
+      ("min-distance", "--synthetic: key-to-query distance", cxxopts::value<int64_t>()->default_value("40"))
+      ("sample", "--synthetic: sample index", cxxopts::value<int64_t>()->default_value("0"))
       ("max-new-tokens", "tokens to generate", cxxopts::value<int64_t>()->default_value("32"))
       ("temperature", "0 = greedy; > 0 samples", cxxopts::value<double>()->default_value("0"))
       ("top-p", "nucleus sampling mass (with --temperature > 0)", cxxopts::value<double>()->default_value("1"))
@@ -88,8 +95,8 @@ int run_generate(int argc, char** argv) {
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
   CONSA_CHECK(args.count("model"), "consa generate: missing MODEL.ts or MODEL_DIR (see consa generate --help)");
-  CONSA_CHECK(args.count("prompt") + args.count("prompt-ids") == 1,
-              "consa generate: give exactly one of --prompt TEXT and --prompt-ids 1,2,3");
+  CONSA_CHECK(args.count("prompt") + args.count("prompt-ids") + args.count("synthetic") == 1,
+              "consa generate: give exactly one of --prompt TEXT, --prompt-ids 1,2,3 and --synthetic TASK");
   const int64_t max_new = args["max-new-tokens"].as<int64_t>();
   const double temperature = args["temperature"].as<double>(), top_p = args["top-p"].as<double>();
   CONSA_CHECK(max_new >= 0, "--max-new-tokens must be >= 0, got ", max_new);
@@ -110,13 +117,29 @@ int run_generate(int argc, char** argv) {
     std::string ids = run_and_capture({tokenizer_program, "--tokenizer", tokenizer, "--encode", args["prompt"].as<std::string>()});
     while (!ids.empty() && (ids.back() == '\n' || ids.back() == '\r')) ids.pop_back();
     prompt = parse_token_ids(ids, "--prompt (tokenized)");
-  } else {
+  } else if (args.count("prompt-ids")) {
     prompt = parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids");
   }
 
   at::NoGradGuard no_grad;
   const at::Device device = parse_device(args["device"].as<std::string>());
   ScriptedLM model = open_model(model_path, device, args);
+  if (args.count("synthetic")) {
+    SyntheticOptions s;
+    s.seq_len = args["length"].as<int64_t>();
+    s.vocab_size = model.vocab_size();
+    s.value_digits = args["value-digits"].as<int64_t>();
+    s.num_needles = 2;
+    s.min_distance = args["min-distance"].as<int64_t>();
+    s.seed = 424242;  // apart from training and evaluation streams
+    const SyntheticSample sample =
+        make_synthetic_sample(parse_synthetic_task(args["synthetic"].as<std::string>()), s, args["sample"].as<int64_t>());
+    prompt.assign(sample.tokens.begin(), sample.tokens.begin() + sample.answer_start);
+    std::cerr << "prompt " << prompt.size() << " tokens of " << args["synthetic"].as<std::string>()
+              << "; the key sits at position " << sample.value_position << ", expected answer:";
+    for (int64_t id : sample.answer) std::cerr << " " << id;
+    std::cerr << "\n";
+  }
   for (int64_t id : prompt)
     CONSA_CHECK(id < model.vocab_size(), "prompt: token id ", id, " is outside the vocabulary of ", model.vocab_size());
   const Assignment& a = model.assignment();

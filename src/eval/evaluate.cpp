@@ -92,7 +92,9 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
   const auto start = std::chrono::steady_clock::now();
   at::NoGradGuard no_grad;
   EvalReport r;
-  r.layout = layout.method + ", " + gate_unit_name(layout.unit) + " units, " + layout.swa.describe();
+  r.layout = layout.achieved_sparsity() == 0
+                 ? std::string("full attention everywhere")
+                 : layout.method + ", " + gate_unit_name(layout.unit) + " units, " + layout.swa.describe();
   r.achieved_sparsity = layout.achieved_sparsity();
 
   if (o.perplexity_data) {
