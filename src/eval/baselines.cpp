@@ -97,6 +97,7 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
   data.seed = o.seed;
   BatchStream stream(data, c.vocab_size, data.min_distance > 0 ? data.min_distance : o.swa.window + o.swa.sinks + 1,
                      Split::Train);
+  at::Tensor alpha_sum = at::zeros(alpha.sizes(), at::kDouble);
   for (int64_t step = 1; step <= o.duo_steps; ++step) {
     Batch batch = stream.next();
     at::Tensor tokens = batch.tokens.to(model->device());
@@ -114,9 +115,10 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
       model->attention(l).swa_span = o.swa;
     }
     at::Tensor student = model->hidden_states(tokens).to(at::kFloat);
-    // Positions whose next token is an answer token (the stream's cross-entropy mask).
+    // Positions whose next token is an answer token (the stream's cross-entropy mask); the
+    // squared distance sums over hidden units and averages over positions, as DuoAttention's.
     at::Tensor mask = at::cat({batch.ce_mask, at::zeros({batch.ce_mask.size(0), 1})}, 1).to(student.device());
-    at::Tensor distill = ((student - teacher).pow(2).mean(-1) * mask).sum() / mask.sum().clamp_min(1.0);
+    at::Tensor distill = ((student - teacher).pow(2).sum(-1) * mask).sum() / mask.sum().clamp_min(1.0);
     at::Tensor loss = distill + o.duo_l1 * alpha.sum();
     optimizer.zero_grad();
     loss.backward();
@@ -124,10 +126,12 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
     {
       at::NoGradGuard no_grad;
       alpha.clamp_(0.0, 1.0);
+      alpha_sum += alpha.detach().to(at::kDouble);
     }
     if (progress) progress(step, distill.item<double>(), alpha.mean().item<double>());
   }
-  return alpha.detach().to(at::kDouble);
+  // Rank by the final gates; gates that ended equal (both at 0 or 1) by how long they stayed up.
+  return alpha.detach().to(at::kDouble) + 1e-3 * alpha_sum / static_cast<double>(std::max<int64_t>(o.duo_steps, 1));
 }
 
 }  // namespace

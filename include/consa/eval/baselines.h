@@ -9,7 +9,9 @@
 //                    window on calibration data; the narrowest units go to SWA
 //   duo            - DuoAttention-style: continuous gates in [0, 1] per unit mixing FA and SWA,
 //                    weights frozen, trained to reproduce the full-attention model's final hidden
-//                    states on retrieval samples with an L1 penalty, then ranked
+//                    states on the answer positions of retrieval samples (squared distance summed
+//                    over hidden units) plus duo_l1 * sum(alpha), then ranked by the final gates
+//                    (ties, e.g. several at 0, by their mean over training)
 #include <functional>
 #include <string>
 
