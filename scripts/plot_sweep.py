@@ -53,6 +53,7 @@ def main():
                          if r["method"] == m and r["perplexity"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
         ax.set_title("held-out perplexity")
+        ax.set_yscale("log")
         ax.set_xlabel("achieved sparsity")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -238,3 +238,34 @@ TEST_CASE("a sweep resumes without redoing finished runs", "[eval]") {
   o.methods = {"frobnicate"};
   CHECK_THROWS_WITH(run_sweep(recipe, o, log), contains("unknown baseline method 'frobnicate'"));
 }
+
+TEST_CASE("baselines score the full-attention model, whatever layout it was left in", "[eval]") {
+  const ModelConfig c = tiny_config(3, 4, 2, 8, 40);
+  CausalLM model = random_model(c, 9);
+  BaselineOptions b;
+  b.swa = AttentionSpan::sliding(6);
+  b.data.seq_len = 40;
+  b.data.batch_size = 2;
+  b.data.value_digits = 3;
+  b.calibration_batches = 1;
+  b.duo_steps = 3;
+  for (BaselineMethod method : {BaselineMethod::AttentionSpan, BaselineMethod::Duo}) {
+    const Assignment fresh = make_baseline(method, model, b);
+    // Leave the model under some other assignment (as a sweep's evaluation does), then score again.
+    b.target = 0.75;
+    Assignment other = make_baseline(BaselineMethod::Random, model, b);
+    b.target = 0.5;
+    other.apply(model);
+    const Assignment again = make_baseline(method, model, b);
+    INFO(baseline_method_name(method));
+    for (int64_t l = 0; l < 3; ++l)
+      for (int64_t u = 0; u < 2; ++u) CHECK(again.scores[l][u] == Approx(fresh.scores[l][u]).margin(1e-9));
+    // ...and the model keeps the layout it had.
+    for (int64_t l = 0; l < 3; ++l)
+      for (int64_t g = 0; g < 2; ++g)
+        CHECK(model->attention(l).group_spans[g] == (other.full[l][g] ? AttentionSpan::full() : b.swa));
+    Assignment dense_layout = declared_assignment(model, "x");
+    for (auto& layer : dense_layout.full) std::fill(layer.begin(), layer.end(), true);
+    dense_layout.apply(model);
+  }
+}

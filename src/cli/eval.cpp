@@ -153,6 +153,7 @@ int run_assign(int argc, char** argv) {
       ("offset", "uniform: index of the first full-attention unit", cxxopts::value<int64_t>()->default_value("0"))
       ("seed", "random: the draw; duo: sample order", cxxopts::value<uint64_t>()->default_value("0"))
       ("steps", "duo: optimisation steps", cxxopts::value<int64_t>()->default_value("200"))
+      ("duo-l1", "duo: weight of sum(alpha)", cxxopts::value<double>()->default_value("0.05"))
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
       ("out", "assignment.json to write", cxxopts::value<std::string>())
       ("h,help", "show this help");
@@ -181,6 +182,7 @@ int run_assign(int argc, char** argv) {
   o.offset = args["offset"].as<int64_t>();
   o.seed = args["seed"].as<uint64_t>();
   o.duo_steps = args["steps"].as<int64_t>();
+  o.duo_l1 = args["duo-l1"].as<double>();
   LoadOptions load;
   load.device = parse_device(args["device"].as<std::string>());
   CausalLM model = load_pretrained(args["model"].as<std::string>(), load);

@@ -21,6 +21,7 @@ int run_sweep(int argc, char** argv) {
       ("methods", "consa, uniform, random, attention-span, duo", cxxopts::value<std::string>()->default_value("consa,uniform,random,attention-span,duo"))
       ("out", "sweep directory (default: the recipe's output.dir + _sweep)", cxxopts::value<std::string>())
       ("duo-steps", "duo: optimisation steps", cxxopts::value<int64_t>()->default_value("200"))
+      ("duo-l1", "duo: weight of sum(alpha)", cxxopts::value<double>()->default_value("0.05"))
       ("seed", "random: the draw; duo: sample order", cxxopts::value<uint64_t>()->default_value("0"))
       ("offset", "uniform: index of the first full-attention unit", cxxopts::value<int64_t>()->default_value("0"))
       ("h,help", "show this help");
@@ -39,6 +40,7 @@ int run_sweep(int argc, char** argv) {
   o.out_dir = args.count("out") ? args["out"].as<std::string>() : recipe.output.dir + "_sweep";
   o.eval = eval_options(args, &recipe);
   o.baseline.duo_steps = args["duo-steps"].as<int64_t>();
+  o.baseline.duo_l1 = args["duo-l1"].as<double>();
   o.baseline.seed = args["seed"].as<uint64_t>();
   o.baseline.offset = args["offset"].as<int64_t>();
   const SweepSummary s = run_sweep(recipe, o, std::cout);

@@ -63,34 +63,28 @@ std::vector<at::Tensor> calibration_batches(CausalLM& model, const BaselineOptio
   return out;
 }
 
-// Restores every layer's gating state and the parameters' requires_grad on exit.
-class GateStateGuard {
+// Restores the parameters' requires_grad on exit.
+class FrozenWeights {
  public:
-  explicit GateStateGuard(CausalLM& model) : model_(model) {
-    for (int64_t l = 0; l < model->num_layers(); ++l)
-      saved_.push_back({model->attention(l).fa_weight, model->attention(l).swa_span});
-    for (auto& p : model->parameters()) requires_grad_.push_back(p.requires_grad());
-  }
-  ~GateStateGuard() {
-    for (int64_t l = 0; l < model_->num_layers(); ++l) {
-      model_->attention(l).fa_weight = saved_[l].first;
-      model_->attention(l).swa_span = saved_[l].second;
+  explicit FrozenWeights(CausalLM& model) : model_(model) {
+    for (auto& p : model->parameters()) {
+      requires_grad_.push_back(p.requires_grad());
+      p.requires_grad_(false);
     }
+  }
+  ~FrozenWeights() {
     size_t i = 0;
     for (auto& p : model_->parameters()) p.requires_grad_(requires_grad_[i++]);
   }
 
  private:
   CausalLM& model_;
-  std::vector<std::pair<at::Tensor, AttentionSpan>> saved_;
   std::vector<bool> requires_grad_;
 };
 
 at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineProgress& progress) {
   const ModelConfig& c = model->config();
-  GateStateGuard guard(model);
-  for (auto& p : model->parameters()) p.requires_grad_(false);
-  for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
+  FrozenWeights frozen(model);
   at::Tensor alpha = at::ones({c.num_layers, units_per_layer(c, o.unit)}, at::kFloat).requires_grad_(true);
   torch::optim::Adam optimizer({alpha}, torch::optim::AdamOptions(o.duo_lr));
   DataOptions data = o.data;
@@ -104,7 +98,7 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
     at::Tensor teacher;
     {
       at::NoGradGuard no_grad;
-      for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
+      for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();  // full spans
       teacher = model->hidden_states(tokens).to(at::kFloat);
     }
     for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -179,6 +173,8 @@ Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineO
                          const BaselineProgress& progress) {
   const ModelConfig& c = model->config();
   CONSA_CHECK(o.target >= 0 && o.target <= 1, "baseline target must be in [0, 1], got ", o.target);
+  // Scores come from the model with full attention everywhere, whatever layout it was left in.
+  DenseView dense(model);
   at::Tensor scores;
   switch (method) {
     case BaselineMethod::Uniform: scores = uniform_scores(c, o); break;

@@ -186,6 +186,24 @@ int64_t CausalLMImpl::parameter_count() const {
   return n;
 }
 
+DenseView::DenseView(CausalLM& model) : model_(model) {
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    SelfAttentionImpl& a = model->attention(l);
+    saved_.push_back({a.fa_weight, a.group_spans, a.swa_span});
+    a.fa_weight = at::Tensor();
+    a.group_spans.assign(a.group_spans.size(), AttentionSpan::full());
+  }
+}
+
+DenseView::~DenseView() {
+  for (int64_t l = 0; l < model_->num_layers(); ++l) {
+    SelfAttentionImpl& a = model_->attention(l);
+    a.fa_weight = saved_[l].fa_weight;
+    a.group_spans = saved_[l].group_spans;
+    a.swa_span = saved_[l].swa_span;
+  }
+}
+
 void init_random_weights(CausalLM& model, double std, uint64_t seed) {
   at::NoGradGuard no_grad;
   auto gen = at::detail::createCPUGenerator(seed);

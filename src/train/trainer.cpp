@@ -57,28 +57,6 @@ json tensor_to_json(const at::Tensor& t) {
 
 // Runs `model` with every unit on full attention (gate mixing and windows switched off for the
 // duration), restoring its attention settings afterwards: the teacher when weights are frozen.
-class DenseView {
- public:
-  explicit DenseView(CausalLM& model) : model_(model) {
-    for (int64_t l = 0; l < model->num_layers(); ++l) {
-      SelfAttentionImpl& a = model->attention(l);
-      saved_.push_back({a.fa_weight, a.group_spans});
-      a.fa_weight = at::Tensor();
-      a.group_spans.assign(a.group_spans.size(), AttentionSpan::full());
-    }
-  }
-  ~DenseView() {
-    for (int64_t l = 0; l < model_->num_layers(); ++l) {
-      model_->attention(l).fa_weight = saved_[l].first;
-      model_->attention(l).group_spans = saved_[l].second;
-    }
-  }
-
- private:
-  CausalLM& model_;
-  std::vector<std::pair<at::Tensor, std::vector<AttentionSpan>>> saved_;
-};
-
 class Job {
  public:
   Job(const Recipe& recipe, const TrainControl& control)

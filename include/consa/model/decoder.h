@@ -105,6 +105,26 @@ class CausalLMImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CausalLM);
 
+// While alive, `model` computes with full attention in every unit (no gates, full spans); its
+// gates, spans and SWA spans come back on destruction. The dense teacher of training and the
+// reference of the baselines.
+class DenseView {
+ public:
+  explicit DenseView(CausalLM& model);
+  ~DenseView();
+  DenseView(const DenseView&) = delete;
+  DenseView& operator=(const DenseView&) = delete;
+
+ private:
+  struct Saved {
+    at::Tensor fa_weight;
+    std::vector<AttentionSpan> group_spans;
+    AttentionSpan swa_span;
+  };
+  CausalLM& model_;
+  std::vector<Saved> saved_;
+};
+
 // Fills weights as transformers' _init_weights does: normal(0, std) for linear and embedding
 // weights, zeros for biases, ones for norms. Deterministic for a given seed.
 void init_random_weights(CausalLM& model, double std, uint64_t seed);
