@@ -170,6 +170,23 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
   std::string expected_text;
   for (size_t i = 4; i < expected.size(); ++i) expected_text += std::to_string(expected[i]) + " ";
   CHECK(out == expected_text + "\n");
+  // consa eval on the run (binarized and soft gates), and a baseline's assignment on the checkpoint.
+  const std::string eval_flags = " --lengths 48 --depths 0.5 --samples 2 --value-digits 3";
+  REQUIRE(run_consa("eval " + dir + eval_flags + " --out " + dir + "/eval.json", &out, &err) == 0);
+  CHECK_THAT(out, contains("layout       consa, kv_head units, swa(W=8) (0.500 of units on SWA)"));
+  CHECK_THAT(out, contains("perplexity"));
+  CHECK(nlohmann::json::parse(read_text(dir + "/eval.json"))["retrieval"].size() == 2);
+  REQUIRE(run_consa("eval " + dir + " --soft-gates" + eval_flags, &out, &err) == 0);
+  CHECK_THAT(out, contains("consa (soft gates)"));
+  REQUIRE(run_consa("assign uniform " + fixture("qwen3_norm") + " --target 0.5 --unit kv_head --window 8 --out " + dir +
+                        "/uniform.json",
+                    &out, &err) == 0);
+  REQUIRE(run_consa("eval " + fixture("qwen3_norm") + " --assignment " + dir + "/uniform.json" + eval_flags, &out, &err) == 0);
+  CHECK_THAT(out, contains("layout       uniform, kv_head units"));
+  CHECK(run_consa("eval " + fixture("llama_gqa") + " --assignment " + dir + "/uniform.json", &out, &err) == 1);
+  CHECK_THAT(err, contains("uniform.json: made for weights"));
+  CHECK(run_consa("assign widest " + fixture("qwen3_norm") + " --out x.json", &out, &err) == 1);
+  CHECK_THAT(err, contains("unknown baseline method 'widest'; supported: uniform, random, attention-span, duo"));
   CHECK(run_consa("export " + dir + " --format onnx --out " + dir + "/x", &out, &err) == 1);
   CHECK_THAT(err, contains("--format 'onnx' is not available; supported: hf, torchscript"));
   CHECK(run_consa("generate " + dir + "/model.ts --prompt hello", &out, &err) == 1);

@@ -11,6 +11,7 @@
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/eval/baselines.h"
+#include "consa/gate/attention_gates.h"
 #include "consa/eval/evaluate.h"
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
@@ -93,6 +94,8 @@ int run_eval(int argc, char** argv) {
   options.add_options()
       ("source", "what to evaluate", cxxopts::value<std::string>())
       ("assignment", "assignment.json to apply to the checkpoint", cxxopts::value<std::string>())
+      ("soft-gates", "RUN_DIR: evaluate stage 1's gates as trained (deterministic z in [0, 1], gates.json) "
+                     "instead of the binarized assignment")
       ("recipe", "take perplexity data and synthetic settings from this recipe", cxxopts::value<std::string>())
       ("out", "write the report as JSON here", cxxopts::value<std::string>())
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
@@ -128,6 +131,23 @@ int run_eval(int argc, char** argv) {
     if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
     CausalLM model = device.is_cpu() && !args.count("dtype") ? stored : load_pretrained(source.model_dir, load);
     layout.apply(model);
+    if (args.count("soft-gates")) {
+      // The gated model of stage 1: each unit mixes FA and SWA with its deterministic gate.
+      CONSA_CHECK(!source.recipe_path.empty(), "--soft-gates needs a RUN_DIR (its gates.json and recipe)");
+      const std::string gates_path = (fs::path(path) / "gates.json").string();
+      const auto j = nlohmann::json::parse(read_text_file(gates_path), nullptr, false);
+      CONSA_CHECK(j.is_object() && j.contains("log_alpha"), gates_path, ": no log_alpha (is the run's stage 1 finished?)");
+      AttentionGates gates(model->config(), recipe->gates);
+      const auto rows = j["log_alpha"].get<std::vector<std::vector<double>>>();
+      std::vector<double> flat;
+      for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+      at::Tensor log_alpha = at::tensor(flat, at::kDouble).to(at::kFloat);
+      CONSA_CHECK(log_alpha.numel() == gates->log_alpha.numel(), gates_path, ": log_alpha has ", log_alpha.numel(),
+                  " entries, the recipe's gates need ", gates->log_alpha.numel());
+      gates->log_alpha.copy_(log_alpha.view(gates->log_alpha.sizes()));
+      gates->apply(model, gates->deterministic());
+      layout.method = "consa (soft gates)";
+    }
     report = evaluate(model_logits(model), layout, model->config().vocab_size, eval_options(args, recipe.get()));
   }
   report.model = path;
