@@ -41,6 +41,16 @@ EvalOptions small_eval() {
   return o;
 }
 
+// Held-out retrieval data for perplexity.
+DataOptions small_data(int64_t seq_len) {
+  DataOptions data;
+  data.seq_len = seq_len;
+  data.batch_size = 2;
+  data.heldout_batches = 2;
+  data.value_digits = 3;
+  return data;
+}
+
 // A layout with no SWA unit, for evaluating plain functions.
 Assignment dense_layout(const ModelConfig& c) {
   CausalLM m(c, at::TensorOptions().dtype(at::kFloat));
@@ -53,12 +63,7 @@ TEST_CASE("retrieval scoring and perplexity on functions with known answers", "[
   const ModelConfig c = tiny_config(2, 4, 2, 8, 40);
   const Assignment layout = dense_layout(c);
   EvalOptions o = small_eval();
-  DataOptions data;
-  data.seq_len = 32;
-  data.batch_size = 2;
-  data.heldout_batches = 2;
-  data.value_digits = 3;
-  o.perplexity_data = data;
+  o.perplexity_data = small_data(32);
   // An oracle that puts all mass on the true next token retrieves everything.
   const LogitsFn oracle = [&](const at::Tensor& ids) {
     at::Tensor next = at::cat({ids.narrow(1, 1, ids.size(1) - 1), ids.narrow(1, 0, 1)}, 1);
@@ -94,12 +99,7 @@ TEST_CASE("a model whose attention adds nothing scores the same under any assign
     for (int64_t l = 0; l < 3; ++l) model->attention(l).o_proj->weight.zero_();  // attention output is 0
   }
   EvalOptions o = small_eval();
-  DataOptions data;
-  data.seq_len = 48;
-  data.batch_size = 2;
-  data.heldout_batches = 2;
-  data.value_digits = 3;
-  o.perplexity_data = data;
+  o.perplexity_data = small_data(48);
   BaselineOptions b;
   b.swa = AttentionSpan::sliding(4);
   std::vector<double> perplexities;

@@ -32,12 +32,7 @@ CausalLM random_model(const ModelConfig& c, uint64_t seed) {
 // A random assignment with about half of the units on SWA, and every layer mixed when possible.
 Assignment random_assignment(CausalLM& model, GateUnit unit, AttentionSpan swa, uint64_t seed) {
   const ModelConfig& c = model->config();
-  Assignment a;
-  a.architecture = architecture_name(c.arch);
-  a.num_layers = c.num_layers;
-  a.num_heads = c.num_heads;
-  a.num_kv_heads = c.num_kv_heads;
-  a.head_dim = c.head_dim;
+  Assignment a = Assignment::for_model(c);
   a.unit = unit;
   a.swa = swa;
   const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;

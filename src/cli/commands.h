@@ -50,6 +50,7 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args);
 at::Device parse_device(const std::string& name);
 std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& option);
+std::string with_commas(int64_t n);  // 1234567 -> "1,234,567"
 void print_model_summary(std::ostream& out, CausalLM& model, const std::string& source);
 // Prints the `top` most likely next tokens after `prompt`.
 void print_next_tokens(std::ostream& out, CausalLM& model, const std::vector<int64_t>& prompt,

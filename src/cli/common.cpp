@@ -14,6 +14,15 @@
 
 namespace consa::cli {
 
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args) {
   args = options.parse(argc, argv);
   if (!args.count("help")) return true;
@@ -106,14 +115,6 @@ std::vector<double> parse_number_list(const std::string& text, const std::string
 
 namespace {
 
-std::string with_commas(int64_t n) {
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
 
 std::string layer_attention_summary(CausalLM& model) {
   std::ostringstream out;

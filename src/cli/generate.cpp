@@ -57,15 +57,6 @@ int64_t next_token(const at::Tensor& logits, double temperature, double top_p, a
   return idx[pick].item<int64_t>();
 }
 
-std::string with_commas(int64_t n) {
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
-
 }  // namespace
 
 int run_generate(int argc, char** argv) {

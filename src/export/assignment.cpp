@@ -174,14 +174,19 @@ void Assignment::apply(CausalLM& model) const {
   }
 }
 
-Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
-                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope) {
+Assignment Assignment::for_model(const ModelConfig& config) {
   Assignment a;
   a.architecture = architecture_name(config.arch);
   a.num_layers = config.num_layers;
   a.num_heads = config.num_heads;
   a.num_kv_heads = config.num_kv_heads;
   a.head_dim = config.head_dim;
+  return a;
+}
+
+Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope) {
+  Assignment a = Assignment::for_model(config);
   a.unit = unit;
   a.swa = swa;
   a.rule = rule;
@@ -268,12 +273,7 @@ namespace consa {
 
 Assignment declared_assignment(CausalLM& model, const std::string& source) {
   const ModelConfig& c = model->config();
-  Assignment a;
-  a.architecture = architecture_name(c.arch);
-  a.num_layers = c.num_layers;
-  a.num_heads = c.num_heads;
-  a.num_kv_heads = c.num_kv_heads;
-  a.head_dim = c.head_dim;
+  Assignment a = Assignment::for_model(c);
   a.rule = BinarizeRule::Exact;
   a.method = "declared";
   if (!c.hybrid_full_kv_heads.empty()) {

@@ -39,6 +39,9 @@ struct Assignment {
   std::vector<std::vector<double>> scores;
   double target = 0;
 
+  // An empty assignment carrying `config`'s identity (architecture and head counts).
+  static Assignment for_model(const ModelConfig& config);
+
   int64_t units_per_layer() const { return full.empty() ? 0 : static_cast<int64_t>(full[0].size()); }
   double achieved_sparsity() const;  // fraction of units on SWA
   // Whether KV head g of `layer` needs a full-length cache (some query head of it keeps FA).
