@@ -26,6 +26,7 @@ int run_generate(int argc, char** argv);
 int run_eval(int argc, char** argv);
 int run_assign(int argc, char** argv);
 int run_sweep(int argc, char** argv);
+int run_bench(int argc, char** argv);
 
 // Shared helpers.
 // What a command was pointed at: a consa train output.dir (assignment.json, recipe.yaml, and

@@ -35,6 +35,7 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"assign", consa::cli::run_assign, "a baseline allocator's assignment: uniform, random, attention-span, duo"},
+    {"bench", consa::cli::run_bench, "prefill/decode speed and KV bytes of exported models (consa bench decode)"},
     {"eval", consa::cli::run_eval, "perplexity, retrieval accuracy and KV bytes of a model under a layout"},
     {"export", consa::cli::run_export, "export a model under its FA/SWA assignment (Hugging Face or TorchScript)"},
     {"generate", consa::cli::run_generate, "generate with an exported model through its sliding-window KV cache"},

@@ -1,6 +1,7 @@
 #include "consa/export/torchscript_export.h"
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <filesystem>
@@ -296,7 +297,12 @@ void export_torchscript(CausalLM& model, const Assignment& assignment, const std
 }
 
 ScriptedLM::ScriptedLM(Module module, Assignment assignment)
-    : module_(std::move(module)), assignment_(std::move(assignment)) {}
+    : module_(std::move(module)), assignment_(std::move(assignment)) {
+  // Decoding changes the cache slices' lengths at every step, which defeats the profiling
+  // executor's shape specialisation (seconds of re-optimisation on a GPU's first tokens); run
+  // the scripted methods as written instead.
+  torch::jit::setGraphExecutorOptimize(false);
+}
 
 ScriptedLM ScriptedLM::load(const std::string& path, at::Device device) {
   CONSA_CHECK(fs::is_regular_file(path), path, ": no such TorchScript file");
