@@ -146,3 +146,42 @@ TEST_CASE("gradient checkpointing gives the same gradients for weights and gates
   CHECK(max_abs_diff(plain.first, checkpointed.first) < 1e-6);
   CHECK(max_abs_diff(plain.second, checkpointed.second) < 1e-6);
 }
+
+TEST_CASE("gated attention skips branches whose weight is exactly 0, with the same outputs and gradients", "[gates]") {
+  ModelConfig c = tiny_config(1, 6, 3, 8);
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, 4);
+  SelfAttentionImpl& attn = model->attention(0);
+  attn.backend = make_attention_backend(AttentionImpl::Math);
+  attn.swa_span = AttentionSpan::sliding(4, 1);
+  at::manual_seed(3);
+  const at::Tensor q0 = at::randn({2, 12, 6, 8}), k0 = at::randn({2, 12, 3, 8}), v0 = at::randn({2, 12, 3, 8});
+  const at::Tensor weights = at::randn({2, 12, 6, 8});
+  // Group 0 all at 1 (no SWA needed), group 1 all at 0 (no FA), group 2 mixed.
+  for (const std::vector<float>& zs : {std::vector<float>{1, 1, 0, 0, 0.3f, 1}, std::vector<float>{1, 1, 1, 1, 1, 1},
+                                       std::vector<float>{0, 0, 0, 0, 0, 0}, std::vector<float>{0.5f, 1, 0, 0.2f, 1, 0}}) {
+    auto run = [&](bool reference, bool skip) {
+      ProjectedQKV qkv{q0.clone().requires_grad_(true), k0.clone().requires_grad_(true), v0.clone().requires_grad_(true)};
+      at::Tensor z = at::tensor(zs).requires_grad_(true);
+      at::Tensor out;
+      if (reference) {  // both branches everywhere, the unit formula
+        at::Tensor full = attn.backend->attend(qkv.q, qkv.k, qkv.v, AttentionSpan::full(), attn.scale);
+        at::Tensor swa = attn.backend->attend(qkv.q, qkv.k, qkv.v, attn.swa_span, attn.scale);
+        out = full * z.view({1, 1, 6, 1}) + swa * (1 - z.view({1, 1, 6, 1}));
+      } else {
+        attn.fa_weight = z;
+        attn.saturated_gates_have_no_gradient = skip;
+        out = attn.attend(qkv);
+      }
+      (out * weights).sum().backward();
+      return std::vector<at::Tensor>{out.detach(), qkv.q.grad(), qkv.k.grad(), qkv.v.grad(), z.grad()};
+    };
+    const auto want = run(true, false);
+    // Skipping (hard-concrete gates): same outputs and q/k/v gradients.
+    const auto skipped = run(false, true);
+    for (size_t i = 0; i < 4; ++i) CHECK(max_abs_diff(skipped[i], want[i]) < 1e-6);
+    // Gates whose gradient counts at 0 and 1 (duo's): nothing skipped, the gate gradient exact too.
+    const auto exact = run(false, false);
+    for (size_t i = 0; i < 5; ++i) CHECK(max_abs_diff(exact[i], want[i]) < 1e-6);
+  }
+}

@@ -106,6 +106,7 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
       if (o.unit == GateUnit::Layer) a = a.expand({c.num_heads});
       else if (o.unit == GateUnit::KvHead) a = a.repeat_interleave(c.group_size());
       model->attention(l).fa_weight = a;
+      model->attention(l).saturated_gates_have_no_gradient = false;  // alpha at 1 still has a gradient
       model->attention(l).swa_span = o.swa;
     }
     at::Tensor student = model->hidden_states(tokens).to(at::kFloat);

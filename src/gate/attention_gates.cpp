@@ -52,6 +52,7 @@ void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z) const {
     SelfAttentionImpl& attn = model->attention(l);
     attn.fa_weight = weights[l];
     attn.swa_span = options_.swa;
+    attn.saturated_gates_have_no_gradient = true;  // z = clamp(...): flat at 0 and 1
   }
 }
 

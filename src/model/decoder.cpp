@@ -48,13 +48,7 @@ ProjectedQKV SelfAttentionImpl::project(const at::Tensor& x, const RopeTables& r
 }
 
 at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv) const {
-  if (fa_weight.defined()) {
-    at::Tensor full = backend->attend(qkv.q, qkv.k, qkv.v, AttentionSpan::full(), scale);
-    at::Tensor swa = backend->attend(qkv.q, qkv.k, qkv.v, swa_span, scale);
-    at::Tensor z = fa_weight.to(full.device(), full.scalar_type()).view({1, 1, num_heads, 1});
-    // z * FA + (1 - z) * SWA: exactly FA where z == 1 and exactly SWA where z == 0.
-    return full * z + swa * (1 - z);
-  }
+  if (fa_weight.defined()) return attend_gated(qkv);
   const int64_t group = num_heads / num_kv_heads;
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < num_kv_heads;) {
@@ -68,6 +62,49 @@ at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv) const {
     start = end;
   }
   return at::cat(parts, 2);
+}
+
+at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
+  const int64_t group = num_heads / num_kv_heads;
+  // Which KV groups need each branch. Gates live on the host, so reading z costs no device
+  // synchronisation. A head whose gate is exactly 1 needs no SWA output (its weight is 0, and the
+  // hard-concrete clamp gives such a gate no gradient), one at exactly 0 no FA output.
+  std::vector<int64_t> need_fa, need_swa;
+  // Skipping changes d(out)/dz at saturated gates, so it needs those gradients to be unused.
+  const bool may_skip =
+      !at::GradMode::is_enabled() || !fa_weight.requires_grad() || saturated_gates_have_no_gradient;
+  if (may_skip && fa_weight.device().is_cpu()) {
+    const at::Tensor zc = fa_weight.detach().to(at::kFloat).contiguous();
+    const float* z = zc.data_ptr<float>();
+    for (int64_t g = 0; g < num_kv_heads; ++g) {
+      bool fa = false, swa = false;
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) fa |= z[h] > 0, swa |= z[h] < 1;
+      if (fa) need_fa.push_back(g);
+      if (swa) need_swa.push_back(g);
+    }
+  } else {  // compute both branches everywhere
+    for (int64_t g = 0; g < num_kv_heads; ++g) need_fa.push_back(g), need_swa.push_back(g);
+  }
+  // The branch output for the listed groups, zeros elsewhere (their weight is 0 there).
+  auto branch = [&](const std::vector<int64_t>& groups, const AttentionSpan& span) -> at::Tensor {
+    if (static_cast<int64_t>(groups.size()) == num_kv_heads) return backend->attend(qkv.q, qkv.k, qkv.v, span, scale);
+    if (groups.empty()) return at::Tensor();
+    const int64_t b = qkv.q.size(0), l = qkv.q.size(1), d = head_dim, n = static_cast<int64_t>(groups.size());
+    const at::Tensor idx = at::tensor(groups, at::kLong).to(qkv.q.device());
+    at::Tensor q = qkv.q.view({b, l, num_kv_heads, group, d}).index_select(2, idx).reshape({b, l, n * group, d});
+    at::Tensor out = backend->attend(q, qkv.k.index_select(2, idx), qkv.v.index_select(2, idx), span, scale);
+    return at::zeros({b, l, num_kv_heads, group, d}, out.options())
+        .index_copy(2, idx, out.view({b, l, n, group, d}))
+        .view({b, l, num_heads, d});
+  };
+  at::Tensor full = branch(need_fa, AttentionSpan::full());
+  at::Tensor swa = branch(need_swa, swa_span);
+  const at::Tensor& like = full.defined() ? full : swa;
+  at::Tensor z = fa_weight.to(like.device(), like.scalar_type()).view({1, 1, num_heads, 1});
+  // z * FA + (1 - z) * SWA: exactly FA where z == 1 and exactly SWA where z == 0.
+  if (!swa.defined()) return full * z;
+  if (!full.defined()) return swa * (1 - z);
+  return full * z + swa * (1 - z);
 }
 
 at::Tensor SelfAttentionImpl::output(const at::Tensor& heads) const {

@@ -36,6 +36,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   ProjectedQKV project(const at::Tensor& x, const RopeTables& rope) const;
   at::Tensor attend(const ProjectedQKV& qkv) const;
   at::Tensor output(const at::Tensor& heads) const;  // [B, L, Hq, D] -> [B, L, hidden]
+  // The gated mix; the FA or SWA branch is skipped for KV groups whose gates are all exactly 0
+  // or all exactly 1 (hard-concrete samples often are).
+  at::Tensor attend_gated(const ProjectedQKV& qkv) const;
 
   int64_t num_heads, num_kv_heads, head_dim;
   double scale;
@@ -45,6 +48,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   // fa_weight[h] * FA + (1 - fa_weight[h]) * SWA(swa_span), and group_spans is not used.
   at::Tensor fa_weight;  // [num_heads]
   AttentionSpan swa_span;
+  // Set by hard-concrete gates, whose clamp gives a gate at exactly 0 or 1 no gradient: the
+  // branch its weight zeroes can then be skipped even while the gates train.
+  bool saturated_gates_have_no_gradient = false;
   std::shared_ptr<const AttentionBackend> backend;
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
