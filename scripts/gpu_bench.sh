@@ -7,10 +7,7 @@
 set -euo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" -DCONSA_BUILD_TESTS=OFF \
-  >/tmp/consa-configure.log 2>&1 || { tail -30 /tmp/consa-configure.log; exit 1; }
-cmake --build build-gpu --target consa -j"$(nproc)" >/tmp/consa-build.log 2>&1 || { grep -A5 error /tmp/consa-build.log | head -40; exit 1; }
+bash scripts/build_gpu.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/bench.txt"
 build-gpu/consa bench decode --shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1 \
   --out "$OUT/bench_b1.json" | tee -a "$OUT/bench.txt"

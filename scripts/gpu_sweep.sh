@@ -7,10 +7,7 @@
 set -euo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" -DCONSA_BUILD_TESTS=OFF \
-  >/tmp/consa-configure.log 2>&1 || { tail -30 /tmp/consa-configure.log; exit 1; }
-cmake --build build-gpu --target consa -j"$(nproc)" >/tmp/consa-build.log 2>&1 || { grep -A5 error /tmp/consa-build.log | head -40; exit 1; }
+bash scripts/build_gpu.sh
 rm -rf runs/demo
 start=$(date +%s.%N)
 CONSA=build-gpu/consa DEVICE=cuda bash scripts/demo.sh 2>&1 | grep -v "^stage 1 (gates) step\|^sweep: " | tee "$OUT/demo.txt"
