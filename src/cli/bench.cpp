@@ -56,10 +56,6 @@ ModelConfig shape_config(const std::string& name) {
   return c;
 }
 
-void sync(at::Device device) {
-  if (device.is_cuda()) at::zeros({1}, at::TensorOptions().device(device)).cpu();  // waits for the stream
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
@@ -122,7 +118,7 @@ int run_bench(int argc, char** argv) {
       scripted.extend(at::randint(0, config.vocab_size, {batch, 256}, at::TensorOptions().dtype(at::kLong).device(device)), warm, true);
       for (int i = 0; i < 3; ++i)
         scripted.extend(at::zeros({batch, 1}, at::TensorOptions().dtype(at::kLong).device(device)), warm, true);
-      sync(device);
+      wait_for_device(device);
     }
     for (double context_value : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
       const int64_t context = static_cast<int64_t>(context_value);
@@ -132,10 +128,10 @@ int run_bench(int argc, char** argv) {
       ScriptedLM::Cache cache = scripted.new_cache(batch, context + steps);
       for (int64_t r = 0; r < repeats; ++r) {
         cache = scripted.new_cache(batch, context + steps);
-        sync(device);
+        wait_for_device(device);
         const auto start = Clock::now();
         scripted.extend(prompt, cache, true);
-        sync(device);
+        wait_for_device(device);
         prefill_s.push_back(std::chrono::duration<double>(Clock::now() - start).count());
       }
       at::Tensor token = at::zeros({batch, 1}, at::TensorOptions().dtype(at::kLong).device(device));
@@ -143,7 +139,7 @@ int run_bench(int argc, char** argv) {
         const auto start = Clock::now();
         at::Tensor logits = scripted.extend(token, cache, true);
         token = logits.argmax(-1);
-        sync(device);
+        wait_for_device(device);
         step_s.push_back(std::chrono::duration<double>(Clock::now() - start).count());
       }
       const int64_t measured = cache.kv_bytes();
@@ -163,13 +159,10 @@ int run_bench(int argc, char** argv) {
     }
   }
   if (args.count("out")) {
-    AtomicFileWriter out(args["out"].as<std::string>());
-    out.stream() << nlohmann::json{{"shape", args["shape"].as<std::string>()}, {"device", device.str()},
+    const nlohmann::json report = {{"shape", args["shape"].as<std::string>()}, {"device", device.str()},
                                    {"dtype", dtype_name(dtype)}, {"window", swa.window}, {"sinks", swa.sinks},
-                                   {"results", results}}
-                        .dump(2)
-                 << "\n";
-    out.commit();
+                                   {"results", results}};
+    write_file_atomically(args["out"].as<std::string>(), report.dump(2) + "\n");
   }
   return 0;
 }

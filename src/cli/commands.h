@@ -38,8 +38,9 @@ struct ModelSource {
 };
 // `assignment_option` (a file) replaces the source's own assignment when not empty.
 ModelSource resolve_model_source(const std::string& path, const std::string& assignment_option);
-// Loads the source's assignment, or its declared layout, checked against the model's weights.
-Assignment source_assignment(const ModelSource& source, CausalLM& model);
+// Loads the source's assignment, or its declared layout, checked against the model's weights
+// (the stored ones, read again, when `dtype_converted`: the model was loaded in another dtype).
+Assignment source_assignment(const ModelSource& source, CausalLM& model, bool dtype_converted);
 // "0.1,0.5" -> numbers; `option` names the flag in errors.
 std::vector<double> parse_number_list(const std::string& text, const std::string& option);
 std::vector<std::string> parse_name_list(const std::string& text);
@@ -50,6 +51,8 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
 // Parses argv with `options`; prints the help and returns false when --help was given.
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args);
 at::Device parse_device(const std::string& name);
+// Returns once the work queued on `device` has finished (for timing); immediate on the CPU.
+void wait_for_device(at::Device device);
 std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& option);
 std::string with_commas(int64_t n);  // 1234567 -> "1,234,567"
 void print_model_summary(std::ostream& out, CausalLM& model, const std::string& source);

@@ -1,6 +1,7 @@
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -8,9 +9,8 @@
 #include "commands.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/load/pretrained.h"
 #include "consa/train/recipe.h"
-
-#include <filesystem>
 
 namespace consa::cli {
 
@@ -37,6 +37,10 @@ at::Device parse_device(const std::string& name) {
     CONSA_CHECK(at::hasCUDA(), "--device ", name,
                 ": this build or machine has no CUDA device; use --device cpu");
   return at::Device(name);
+}
+
+void wait_for_device(at::Device device) {
+  if (device.is_cuda()) at::zeros({1}, at::TensorOptions().device(device)).cpu();  // a one-element copy waits for the stream
 }
 
 std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& option) {
@@ -79,10 +83,12 @@ ModelSource resolve_model_source(const std::string& path, const std::string& ass
   return out;
 }
 
-Assignment source_assignment(const ModelSource& source, CausalLM& model) {
+Assignment source_assignment(const ModelSource& source, CausalLM& model, bool dtype_converted) {
   if (source.assignment_path.empty()) return declared_assignment(model, source.model_dir);
   Assignment a = Assignment::load(source.assignment_path);
-  const std::string checksum = weights_checksum(model);
+  // Checksums are over the stored weights; a dtype conversion alters them, so check those.
+  CausalLM checked = dtype_converted ? load_pretrained(source.model_dir) : model;
+  const std::string checksum = weights_checksum(checked);
   CONSA_CHECK(checksum == a.weights_checksum, source.assignment_path, ": made for weights ", a.weights_checksum,
               " but ", source.model_dir, " holds ", checksum);
   return a;

@@ -71,20 +71,6 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
   return o;
 }
 
-namespace {
-
-LogitsFn model_logits(CausalLM& model) {
-  return [&model](const at::Tensor& ids) { return model->forward(ids.to(model->device())); };
-}
-
-void write_json(const std::string& path, const nlohmann::json& j) {
-  AtomicFileWriter out(path);
-  out.stream() << j.dump(2) << "\n";
-  out.commit();
-}
-
-}  // namespace
-
 int run_eval(int argc, char** argv) {
   cxxopts::Options options("consa eval",
                            "Evaluate a dense checkpoint, a training run (its binarized assignment), a Hugging Face\n"
@@ -124,12 +110,11 @@ int run_eval(int argc, char** argv) {
     std::unique_ptr<Recipe> recipe;
     const std::string recipe_path = args.count("recipe") ? args["recipe"].as<std::string>() : source.recipe_path;
     if (!recipe_path.empty()) recipe = std::make_unique<Recipe>(load_recipe(recipe_path));
-    CausalLM stored = load_pretrained(source.model_dir);
-    Assignment layout = source_assignment(source, stored);
     LoadOptions load;
     load.device = device;
     if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
-    CausalLM model = device.is_cpu() && !args.count("dtype") ? stored : load_pretrained(source.model_dir, load);
+    CausalLM model = load_pretrained(source.model_dir, load);
+    Assignment layout = source_assignment(source, model, args.count("dtype") > 0);
     layout.apply(model);
     if (args.count("soft-gates")) {
       // The gated model of stage 1: each unit mixes FA and SWA with its deterministic gate.
@@ -152,7 +137,7 @@ int run_eval(int argc, char** argv) {
   }
   report.model = path;
   report.print(std::cout);
-  if (args.count("out")) write_json(args["out"].as<std::string>(), report.to_json());
+  if (args.count("out")) write_file_atomically(args["out"].as<std::string>(), report.to_json().dump(2) + "\n");
   return 0;
 }
 

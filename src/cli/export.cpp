@@ -41,14 +41,7 @@ int run_export(int argc, char** argv) {
   LoadOptions load;
   if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   CausalLM model = load_pretrained(source.model_dir, load);
-  // Checksums are over the stored weights; a --dtype conversion alters them, so check before it.
-  Assignment assignment;
-  if (args.count("dtype") && !source.assignment_path.empty()) {
-    CausalLM stored = load_pretrained(source.model_dir);
-    assignment = source_assignment(source, stored);
-  } else {
-    assignment = source_assignment(source, model);
-  }
+  const Assignment assignment = source_assignment(source, model, args.count("dtype") > 0);
   const std::string out = args["out"].as<std::string>();
   if (format == "hf") {
     export_hf(model, assignment, out);

@@ -153,30 +153,23 @@ int run_generate(int argc, char** argv) {
     }
   };
 
-  auto sync = [&] {
-    if (device.is_cuda()) model.module().attr("embed_tokens").toTensor().cpu();  // waits for the stream
-  };
   const auto prefill_start = Clock::now();
   at::Tensor logits = model.extend(at::tensor(prompt, at::kLong).unsqueeze(0).to(device), cache, true);
   int64_t token = next_token(logits[0][-1], temperature, top_p, gen);
-  sync();
+  wait_for_device(device);
   const double prefill_s = seconds_since(prefill_start);
   const auto decode_start = Clock::now();
+  const bool has_eos = args.count("eos") > 0;
+  const int64_t eos = has_eos ? args["eos"].as<int64_t>() : -1;
   int64_t generated = 0;
-  for (; generated < max_new; ++generated) {
+  while (generated < max_new) {
     emit(token);
-    if (args.count("eos") && token == args["eos"].as<int64_t>()) {
-      ++generated;
-      break;
-    }
-    if (generated + 1 == max_new) {
-      ++generated;
-      break;
-    }
+    ++generated;
+    if ((has_eos && token == eos) || generated == max_new) break;
     logits = model.extend(at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(device)), cache, true);
     token = next_token(logits[0][-1], temperature, top_p, gen);
   }
-  sync();
+  wait_for_device(device);
   const double decode_s = seconds_since(decode_start);
   if (detokenizer) detokenizer->finish();
   std::cout << std::endl;

@@ -38,6 +38,12 @@ void AtomicFileWriter::commit() {
   committed_ = true;
 }
 
+void write_file_atomically(const std::string& path, const std::string& content) {
+  AtomicFileWriter out(path);
+  out.write(content.data(), content.size());
+  out.commit();
+}
+
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   CONSA_CHECK(in.good(), path, ": cannot open: ", std::strerror(errno));

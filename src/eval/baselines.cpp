@@ -57,7 +57,7 @@ at::Tensor random_scores(const ModelConfig& c, const BaselineOptions& o) {
 
 std::vector<at::Tensor> calibration_batches(CausalLM& model, const BaselineOptions& o, int64_t count) {
   BatchStream stream(o.data, model->config().vocab_size,
-                     o.data.min_distance > 0 ? o.data.min_distance : o.swa.window + o.swa.sinks + 1, Split::Train);
+                     distance_beyond(o.swa, o.data.min_distance), Split::Train);
   std::vector<at::Tensor> out;
   for (int64_t i = 0; i < count; ++i) out.push_back(stream.next().tokens);
   return out;
@@ -89,7 +89,7 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
   torch::optim::Adam optimizer({alpha}, torch::optim::AdamOptions(o.duo_lr));
   DataOptions data = o.data;
   data.seed = o.seed;
-  BatchStream stream(data, c.vocab_size, data.min_distance > 0 ? data.min_distance : o.swa.window + o.swa.sinks + 1,
+  BatchStream stream(data, c.vocab_size, distance_beyond(o.swa, data.min_distance),
                      Split::Train);
   at::Tensor alpha_sum = at::zeros(alpha.sizes(), at::kDouble);
   for (int64_t step = 1; step <= o.duo_steps; ++step) {

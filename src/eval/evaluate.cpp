@@ -20,6 +20,10 @@ std::string mib(int64_t bytes) {
 
 }  // namespace
 
+LogitsFn model_logits(CausalLM& model) {
+  return [&model](const at::Tensor& ids) { return model->forward(ids.to(model->device())); };
+}
+
 double EvalReport::retrieval_accuracy() const {
   int64_t correct = 0, total = 0;
   for (const auto& c : retrieval) correct += c.correct, total += c.total;
@@ -99,7 +103,7 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
 
   if (o.perplexity_data) {
     const DataOptions& d = *o.perplexity_data;
-    BatchStream heldout(d, vocab_size, d.min_distance > 0 ? d.min_distance : layout.swa.window + layout.swa.sinks + 1,
+    BatchStream heldout(d, vocab_size, distance_beyond(layout.swa, d.min_distance),
                         Split::Heldout);
     double total = 0, count = 0;
     for (int64_t b = 0; b < d.heldout_batches; ++b) {
@@ -125,7 +129,7 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
         s.first_id = o.first_id;
         s.value_digits = o.value_digits;
         s.num_needles = o.num_needles;
-        s.min_distance = o.min_distance > 0 ? o.min_distance : layout.swa.window + layout.swa.sinks + 1;
+        s.min_distance = distance_beyond(layout.swa, o.min_distance);
         s.depth = depth;
         s.seed = o.seed;
         std::vector<SyntheticSample> samples;

@@ -23,25 +23,17 @@ std::string target_label(double target) {
   return s.str();
 }
 
-void write_json(const std::string& path, const json& j) {
-  AtomicFileWriter out(path);
-  out.stream() << j.dump(2) << "\n";
-  out.commit();
-}
-
 // Evaluates `model` under `layout` and writes eval.json (the run's "finished" mark).
 void evaluate_run(CausalLM& model, const Assignment& layout, const SweepOptions& o, const std::string& dir,
                   const std::string& method, double target, double seconds) {
   layout.apply(model);
-  EvalReport report = evaluate(
-      [&](const at::Tensor& ids) { return model->forward(ids.to(model->device())); }, layout,
-      model->config().vocab_size, o.eval);
+  EvalReport report = evaluate(model_logits(model), layout, model->config().vocab_size, o.eval);
   report.model = dir;
   json j = report.to_json();
   j["method"] = method;
   j["target"] = target;
   j["allocation_seconds"] = seconds;
-  write_json((fs::path(dir) / "eval.json").string(), j);
+  write_file_atomically((fs::path(dir) / "eval.json").string(), j.dump(2) + "\n");
 }
 
 }  // namespace
@@ -146,11 +138,7 @@ void write_sweep_tables(const SweepOptions& o) {
     for (int64_t len : lengths) csv << "," << kv(r, len, "bytes") << "," << kv(r, len, "dense_bytes");
     csv << "," << r["allocation_seconds"] << "," << r["model"].get<std::string>() << "\n";
   }
-  {
-    AtomicFileWriter out((fs::path(o.out_dir) / "sweep.csv").string());
-    out.stream() << csv.str();
-    out.commit();
-  }
+  write_file_atomically((fs::path(o.out_dir) / "sweep.csv").string(), csv.str());
 
   std::ostringstream md;
   md << "| method | target | achieved | perplexity |";
@@ -176,9 +164,7 @@ void write_sweep_tables(const SweepOptions& o) {
        << (dense > 0 ? 100.0 * bytes / dense : 0.0) << "%) | " << std::setprecision(1)
        << r["allocation_seconds"].get<double>() << " |\n";
   }
-  AtomicFileWriter out((fs::path(o.out_dir) / "sweep.md").string());
-  out.stream() << md.str();
-  out.commit();
+  write_file_atomically((fs::path(o.out_dir) / "sweep.md").string(), md.str());
 }
 
 }  // namespace consa

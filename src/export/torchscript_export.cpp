@@ -290,10 +290,7 @@ void export_torchscript(CausalLM& model, const Assignment& assignment, const std
       {"consa.json", format_info(model->config(), assignment, options.query_block).dump(2)}};
   std::ostringstream bytes;
   module.save(bytes, extra);
-  const std::string data = bytes.str();
-  AtomicFileWriter out(path);
-  out.write(data.data(), data.size());
-  out.commit();
+  write_file_atomically(path, bytes.str());
 }
 
 ScriptedLM::ScriptedLM(Module module, Assignment assignment)
@@ -335,7 +332,8 @@ at::Tensor ScriptedLM::extend(const at::Tensor& input_ids, Cache& cache, bool la
   CONSA_CHECK(cache.length() + input_ids.size(1) <= cache.capacity(), "KV cache: ", cache.length(), " + ",
               input_ids.size(1), " tokens exceed its capacity of ", cache.capacity());
   const int64_t vocab = vocab_size();
-  CONSA_CHECK(input_ids.numel() == 0 || (input_ids.min().item<int64_t>() >= 0 && input_ids.max().item<int64_t>() < vocab),
+  // One host read per call (this runs at every decode step).
+  CONSA_CHECK(input_ids.numel() == 0 || !((input_ids < 0) | (input_ids >= vocab)).any().item<bool>(),
               "input_ids: token ids must lie in [0, ", vocab, ")");
   return module_.get_method("extend")({input_ids.to(at::kLong), cache.tensors, last_only}).toTensor();
 }

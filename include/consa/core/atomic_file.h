@@ -27,5 +27,7 @@ class AtomicFileWriter {
 
 // Reads a whole file; throws consa::Error naming it when it cannot be read.
 std::string read_text_file(const std::string& path);
+// Writes `content` (text or bytes) as the whole of `path`, atomically.
+void write_file_atomically(const std::string& path, const std::string& content);
 
 }  // namespace consa

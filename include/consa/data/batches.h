@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "consa/attention/attention.h"
 #include "consa/data/synthetic.h"
 #include "consa/data/token_shards.h"
 
@@ -31,6 +32,12 @@ struct Batch {
 };
 
 enum class Split { Train, Heldout };
+
+// The key-to-query distance for retrieval data meant to defeat `swa`: `configured` when set
+// (> 0), otherwise just past the span's window and sinks.
+inline int64_t distance_beyond(const AttentionSpan& swa, int64_t configured) {
+  return configured > 0 ? configured : swa.window + swa.sinks + 1;
+}
 
 class BatchStream {
  public:

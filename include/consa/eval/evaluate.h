@@ -14,10 +14,14 @@
 #include "consa/data/batches.h"
 #include "consa/data/synthetic.h"
 #include "consa/export/assignment.h"
+#include "consa/model/decoder.h"
 
 namespace consa {
 
 using LogitsFn = std::function<at::Tensor(const at::Tensor& input_ids)>;  // [B, L] -> [B, L, vocab]
+
+// `model` as it is set up (assignment applied), ids moved to its device.
+LogitsFn model_logits(CausalLM& model);
 
 struct EvalOptions {
   std::vector<SyntheticTask> tasks = {SyntheticTask::Passkey, SyntheticTask::MultiKeyNeedle};
