@@ -33,6 +33,10 @@ set(CONSA_TORCH_HAS_CUDA OFF)
 if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES OR CAFFE2_USE_CUDA)
   set(CONSA_TORCH_HAS_CUDA ON)
 endif()
+if(CONSA_TORCH_HAS_CUDA)
+  # CUDA-only LibTorch APIs (the caching allocator's statistics), used in core/torch_compat.cpp.
+  target_compile_definitions(consa_torch INTERFACE CONSA_WITH_CUDA=1)
+endif()
 message(STATUS "consa: LibTorch ${Torch_VERSION}, CUDA kernels: ${CONSA_TORCH_HAS_CUDA}")
 
 if(CONSA_BUILD_TESTS)

@@ -1,15 +1,37 @@
 #!/usr/bin/env bash
-# Exported-model decode benchmark on a GPU machine, in one command:
-#   OUT=/some/dir bash scripts/gpu_bench.sh
-# Builds consa against the local PyTorch's LibTorch, then runs `consa bench decode` on a random
-# Qwen3-0.6B-shaped model (bf16, window 1024) at contexts 4K and 32K for sparsity 0, 0.5, 0.75,
-# with batch 1 and batch 4. Writes bench_b1.json, bench_b4.json and bench.txt to $OUT.
+# The performance benchmark on a GPU machine, in one command:
+#   OUT=/some/dir bash scripts/gpu_bench.sh            # everything (about 10 minutes on an H200)
+#   OUT=/some/dir PARTS="train reference" bash scripts/gpu_bench.sh
+# Builds consa against the local PyTorch's LibTorch, then, on random weights of Qwen3 shapes:
+#   train      consa bench train: dense / gated / hard steps at 2K, 8K, 16K, Qwen3-0.6B and 1.7B
+#   reference  scripts/reference_train_step.py: the same dense and gated steps in eager PyTorch
+#   decode     consa bench decode: prefill/decode speed and KV bytes at 4K and 32K, rho 0/0.5/0.75
+# and joins them into report.md with the goals (scripts/bench_report.py). TRAIN_ARGS and
+# REFERENCE_ARGS add options (e.g. "--shapes qwen3-0.6b --seq-lens 8192").
 set -euo pipefail
 OUT=${OUT:-$PWD/gpu-out}
+PARTS=${PARTS:-train reference decode}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+REFERENCE_ARGS=${REFERENCE_ARGS:-}
 mkdir -p "$OUT"
 bash scripts/build_gpu.sh
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/bench.txt"
-build-gpu/consa bench decode --shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1 \
-  --out "$OUT/bench_b1.json" | tee -a "$OUT/bench.txt"
-build-gpu/consa bench decode --shape qwen3-0.6b --contexts 32768 --sparsity 0,0.5,0.75 --batch 4 --repeats 1 \
-  --out "$OUT/bench_b4.json" | tee -a "$OUT/bench.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/bench.txt"
+for part in $PARTS; do
+  case $part in
+    train)
+      # shellcheck disable=SC2086
+      build-gpu/consa bench train $TRAIN_ARGS --out "$OUT/train.json" | tee -a "$OUT/bench.txt" ;;
+    reference)
+      # shellcheck disable=SC2086
+      python3 scripts/reference_train_step.py $REFERENCE_ARGS --out "$OUT/reference.json" | tee -a "$OUT/bench.txt" ;;
+    decode)
+      build-gpu/consa bench decode --shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1 \
+        --out "$OUT/decode.json" | tee -a "$OUT/bench.txt" ;;
+    *) echo "gpu_bench.sh: unknown part '$part' (train, reference, decode)" >&2; exit 2 ;;
+  esac
+done
+args=()
+[ -f "$OUT/train.json" ] && args+=(--train "$OUT/train.json")
+[ -f "$OUT/reference.json" ] && args+=(--reference "$OUT/reference.json")
+[ -f "$OUT/decode.json" ] && args+=(--decode "$OUT/decode.json")
+if [ -f "$OUT/train.json" ]; then python3 scripts/bench_report.py "${args[@]}" | tee "$OUT/report.md"; fi

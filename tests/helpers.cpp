@@ -11,6 +11,8 @@
 #include <sstream>
 #include <vector>
 
+#include "consa/train/fused_adamw.h"
+
 namespace consa_test {
 namespace fs = std::filesystem;
 
@@ -79,6 +81,51 @@ std::string read_text(const std::string& path) {
   std::stringstream s;
   s << f.rdbuf();
   return s.str();
+}
+
+double adamw_max_difference(at::Device device, int64_t steps) {
+  auto make_params = [&]() {
+    at::manual_seed(3);
+    std::vector<at::Tensor> on_device = {at::randn({7, 5}).to(device).requires_grad_(true),
+                                         at::randn({11}).to(device).requires_grad_(true)};
+    std::vector<at::Tensor> on_cpu = {at::randn({4}).requires_grad_(true)};
+    return std::make_pair(on_device, on_cpu);
+  };
+  auto run = [&](auto make_optimizer) {
+    auto [on_device, on_cpu] = make_params();
+    auto options = [](double lr) {
+      auto o = std::make_unique<torch::optim::AdamWOptions>(lr);
+      o->betas({0.9, 0.95}).weight_decay(0.1);
+      return o;
+    };
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(on_device, options(0.01));
+    groups.emplace_back(on_cpu, options(0.05));
+    auto optimizer = make_optimizer(std::move(groups));
+    for (int64_t step = 0; step < steps; ++step) {
+      optimizer->zero_grad();
+      for (auto* list : {&on_device, &on_cpu})
+        for (auto& p : *list) {
+          // A gradient that changes sign and scale from step to step.
+          at::NoGradGuard no_grad;
+          p.mutable_grad() = at::sin(p.detach() * (step + 1)) * (step % 2 == 0 ? 1.0 : 0.3);
+        }
+      optimizer->step();
+    }
+    std::vector<at::Tensor> out;
+    for (auto* list : {&on_device, &on_cpu})
+      for (auto& p : *list) out.push_back(p.detach().cpu());
+    return out;
+  };
+  auto fused = run([](std::vector<torch::optim::OptimizerParamGroup> g) {
+    return std::make_unique<consa::FusedAdamW>(std::move(g), torch::optim::AdamWOptions(0.01));
+  });
+  auto reference = run([](std::vector<torch::optim::OptimizerParamGroup> g) {
+    return std::make_unique<torch::optim::AdamW>(std::move(g), torch::optim::AdamWOptions(0.01));
+  });
+  double worst = 0;
+  for (size_t i = 0; i < fused.size(); ++i) worst = std::max(worst, max_abs_diff(fused[i], reference[i]));
+  return worst;
 }
 
 }  // namespace consa_test

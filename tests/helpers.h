@@ -21,6 +21,11 @@ consa::ModelConfig tiny_config(int64_t layers, int64_t heads, int64_t kv_heads, 
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 
+// Runs `steps` steps of consa::FusedAdamW and of torch::optim::AdamW (lr 0.01, betas 0.9/0.95,
+// weight decay 0.1) from the same start with the same deterministic gradients, on a parameter
+// group on `device` and one on the CPU; returns the largest difference of the final parameters.
+double adamw_max_difference(at::Device device, int64_t steps);
+
 // Runs the consa binary with `args`; returns the exit code and fills stdout/stderr.
 int run_consa(const std::string& args, std::string* out, std::string* err);
 

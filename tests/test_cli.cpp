@@ -202,3 +202,36 @@ TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli
   CHECK_THAT(err, contains("gates.window: must be in [1, inf], got -1"));
   CHECK(lines(err) == 1);
 }
+
+TEST_CASE("consa bench train times every mode and counts model FLOPs in closed form", "[cli]") {
+  const std::string dir = scratch_dir("bench_train");
+  std::string out, err;
+  REQUIRE(run_consa("bench train --shapes tiny --seq-lens 48 --modes dense,gated,gates,hard --tokens-per-step 96 "
+                    "--window 16 --sparsity 0.5 --warmup 1 --steps 1 --repeats 2 --device cpu --dtype float32 --out " +
+                        dir + "/train.json",
+                    &out, &err) == 0);
+  const nlohmann::json report = nlohmann::json::parse(read_text(dir + "/train.json"));
+  REQUIRE(report["results"].size() == 4);
+  // The tiny shape: 2 layers, 4 query heads of 16, 2 KV heads, hidden 64, MLP 128, vocab 256, tied.
+  // Per layer: two norms of 64, q/k norms of 16, q and o 64 x 64, k and v 64 x 32, MLP 3 x 64 x 128.
+  const double params = 256.0 * 64 + 2 * (2 * 64 + 64 * 16 * 4 * 2 + 64 * 16 * 2 * 2 + 3 * 64 * 128 + 2 * 16) + 64;
+  const double batch = 2, length = 48, window = 16;
+  const double full_pairs = length * (length + 1) / 2;
+  const double window_pairs = window * (window + 1) / 2 + (length - window) * window;
+  const double per_head = 3 * 4 * 16 * batch;  // forward + backward, QK^T and PV
+  for (const auto& row : report["results"]) {
+    INFO(row.dump());
+    CHECK(row["batch"] == 2);
+    CHECK(row["repeat_step_ms"].size() == 2);
+    CHECK(row["step_ms"].get<double>() > 0);
+    CHECK(row["tokens_per_s"].get<double>() == Approx(batch * length / (row["step_ms"].get<double>() / 1e3)));
+    // Hard: half the KV groups (2 of the 4 query heads per layer) on the window.
+    const bool hard = row["mode"] == "hard";
+    const double pairs = 2 * (hard ? 2 * full_pairs + 2 * window_pairs : 4 * full_pairs);
+    CHECK(row["model_flops_per_step"].get<double>() == Approx(6 * params * batch * length + per_head * pairs));
+  }
+  CHECK(out.find("gated") != std::string::npos);
+  CHECK(run_consa("bench train --shapes tiny --modes sparse --device cpu", &out, &err) == 1);
+  CHECK(err.find("--modes: 'sparse' is not a mode") != std::string::npos);
+  CHECK(run_consa("bench speed", &out, &err) == 1);
+}

@@ -157,9 +157,12 @@ TEST_CASE("gated attention skips branches whose weight is exactly 0, with the sa
   at::manual_seed(3);
   const at::Tensor q0 = at::randn({2, 12, 6, 8}), k0 = at::randn({2, 12, 3, 8}), v0 = at::randn({2, 12, 3, 8});
   const at::Tensor weights = at::randn({2, 12, 6, 8});
-  // Group 0 all at 1 (no SWA needed), group 1 all at 0 (no FA), group 2 mixed.
-  for (const std::vector<float>& zs : {std::vector<float>{1, 1, 0, 0, 0.3f, 1}, std::vector<float>{1, 1, 1, 1, 1, 1},
-                                       std::vector<float>{0, 0, 0, 0, 0, 0}, std::vector<float>{0.5f, 1, 0, 0.2f, 1, 0}}) {
+  // Group 0 all at 1 (no SWA needed), group 1 all at 0 (no FA), group 2 mixed; then a branch
+  // needed by one group of three only (computed on that group alone, gathered and scattered).
+  for (const std::vector<float>& zs :
+       {std::vector<float>{1, 1, 0, 0, 0.3f, 1}, std::vector<float>{1, 1, 1, 1, 1, 1}, std::vector<float>{0, 0, 0, 0, 0, 0},
+        std::vector<float>{0.5f, 1, 0, 0.2f, 1, 0}, std::vector<float>{0, 0, 0, 0, 0.3f, 1},
+        std::vector<float>{1, 1, 1, 1, 0.4f, 1}}) {
     auto run = [&](bool reference, bool skip) {
       ProjectedQKV qkv{q0.clone().requires_grad_(true), k0.clone().requires_grad_(true), v0.clone().requires_grad_(true)};
       at::Tensor z = at::tensor(zs).requires_grad_(true);
@@ -182,6 +185,11 @@ TEST_CASE("gated attention skips branches whose weight is exactly 0, with the sa
     for (size_t i = 0; i < 4; ++i) CHECK(max_abs_diff(skipped[i], want[i]) < 1e-6);
     // Gates whose gradient counts at 0 and 1 (duo's): nothing skipped, the gate gradient exact too.
     const auto exact = run(false, false);
-    for (size_t i = 0; i < 5; ++i) CHECK(max_abs_diff(exact[i], want[i]) < 1e-6);
+    for (size_t i = 0; i < 4; ++i) CHECK(max_abs_diff(exact[i], want[i]) < 1e-6);
+    // The gate gradient sums grad * (FA - SWA) over batch, positions and channels; the two
+    // formulas sum in different orders, so they agree to fp32 rounding of that sum.
+    const double gate_scale = want[4].abs().max().item<double>();
+    INFO("gate gradient scale " << gate_scale << ", difference " << max_abs_diff(exact[4], want[4]));
+    CHECK(max_abs_diff(exact[4], want[4]) < 1e-5 * (1 + gate_scale));
   }
 }

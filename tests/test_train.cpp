@@ -8,6 +8,7 @@
 #include "consa/core/error.h"
 #include "consa/data/batches.h"
 #include "consa/load/pretrained.h"
+#include "consa/train/fused_adamw.h"
 #include "consa/train/trainer.h"
 #include "helpers.h"
 
@@ -145,10 +146,10 @@ TEST_CASE("objective terms against closed forms", "[train]") {
   w.mse = 2.0;
   at::Tensor hidden = at::randn({1, 3, 5});
   LossTerms same = compute_objective(w, tokens, mask, logits, hidden, logits, hidden);
-  CHECK(same.kl == Approx(0.0).margin(1e-6));
-  CHECK(same.mse == 0.0);
+  CHECK(same.kl.item<double>() == Approx(0.0).margin(1e-6));
+  CHECK(same.mse.item<double>() == 0.0);
   LossTerms shifted = compute_objective(w, tokens, mask, logits, hidden, logits, hidden + 0.5);
-  CHECK(shifted.mse == Approx(0.25));
+  CHECK(shifted.mse.item<double>() == Approx(0.25));
   CHECK(shifted.total.item<double>() == Approx(0.5).epsilon(1e-5));
   // KL(p || q) for two known distributions at one position.
   at::Tensor p = at::log(at::tensor({0.5f, 0.25f, 0.25f})).reshape({1, 1, 3});
@@ -156,7 +157,22 @@ TEST_CASE("objective terms against closed forms", "[train]") {
   w.mse = 0.0;
   LossTerms kl = compute_objective(w, at::zeros({1, 1}, at::kLong), at::zeros({1, 0}), q, at::zeros({1, 1, 1}), p,
                                    at::zeros({1, 1, 1}));
-  CHECK(kl.kl == Approx(0.5 * std::log(2.0) + 0.25 * std::log(0.5)).epsilon(1e-5));
+  CHECK(kl.kl.item<double>() == Approx(0.5 * std::log(2.0) + 0.25 * std::log(0.5)).epsilon(1e-5));
+}
+
+TEST_CASE("FusedAdamW: one step is the closed-form AdamW update, later steps match torch::optim::AdamW", "[train]") {
+  // Step 1: m = (1 - b1) g, v = (1 - b2) g^2, so after bias correction the update is
+  // lr * g / (|g| + eps) on top of the decoupled decay p * (1 - lr * wd).
+  at::Tensor p = at::tensor({0.5f, -2.0f, 3.0f}).requires_grad_(true);
+  const at::Tensor start = p.detach().clone();
+  const at::Tensor g = at::tensor({0.1f, -4.0f, 0.0f});
+  consa::FusedAdamW optimizer({p}, torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1).eps(1e-8));
+  p.mutable_grad() = g.clone();
+  optimizer.step();
+  const at::Tensor expected = start * (1 - 0.01 * 0.1) - 0.01 * g / (g.abs() + 1e-8);
+  CHECK(max_abs_diff(p.detach(), expected) < 1e-6);
+  // Over several steps, on two groups: the same parameters as LibTorch's own AdamW.
+  CHECK(adamw_max_difference(at::kCPU, 5) < 1e-6);
 }
 
 TEST_CASE("learning-rate schedule", "[train]") {

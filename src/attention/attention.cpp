@@ -85,6 +85,10 @@ class FlashAttention : public AttentionBackend {
     check_shapes(q, k, v);
     const std::string why = flash_attention_unsupported_reason(q);
     CONSA_CHECK(why.empty(), "attention backend flash cannot run here: ", why);
+    // Full causal attention over a whole sequence goes to SDPA's pick (cuDNN on Hopper is about
+    // twice flash's speed); windows and decoding (fewer queries than keys) stay on flash.
+    if (span.is_full() && q.size(1) == k.size(1) && compat::fused_causal_attention_compiled())
+      return compat::fused_causal_attention(q, k, v, scale);
     const int64_t window_left = span.is_full() ? -1 : span.window - 1;
     auto [out, lse] =
         compat::flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale, window_left);

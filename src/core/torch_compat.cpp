@@ -2,6 +2,14 @@
 
 #include "consa/core/error.h"
 
+#include <set>
+
+#if CONSA_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#endif
+
 namespace consa::compat {
 
 std::pair<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at::Tensor& k,
@@ -20,6 +28,77 @@ std::pair<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at:
        torch_version(), " (use --attention math)");
 #endif
 }
+
+int64_t peak_device_memory(at::Device device) {
+#if CONSA_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    return stats.allocated_bytes[0].peak;  // [0]: all pools together
+  }
+#endif
+  (void)device;
+  return -1;
+}
+
+void reset_peak_device_memory(at::Device device) {
+#if CONSA_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
+  (void)device;
+}
+
+at::Tensor fused_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+#if CONSA_TORCH_AT_LEAST(2, 5)
+  // SDPA takes [B, H, L, D]; its causal mask is aligned top-left, right here as Lq == Lk.
+  CONSA_CHECK(q.size(1) == k.size(1), "fused_causal_attention: needs as many queries as keys, got ", q.size(1),
+              " and ", k.size(1));
+  return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), {},
+                                          /*dropout_p=*/0.0, /*is_causal=*/true, scale, /*enable_gqa=*/true)
+      .transpose(1, 2);
+#else
+  (void)q, (void)k, (void)v, (void)scale;
+  fail("fused causal attention needs LibTorch >= 2.5; this build uses LibTorch ", torch_version());
+#endif
+}
+
+void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 at::TensorList steps, double lr, double beta1, double beta2, double weight_decay, double eps) {
+#if CONSA_TORCH_AT_LEAST(2, 1)
+  at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay,
+                    eps, /*amsgrad=*/false, /*maximize=*/false);
+#else
+  (void)params, (void)grads, (void)exp_avgs, (void)exp_avg_sqs, (void)steps, (void)lr, (void)beta1, (void)beta2,
+      (void)weight_decay, (void)eps;
+  fail("the fused AdamW kernel needs LibTorch >= 2.1; this build uses LibTorch ", torch_version());
+#endif
+}
+
+void set_device_sync_errors(bool on) {
+#if CONSA_WITH_CUDA
+  c10::cuda::warning_state().set_sync_debug_mode(on ? c10::cuda::SyncDebugMode::L_ERROR
+                                                    : c10::cuda::SyncDebugMode::L_DISABLED);
+#else
+  (void)on;
+#endif
+}
+
+#if CONSA_WITH_CUDA
+namespace {
+namespace profiler = torch::autograd::profiler;
+const std::set<profiler::ActivityType> kTraceActivities = {profiler::ActivityType::CPU, profiler::ActivityType::CUDA};
+profiler::ProfilerConfig trace_config() { return profiler::ProfilerConfig(profiler::ProfilerState::KINETO, false, false); }
+}  // namespace
+
+void start_trace() {
+  profiler::prepareProfiler(trace_config(), kTraceActivities);
+  profiler::enableProfiler(trace_config(), kTraceActivities);
+}
+
+void stop_trace(const std::string& path) { profiler::disableProfiler()->save(path); }
+#else
+void start_trace() { fail("tracing needs a CUDA build of LibTorch (Kineto)"); }
+void stop_trace(const std::string& path) { fail("tracing needs a CUDA build of LibTorch (Kineto); not written: ", path); }
+#endif
 
 std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +

@@ -98,14 +98,14 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
     at::Tensor teacher;
     {
       at::NoGradGuard no_grad;
-      for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();  // full spans
+      for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).set_gate_weights({});  // full spans
       teacher = model->hidden_states(tokens).to(at::kFloat);
     }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       at::Tensor a = alpha[l];
       if (o.unit == GateUnit::Layer) a = a.expand({c.num_heads});
       else if (o.unit == GateUnit::KvHead) a = a.repeat_interleave(c.group_size());
-      model->attention(l).fa_weight = a;
+      model->attention(l).set_gate_weights(a);
       model->attention(l).saturated_gates_have_no_gradient = false;  // alpha at 1 still has a gradient
       model->attention(l).swa_span = o.swa;
     }

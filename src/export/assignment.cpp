@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "consa/core/atomic_file.h"
+#include "consa/core/device.h"
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 
@@ -165,11 +166,12 @@ void Assignment::apply(CausalLM& model) const {
     SelfAttentionImpl& attn = model->attention(l);
     if (unit == GateUnit::Head) {
       std::vector<float> w(full[l].begin(), full[l].end());
-      attn.fa_weight = at::tensor(w);
+      const at::Tensor on_host = at::tensor(w);
+      attn.set_gate_weights(to_device_async(on_host, model->device()), on_host);
       attn.swa_span = swa;
       continue;
     }
-    attn.fa_weight = at::Tensor();
+    attn.set_gate_weights({});
     for (int64_t g = 0; g < num_kv_heads; ++g) attn.group_spans[g] = kv_head_full(l, g) ? AttentionSpan::full() : swa;
   }
 }

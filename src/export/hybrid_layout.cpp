@@ -61,7 +61,11 @@ void permute_attention_heads(CausalLM& model, int64_t layer, const LayerHeadLayo
   std::vector<AttentionSpan> spans;
   for (int64_t g : layout.kv_order) spans.push_back(a.group_spans[g]);
   a.group_spans = spans;
-  if (a.fa_weight.defined()) a.fa_weight = a.fa_weight.index_select(0, at::tensor(layout.q_order, at::kLong));
+  if (a.fa_weight.defined()) {
+    const at::Tensor order = at::tensor(layout.q_order, at::kLong);
+    const at::Tensor on_host = (a.fa_weight_on_host.defined() ? a.fa_weight_on_host : a.fa_weight).index_select(0, order);
+    a.set_gate_weights(a.fa_weight.index_select(0, order.to(a.fa_weight.device())), on_host);
+  }
 }
 
 Assignment permuted_assignment(const Assignment& assignment, const std::vector<LayerHeadLayout>& layouts) {

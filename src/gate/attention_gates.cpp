@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "consa/core/device.h"
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 
@@ -47,10 +48,13 @@ at::Tensor AttentionGatesImpl::head_weights(const at::Tensor& z) const {
 void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z) const {
   CONSA_CHECK(model->num_layers() == num_layers(), "gates: built for ", num_layers(),
               " layers, model has ", model->num_layers());
-  at::Tensor weights = head_weights(z);
+  const at::Tensor weights = head_weights(z);
+  // One copy of all layers' weights to the model's device per step (no per-layer transfers,
+  // and one gradient transfer back in backward); the host values decide the skipped branches.
+  const at::Tensor on_device = to_device_async(weights, model->device());
   for (int64_t l = 0; l < num_layers(); ++l) {
     SelfAttentionImpl& attn = model->attention(l);
-    attn.fa_weight = weights[l];
+    attn.set_gate_weights(on_device[l], weights[l]);
     attn.swa_span = options_.swa;
     attn.saturated_gates_have_no_gradient = true;  // z = clamp(...): flat at 0 and 1
   }
@@ -63,7 +67,7 @@ void AttentionGatesImpl::clamp_log_alpha() {
 }
 
 void remove_gates(CausalLM& model) {
-  for (int64_t l = 0; l < model->num_layers(); ++l) model->attention(l).fa_weight = at::Tensor();
+  for (int64_t l = 0; l < model->num_layers(); ++l) model->attention(l).set_gate_weights({});
 }
 
 }  // namespace consa

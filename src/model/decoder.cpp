@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "consa/core/device.h"
 #include "consa/core/error.h"
 
 namespace consa {
@@ -73,8 +74,9 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
   // Skipping changes d(out)/dz at saturated gates, so it needs those gradients to be unused.
   const bool may_skip =
       !at::GradMode::is_enabled() || !fa_weight.requires_grad() || saturated_gates_have_no_gradient;
-  if (may_skip && fa_weight.device().is_cpu()) {
-    const at::Tensor zc = fa_weight.detach().to(at::kFloat).contiguous();
+  const at::Tensor& z_host = fa_weight.device().is_cpu() ? fa_weight : fa_weight_on_host;
+  if (may_skip && z_host.defined()) {
+    const at::Tensor zc = z_host.detach().to(at::kFloat).contiguous();
     const float* z = zc.data_ptr<float>();
     for (int64_t g = 0; g < num_kv_heads; ++g) {
       bool fa = false, swa = false;
@@ -85,12 +87,14 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
   } else {  // compute both branches everywhere
     for (int64_t g = 0; g < num_kv_heads; ++g) need_fa.push_back(g), need_swa.push_back(g);
   }
-  // The branch output for the listed groups, zeros elsewhere (their weight is 0 there).
+  // The branch output for the listed groups, zeros elsewhere (their weight is 0 there). With
+  // more than half the groups listed the branch runs over all of them: gathering the listed
+  // groups and scattering their output back would move more bytes than the attention it saves.
   auto branch = [&](const std::vector<int64_t>& groups, const AttentionSpan& span) -> at::Tensor {
-    if (static_cast<int64_t>(groups.size()) == num_kv_heads) return backend->attend(qkv.q, qkv.k, qkv.v, span, scale);
+    if (2 * static_cast<int64_t>(groups.size()) > num_kv_heads) return backend->attend(qkv.q, qkv.k, qkv.v, span, scale);
     if (groups.empty()) return at::Tensor();
     const int64_t b = qkv.q.size(0), l = qkv.q.size(1), d = head_dim, n = static_cast<int64_t>(groups.size());
-    const at::Tensor idx = at::tensor(groups, at::kLong).to(qkv.q.device());
+    const at::Tensor idx = to_device_async(at::tensor(groups, at::kLong), qkv.q.device());
     at::Tensor q = qkv.q.view({b, l, num_kv_heads, group, d}).index_select(2, idx).reshape({b, l, n * group, d});
     at::Tensor out = backend->attend(q, qkv.k.index_select(2, idx), qkv.v.index_select(2, idx), span, scale);
     return at::zeros({b, l, num_kv_heads, group, d}, out.options())
@@ -100,11 +104,19 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
   at::Tensor full = branch(need_fa, AttentionSpan::full());
   at::Tensor swa = branch(need_swa, swa_span);
   const at::Tensor& like = full.defined() ? full : swa;
-  at::Tensor z = fa_weight.to(like.device(), like.scalar_type()).view({1, 1, num_heads, 1});
-  // z * FA + (1 - z) * SWA: exactly FA where z == 1 and exactly SWA where z == 0.
+  at::Tensor z = to_device_async(fa_weight, like.device()).to(like.scalar_type()).view({1, 1, num_heads, 1});
   if (!swa.defined()) return full * z;
   if (!full.defined()) return swa * (1 - z);
-  return full * z + swa * (1 - z);
+  // z * FA + (1 - z) * SWA in one kernel; lerp gives exactly FA at z == 1 and SWA at z == 0.
+  return at::lerp(swa, full, z);
+}
+
+void SelfAttentionImpl::set_gate_weights(at::Tensor weights, at::Tensor on_host) {
+  CONSA_CHECK(!weights.defined() || weights.numel() == num_heads, "gate weights: expected ", num_heads,
+              " per-head values, got shape ", weights.sizes());
+  fa_weight = std::move(weights);
+  const bool on_device = fa_weight.defined() && !fa_weight.device().is_cpu();
+  fa_weight_on_host = on_device && on_host.defined() ? on_host.detach() : at::Tensor();
 }
 
 at::Tensor SelfAttentionImpl::output(const at::Tensor& heads) const {
@@ -226,8 +238,8 @@ int64_t CausalLMImpl::parameter_count() const {
 DenseView::DenseView(CausalLM& model) : model_(model) {
   for (int64_t l = 0; l < model->num_layers(); ++l) {
     SelfAttentionImpl& a = model->attention(l);
-    saved_.push_back({a.fa_weight, a.group_spans, a.swa_span});
-    a.fa_weight = at::Tensor();
+    saved_.push_back({a.fa_weight, a.fa_weight_on_host, a.group_spans, a.swa_span});
+    a.set_gate_weights({});
     a.group_spans.assign(a.group_spans.size(), AttentionSpan::full());
   }
 }
@@ -235,7 +247,7 @@ DenseView::DenseView(CausalLM& model) : model_(model) {
 DenseView::~DenseView() {
   for (int64_t l = 0; l < model_->num_layers(); ++l) {
     SelfAttentionImpl& a = model_->attention(l);
-    a.fa_weight = saved_[l].fa_weight;
+    a.set_gate_weights(saved_[l].fa_weight, saved_[l].fa_weight_on_host);
     a.group_spans = saved_[l].group_spans;
     a.swa_span = saved_[l].swa_span;
   }

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "consa/core/device.h"
+
 namespace consa {
 
 at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
@@ -31,7 +33,7 @@ RopeTables rope_tables(const at::Tensor& inv_freq, int64_t offset, int64_t lengt
                        at::ScalarType dtype, at::Device device) {
   at::Tensor positions =
       at::arange(offset, offset + length, at::TensorOptions().dtype(at::kLong).device(device)).to(at::kFloat);
-  at::Tensor freqs = at::outer(positions, inv_freq.to(device));  // [L, D/2]
+  at::Tensor freqs = at::outer(positions, to_device_async(inv_freq, device));  // [L, D/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);                  // [L, D]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }

@@ -1,5 +1,6 @@
 #include "consa/train/objective.h"
 
+#include "consa/core/device.h"
 #include "consa/core/error.h"
 
 namespace consa {
@@ -9,7 +10,7 @@ at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& 
   at::Tensor log_probs = at::log_softmax(logits.narrow(1, 0, len - 1).to(at::kFloat), -1);
   at::Tensor targets = tokens.narrow(1, 1, len - 1).to(logits.device()).unsqueeze(-1);
   at::Tensor nll = -log_probs.gather(-1, targets).squeeze(-1);  // [B, L-1]
-  at::Tensor m = mask.to(nll.device());
+  at::Tensor m = to_device_async(mask, nll.device());
   return (nll * m).sum() / m.sum().clamp_min(1.0);
 }
 
@@ -18,9 +19,10 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
                             const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden) {
   LossTerms terms;
   at::Tensor total = at::zeros({}, logits.options().dtype(at::kFloat));
+  terms.ce = terms.kl = terms.mse = total;
   if (w.ce > 0) {
     at::Tensor ce = next_token_cross_entropy(logits, tokens, ce_mask);
-    terms.ce = ce.item<double>();
+    terms.ce = ce.detach();
     total = total + w.ce * ce;
   }
   if (w.kl > 0) {
@@ -28,13 +30,13 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
     at::Tensor t = at::log_softmax(teacher_logits.to(at::kFloat), -1);
     at::Tensor s = at::log_softmax(logits.to(at::kFloat), -1);
     at::Tensor kl = (t.exp() * (t - s)).sum(-1).mean();  // KL(teacher || student) per position
-    terms.kl = kl.item<double>();
+    terms.kl = kl.detach();
     total = total + w.kl * kl;
   }
   if (w.mse > 0) {
     CONSA_CHECK(teacher_hidden.defined(), "objective.mse needs teacher hidden states");
     at::Tensor mse = (hidden.to(at::kFloat) - teacher_hidden.to(at::kFloat)).pow(2).mean();
-    terms.mse = mse.item<double>();
+    terms.mse = mse.detach();
     total = total + w.mse * mse;
   }
   terms.total = total;

@@ -13,9 +13,11 @@
 #include <sstream>
 
 #include "consa/core/atomic_file.h"
+#include "consa/core/device.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/load/pretrained.h"
+#include "consa/train/fused_adamw.h"
 #include "consa/train/progress.h"
 
 namespace consa {
@@ -33,18 +35,32 @@ double lr_multiplier(const std::string& kind, int64_t warmup_steps, int64_t step
 namespace {
 
 // Global gradient-norm clipping over tensors that may live on different devices (weights on the
-// GPU, gates on the CPU); one host synchronisation per device.
+// GPU, gates on the CPU). The norm and the scale stay on the weights' device, so nothing is read
+// back unless some gradients live elsewhere (stage 1's gates), which then need the scale on the host.
 void clip_global_grad_norm(const std::vector<at::Tensor>& tensors, double max_norm) {
-  std::map<std::string, std::vector<at::Tensor>> squares_by_device;
-  for (const auto& t : tensors)
-    if (t.grad().defined()) squares_by_device[t.device().str()].push_back(t.grad().to(at::kFloat).pow(2).sum());
-  double total = 0;
-  for (const auto& [device, squares] : squares_by_device) total += at::stack(squares).sum().item<double>();
-  const double coef = max_norm / (std::sqrt(total) + 1e-6);
-  if (coef >= 1.0) return;
+  std::map<std::string, std::vector<at::Tensor>> grads_by_device;
+  at::Device main_device = at::kCPU;
+  for (const auto& t : tensors) {
+    if (!t.grad().defined()) continue;
+    if (!t.device().is_cpu()) main_device = t.device();
+    grads_by_device[t.device().str()].push_back(t.grad());
+  }
+  if (grads_by_device.empty()) return;
+  at::Tensor total_sq = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(main_device));
+  for (const auto& [device, grads] : grads_by_device)
+    total_sq = total_sq + to_device_async(at::stack(at::_foreach_norm(grads, 2)).to(at::kFloat).pow(2).sum(), main_device);
+  const at::Tensor coef = (max_norm / (total_sq.sqrt() + 1e-6)).clamp_max(1.0);
+  at::Tensor coef_on_host;
   at::NoGradGuard no_grad;
-  for (const auto& t : tensors)
-    if (t.grad().defined()) t.grad().mul_(coef);
+  for (const auto& t : tensors) {
+    if (!t.grad().defined()) continue;
+    if (t.device() == main_device) {
+      t.grad().mul_(coef);
+    } else {
+      if (!coef_on_host.defined()) coef_on_host = coef.cpu();
+      t.grad().mul_(coef_on_host.to(t.device()));
+    }
+  }
 }
 
 json tensor_to_json(const at::Tensor& t) {
@@ -55,37 +71,73 @@ json tensor_to_json(const at::Tensor& t) {
   return rows;
 }
 
-// Runs `model` with every unit on full attention (gate mixing and windows switched off for the
-// duration), restoring its attention settings afterwards: the teacher when weights are frozen.
+// What one step leaves on the device until the next logging step reads it.
+struct StepStats {
+  int stage = 1;
+  at::Tensor ce, kl, mse;      // means over the micro-batches
+  double lr = 0;               // the weights' rate (0 when they are frozen)
+  ConstraintTerms constraint;  // stage 1, last micro-batch
+};
+
+// Tokens per second between logging steps. Called right after a logging step's losses were read
+// (which waited for the device), so each interval covers finished work.
+class IntervalThroughput {
+ public:
+  IntervalThroughput(int64_t tokens_per_step, int64_t first_step)
+      : tokens_per_step_(tokens_per_step), last_step_(first_step), last_(std::chrono::steady_clock::now()) {}
+  double tokens_per_s(int64_t step) {
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_).count();
+    const double rate = static_cast<double>((step - last_step_) * tokens_per_step_) / std::max(seconds, 1e-9);
+    last_step_ = step;
+    last_ = now;
+    return rate;
+  }
+
+ private:
+  int64_t tokens_per_step_, last_step_;
+  std::chrono::steady_clock::time_point last_;
+};
+
 class Job {
  public:
-  Job(const Recipe& recipe, const TrainControl& control)
+  // `model`: the model to train, already in memory (undefined: load recipe.model.path).
+  Job(const Recipe& recipe, const TrainControl& control, CausalLM model = nullptr)
       : r_(as_stages(recipe)),
         original_(recipe),
         control_(control),
         dir_(recipe.output.dir),
-        model_(nullptr),
+        model_(std::move(model)),
         teacher_(nullptr),
         gates_(nullptr),
         constraint_(nullptr),
         generator_(at::detail::createCPUGenerator(recipe.train.seed)) {}
 
   TrainOutcome run();
+  // The model, weights' precision and trainable flags set up for training (before stage 1).
+  void prepare();
+  // Stage 2's setting for a model whose assignment is already applied; returns its optimizer.
+  std::unique_ptr<torch::optim::AdamW> begin_recovery();
+  std::unique_ptr<torch::optim::AdamW> make_optimizer(bool stage1);
+  // One optimizer step of stage 1 or 2. Reads nothing back from the device except, in stage 1,
+  // the gates' gradient and the clip scale (the gates update on the host).
+  StepStats step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer,
+                 BatchStream& data);
+  BatchStream training_data() const { return BatchStream(r_.data, model_->config().vocab_size, min_distance(), Split::Train); }
 
  private:
   void load_models();
   int64_t min_distance() const {
     return r_.data.min_distance > 0 ? r_.data.min_distance : r_.gates.swa.window + 1;
   }
-  std::unique_ptr<torch::optim::AdamW> make_optimizer(bool stage1);
   void set_weights_trainable(bool on);
   // What the optimizer updates: the parameters themselves in fp32, or fp32 master copies of
   // bf16 parameters, so that optimizer state and updates stay in fp32 (master_weights_).
   std::vector<at::Tensor> optimized_weights() { return master_weights_.empty() ? model_->parameters() : master_weights_; }
   void grads_to_masters();
   void masters_to_weights();
-  // One optimizer step of stage 1 or 2; returns the metrics record.
-  json step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer, BatchStream& data);
+  // The metrics.jsonl record of a step (reads its losses back: logging steps only).
+  json metrics_record(const StepStats& stats) const;
   double heldout_ce();
   void save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, const BatchStream& data);
   // Returns {stage, step_in_stage} of the checkpoint, restoring everything else.
@@ -123,9 +175,11 @@ class Job {
 };
 
 void Job::load_models() {
-  model_ = load_pretrained(r_.model.path, model_load_options(r_));
+  const bool preloaded = static_cast<bool>(model_);
+  if (!preloaded) model_ = load_pretrained(r_.model.path, model_load_options(r_));
   model_->set_gradient_checkpointing(r_.train.gradient_checkpointing);
   if (r_.objective.needs_teacher() && weights_trained()) {
+    CONSA_CHECK(!preloaded, r_.source, ": objective.kl/mse with trained weights needs the teacher loaded from model.path");
     teacher_ = load_pretrained(r_.model.path, model_load_options(r_));
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
   }
@@ -168,12 +222,11 @@ std::unique_ptr<torch::optim::AdamW> Job::make_optimizer(bool stage1) {
     groups.emplace_back(std::vector<at::Tensor>{constraint_->lambda1, constraint_->lambda2},
                         options(r_.optimizer.lambda_lr, 0.0));
   }
-  return std::make_unique<torch::optim::AdamW>(groups, AdamWOptions(r_.optimizer.lr));
+  return std::make_unique<FusedAdamW>(groups, AdamWOptions(r_.optimizer.lr));
 }
 
-json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer,
-               BatchStream& data) {
-  const auto start = std::chrono::steady_clock::now();
+StepStats Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer,
+                    BatchStream& data) {
   const bool stage1 = stage == 1;
   const bool train_weights = stage1 ? r_.train.mode == "full" : true;
   const double base_lr = stage1 ? r_.optimizer.lr : r_.recover.lr;
@@ -184,12 +237,14 @@ json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::opt
 
   optimizer.zero_grad();
   model_->zero_grad();
-  LossTerms sum;
-  ConstraintTerms constraint;
+  StepStats stats;
+  stats.stage = stage;
+  stats.lr = train_weights ? lr : 0.0;
   const int64_t accumulation = r_.optimizer.accumulation;
   for (int64_t micro = 0; micro < accumulation; ++micro) {
     Batch batch = data.next();
-    at::Tensor tokens = batch.tokens.to(model_->device());
+    at::Tensor tokens = to_device_async(batch.tokens, model_->device());
+    at::Tensor ce_mask = to_device_async(batch.ce_mask, model_->device());
     if (stage1) gates_->apply(model_, gates_->sample(generator_));
     at::Tensor teacher_logits, teacher_hidden;
     if (r_.objective.needs_teacher()) {
@@ -204,17 +259,20 @@ json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::opt
       }
     }
     at::Tensor hidden = model_->hidden_states(tokens);
-    LossTerms terms = compute_objective(r_.objective, tokens, batch.ce_mask, model_->logits(hidden), hidden,
+    LossTerms terms = compute_objective(r_.objective, tokens, ce_mask, model_->logits(hidden), hidden,
                                         teacher_logits, teacher_hidden);
-    at::Tensor loss = terms.total;
+    (terms.total / static_cast<double>(accumulation)).backward();
     if (stage1) {
-      constraint = constraint_->evaluate(*gates_, step_in_stage);
-      loss = loss + constraint.penalty.to(loss.device());
+      // The constraint lives with the gates on the host: its own backward, no device transfer.
+      stats.constraint = constraint_->evaluate(*gates_, step_in_stage);
+      (stats.constraint.penalty / static_cast<double>(accumulation)).backward();
     }
-    (loss / static_cast<double>(accumulation)).backward();
-    sum.ce += terms.ce / accumulation;
-    sum.kl += terms.kl / accumulation;
-    sum.mse += terms.mse / accumulation;
+    const auto add = [&](at::Tensor& sum, const at::Tensor& term) {
+      sum = sum.defined() ? sum + term / accumulation : term / accumulation;
+    };
+    add(stats.ce, terms.ce);
+    add(stats.kl, terms.kl);
+    add(stats.mse, terms.mse);
   }
   if (stage1) constraint_->ascend_lambdas();
   if (train_weights) grads_to_masters();
@@ -227,18 +285,20 @@ json Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::opt
   optimizer.step();
   if (train_weights) masters_to_weights();
   if (stage1) gates_->clamp_log_alpha();
+  return stats;
+}
 
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  json record = {{"stage", stage},
-                 {"ce", sum.ce},
-                 {"kl", sum.kl},
-                 {"mse", sum.mse},
-                 {"lr", train_weights ? lr : 0.0},
-                 {"tokens_per_s", tokens_per_step_ / std::max(seconds, 1e-9)}};
-  if (stage1) {
-    record["s_hat"] = constraint.s_hat.item<double>();
-    record["target"] = constraint.target;
-    record["penalty"] = constraint.penalty.item<double>();
+json Job::metrics_record(const StepStats& stats) const {
+  // Reading the losses waits for the device: done only at logging steps.
+  json record = {{"stage", stats.stage},
+                 {"ce", stats.ce.item<double>()},
+                 {"kl", stats.kl.item<double>()},
+                 {"mse", stats.mse.item<double>()},
+                 {"lr", stats.lr}};
+  if (stats.stage == 1) {
+    record["s_hat"] = stats.constraint.s_hat.item<double>();
+    record["target"] = stats.constraint.target;
+    record["penalty"] = stats.constraint.penalty.item<double>();
     record["lambda1"] = tensor_to_json(constraint_->lambda1);
     record["lambda2"] = tensor_to_json(constraint_->lambda2);
     record["gate_lr"] = r_.optimizer.gate_lr;
@@ -334,6 +394,22 @@ void Job::write_gates_json(const TrainOutcome& o) {
   out.commit();
 }
 
+void Job::prepare() {
+  load_models();
+  set_weights_trainable(r_.train.mode == "full");
+  // bf16 weights train through fp32 master copies: AdamW's moments and updates stay in fp32
+  // (a bf16 update of a small learning rate would round to nothing).
+  if (weights_trained() && model_->dtype() != at::kFloat)
+    for (const auto& p : model_->parameters())
+      master_weights_.push_back(p.detach().to(at::kFloat).clone().requires_grad_(true));
+  tokens_per_step_ = r_.data.batch_size * r_.data.seq_len * r_.optimizer.accumulation;
+}
+
+std::unique_ptr<torch::optim::AdamW> Job::begin_recovery() {
+  set_weights_trainable(true);
+  return make_optimizer(/*stage1=*/false);
+}
+
 TrainOutcome Job::run() {
   CONSA_CHECK(control_.resume || control_.overwrite || !fs::exists(checkpoint_path()), dir_,
               ": holds an earlier run (checkpoint.pt); pass --resume to continue it, --overwrite to replace it, "
@@ -344,14 +420,8 @@ TrainOutcome Job::run() {
     out.stream() << recipe_to_yaml(original_);
     out.commit();
   }
-  load_models();
-  set_weights_trainable(r_.train.mode == "full");
-  if (weights_trained() && model_->dtype() != at::kFloat)
-    for (const auto& p : model_->parameters())
-      master_weights_.push_back(p.detach().to(at::kFloat).clone().requires_grad_(true));
-  tokens_per_step_ = r_.data.batch_size * r_.data.seq_len * r_.optimizer.accumulation;
-  const int64_t vocab = model_->config().vocab_size;
-  BatchStream data(r_.data, vocab, min_distance(), Split::Train);
+  prepare();
+  BatchStream data = training_data();
   auto optimizer = make_optimizer(/*stage1=*/true);
 
   int stage = 1;
@@ -376,17 +446,24 @@ TrainOutcome Job::run() {
     stage = 2;
   } else if (stage == 1) {
     Progress progress("stage 1 (gates)", r_.train.steps, r_.train.log_every);
+    IntervalThroughput throughput(tokens_per_step_, start);
+    std::string status;  // the last logged losses
     for (int64_t s = start; s < r_.train.steps; ++s) {
-      json m = step(1, s, r_.train.steps, *optimizer, data);
+      const StepStats stats = step(1, s, r_.train.steps, *optimizer, data);
       ++steps_this_process_;
       const int64_t done = s + 1;
-      if (done % r_.train.log_every == 0 || done == r_.train.steps) record(m, done);
+      if (done % r_.train.log_every == 0 || done == r_.train.steps) {
+        json m = metrics_record(stats);  // waits for the device
+        m["tokens_per_s"] = throughput.tokens_per_s(done);
+        record(m, done);
+        std::ostringstream line;
+        line << "ce " << m["ce"].get<double>() << " s_hat " << m["s_hat"].get<double>() << " t "
+             << m["target"].get<double>();
+        status = line.str();
+      }
       if (done % r_.train.keep_prob_every == 0 || done == r_.train.steps)
         record({{"stage", 1}, {"keep_prob", tensor_to_json(gates_->prob_nonzero())}}, done);
-      std::ostringstream status;
-      status << "ce " << m["ce"].get<double>() << " s_hat " << m["s_hat"].get<double>() << " t "
-             << m["target"].get<double>();
-      progress.update(done, status.str());
+      progress.update(done, status);
       if (done % r_.train.checkpoint_every == 0 || done == r_.train.steps || should_stop())
         save_checkpoint(1, done, *optimizer, data);
       if (should_stop() && done < total_steps) {
@@ -395,9 +472,9 @@ TrainOutcome Job::run() {
       }
     }
     ConstraintTerms final_terms = constraint_->evaluate(*gates_, r_.train.steps);
-    std::ostringstream status;
-    status << "s_hat " << final_terms.s_hat.item<double>() << " (target " << r_.constraint.target << ")";
-    progress.finish(status.str());
+    std::ostringstream summary;
+    summary << "s_hat " << final_terms.s_hat.item<double>() << " (target " << r_.constraint.target << ")";
+    progress.finish(summary.str());
     stage = 2;
     start = 0;
   }
@@ -426,8 +503,7 @@ TrainOutcome Job::run() {
     // Stage 2: the assignment is frozen; weights train.
     remove_gates(model_);
     assignment.apply(model_);
-    set_weights_trainable(true);
-    auto recover_optimizer = make_optimizer(/*stage1=*/false);
+    auto recover_optimizer = begin_recovery();
     if (control_.resume && start > 0) {
       torch::serialize::InputArchive archive, optimizer_archive;
       archive.load_from(checkpoint_path());
@@ -435,14 +511,19 @@ TrainOutcome Job::run() {
       recover_optimizer->load(optimizer_archive);
     }
     Progress progress(dense() ? "dense" : "stage 2 (recover)", r_.recover.steps, r_.train.log_every);
+    IntervalThroughput throughput(tokens_per_step_, start);
+    std::string status;
     for (int64_t s = start; s < r_.recover.steps; ++s) {
-      json m = step(2, s, r_.recover.steps, *recover_optimizer, data);
+      const StepStats stats = step(2, s, r_.recover.steps, *recover_optimizer, data);
       ++steps_this_process_;
       const int64_t done = s + 1;
-      if (done % r_.train.log_every == 0 || done == r_.recover.steps) record(m, r_.train.steps + done);
-      std::ostringstream status;
-      status << "ce " << m["ce"].get<double>();
-      progress.update(done, status.str());
+      if (done % r_.train.log_every == 0 || done == r_.recover.steps) {
+        json m = metrics_record(stats);  // waits for the device
+        m["tokens_per_s"] = throughput.tokens_per_s(done);
+        record(m, r_.train.steps + done);
+        status = "ce " + std::to_string(m["ce"].get<double>());
+      }
+      progress.update(done, status);
       if (done % r_.train.checkpoint_every == 0 || done == r_.recover.steps || should_stop())
         save_checkpoint(2, done, *recover_optimizer, data);
       if (should_stop() && done < r_.recover.steps) {
@@ -474,6 +555,33 @@ LoadOptions model_load_options(const Recipe& r) {
   load.device = at::Device(r.model.device);
   load.attention = parse_attention_impl(r.model.attention);
   return load;
+}
+
+struct TrainStepper::State {
+  State(const Recipe& recipe, CausalLM model, int stage)
+      : job(recipe, TrainControl{}, std::move(model)),
+        stage(stage),
+        stage_steps(stage == 1 || recipe.train.mode == "dense" ? recipe.train.steps : recipe.recover.steps) {}
+  Job job;
+  int stage;
+  int64_t stage_steps;  // the learning-rate schedule's length
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<BatchStream> data;
+  int64_t steps_done = 0;
+};
+
+TrainStepper::TrainStepper(const Recipe& recipe, CausalLM model, int stage)
+    : state_(std::make_unique<State>(recipe, std::move(model), stage)) {
+  CONSA_CHECK(stage == 1 || stage == 2, "TrainStepper: stage must be 1 or 2, got ", stage);
+  state_->job.prepare();
+  state_->optimizer = stage == 1 ? state_->job.make_optimizer(/*stage1=*/true) : state_->job.begin_recovery();
+  state_->data = std::make_unique<BatchStream>(state_->job.training_data());
+}
+
+TrainStepper::~TrainStepper() = default;
+
+void TrainStepper::step() {
+  state_->job.step(state_->stage, state_->steps_done++, state_->stage_steps, *state_->optimizer, *state_->data);
 }
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control) {

@@ -19,8 +19,36 @@ std::pair<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at:
                                                   const at::Tensor& v, double scale,
                                                   int64_t window_left);
 
+// Causal attention with queries and keys at the same positions, through PyTorch's
+// scaled_dot_product_attention dispatcher, which picks its fastest fused kernel (cuDNN on Hopper,
+// about twice flash's speed there). q [B, L, Hq, D], k/v [B, L, Hkv, D] (GQA native); returns
+// [B, L, Hq, D]. LibTorch >= 2.5 (enable_gqa); throws elsewhere.
+at::Tensor fused_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+constexpr bool fused_causal_attention_compiled() { return CONSA_TORCH_AT_LEAST(2, 5); }
+
+// AdamW's update of many parameters in one multi-tensor kernel (at::_fused_adamw_, CUDA fp32,
+// LibTorch >= 2.1): decoupled weight decay, no amsgrad; `steps` holds each parameter's step
+// count (after this step) as a float scalar on the device. Throws elsewhere.
+void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 at::TensorList steps, double lr, double beta1, double beta2, double weight_decay, double eps);
+constexpr bool fused_adamw_compiled() { return CONSA_TORCH_AT_LEAST(2, 1); }
+
 // Whether this build of LibTorch can run at::_flash_attention_forward at all.
 constexpr bool flash_attention_compiled() { return CONSA_HAS_FLASH_ATTENTION; }
+
+// Peak bytes held by tensors on `device` since the last reset (CUDA's caching allocator), and
+// the reset. -1 where unknown: CPU devices, or a build without CUDA.
+int64_t peak_device_memory(at::Device device);
+void reset_peak_device_memory(at::Device device);
+
+// While on, any LibTorch call that waits for the CUDA device (.item(), a blocking copy, a stream
+// synchronisation) throws instead. CUDA builds only; a no-op elsewhere.
+void set_device_sync_errors(bool on);
+
+// A Chrome trace of CPU operators and CUDA kernels between start_trace and stop_trace (Kineto;
+// CUDA builds only, throws elsewhere). For finding where a step's time goes.
+void start_trace();
+void stop_trace(const std::string& path);
 
 // Human-readable LibTorch version, e.g. "1.13.0".
 std::string torch_version();

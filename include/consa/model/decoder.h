@@ -39,6 +39,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   // The gated mix; the FA or SWA branch is skipped for KV groups whose gates are all exactly 0
   // or all exactly 1 (hard-concrete samples often are).
   at::Tensor attend_gated(const ProjectedQKV& qkv) const;
+  // Gated mode with per-query-head weights `weights` (host or device) whose values on the host
+  // are `on_host` (may be undefined when `weights` is on the host); undefined weights end it.
+  void set_gate_weights(at::Tensor weights, at::Tensor on_host = {});
 
   int64_t num_heads, num_kv_heads, head_dim;
   double scale;
@@ -46,7 +49,10 @@ class SelfAttentionImpl : public torch::nn::Module {
   std::vector<AttentionSpan> group_spans;
   // Gated mode (set by AttentionGates::apply): when defined, every query head h outputs
   // fa_weight[h] * FA + (1 - fa_weight[h]) * SWA(swa_span), and group_spans is not used.
-  at::Tensor fa_weight;  // [num_heads]
+  at::Tensor fa_weight;  // [num_heads], on the host or the model's device
+  // fa_weight's values on the host when fa_weight lives on the device: they decide which
+  // branches run without reading the device. Set together with fa_weight by set_gate_weights.
+  at::Tensor fa_weight_on_host;
   AttentionSpan swa_span;
   // Set by hard-concrete gates, whose clamp gives a gate at exactly 0 or 1 no gradient: the
   // branch its weight zeroes can then be skipped even while the gates train.
@@ -123,7 +129,7 @@ class DenseView {
 
  private:
   struct Saved {
-    at::Tensor fa_weight;
+    at::Tensor fa_weight, fa_weight_on_host;
     std::vector<AttentionSpan> group_spans;
     AttentionSpan swa_span;
   };

@@ -14,8 +14,8 @@ struct ObjectiveWeights {
 };
 
 struct LossTerms {
-  at::Tensor total;  // differentiable scalar
-  double ce = 0, kl = 0, mse = 0;
+  at::Tensor total;         // differentiable scalar
+  at::Tensor ce, kl, mse;   // detached fp32 scalars on the logits' device; zero when unweighted
 };
 
 // tokens [B, L]; ce_mask [B, L-1]; logits [B, L, V]; hidden [B, L, H]. Teacher tensors may be
@@ -24,7 +24,7 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
                             const at::Tensor& logits, const at::Tensor& hidden,
                             const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden);
 
-// Masked mean next-token cross-entropy (fp32).
+// Masked mean next-token cross-entropy (fp32). Reads nothing back from the device.
 at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& mask);
 
 }  // namespace consa

@@ -9,6 +9,8 @@
 // format) when weights were trained.
 #include <ATen/ATen.h>
 
+#include <memory>
+
 #include "consa/load/pretrained.h"
 #include "consa/train/recipe.h"
 
@@ -32,6 +34,24 @@ struct TrainOutcome {
 };
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control = {});
+
+// The optimizer step of `consa train` on a model already in memory, without the job around it
+// (no files, checkpoints or progress): what `consa bench train` times. Stage 1 samples and trains
+// the recipe's gates (train.mode says whether weights train too); stage 2 trains the weights under
+// whatever assignment `model` already has (Assignment::apply), or dense when it has none.
+class TrainStepper {
+ public:
+  TrainStepper(const Recipe& recipe, CausalLM model, int stage);
+  ~TrainStepper();
+  // One optimizer step on the recipe's next batch. Queues device work and returns without waiting
+  // for the device, except in stage 1, whose host-side gates need their gradient and the clip
+  // scale back (two waits per step).
+  void step();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // How the recipe's model section loads the checkpoint (dtype, device, attention backend).
 LoadOptions model_load_options(const Recipe& recipe);

@@ -1,0 +1,254 @@
+// consa bench train: step time, tokens/s, model FLOP utilisation and peak memory of the
+// training step `consa train` runs (TrainStepper), for dense, gated (stage 1) and hard-assignment
+// (stage 2) training at several sequence lengths, on random weights of a real model's shape.
+#include <ATen/core/grad_mode.h>
+
+#include <cxxopts.hpp>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "bench.h"
+#include "commands.h"
+#include "consa/core/atomic_file.h"
+#include "consa/core/dtype.h"
+#include "consa/core/error.h"
+#include "consa/core/torch_compat.h"
+#include "consa/gate/attention_gates.h"
+#include "consa/train/trainer.h"
+
+namespace consa::cli {
+
+namespace {
+
+// What is timed. Dense and hard train the weights only (stage 2); gated trains weights and gates
+// together (stage 1, train.mode full); gates trains the gates with frozen weights (stage 1, the
+// default train.mode).
+enum class BenchMode { Dense, Gated, GatesOnly, Hard };
+
+BenchMode parse_bench_mode(const std::string& name) {
+  if (name == "dense") return BenchMode::Dense;
+  if (name == "gated") return BenchMode::Gated;
+  if (name == "gates") return BenchMode::GatesOnly;
+  if (name == "hard") return BenchMode::Hard;
+  fail("--modes: '", name, "' is not a mode; choose from dense, gated, gates, hard");
+}
+
+const char* bench_mode_name(BenchMode mode) {
+  switch (mode) {
+    case BenchMode::Dense: return "dense";
+    case BenchMode::Gated: return "gated";
+    case BenchMode::GatesOnly: return "gates";
+    case BenchMode::Hard: return "hard";
+  }
+  return "?";
+}
+
+// Sum over the queries of one sequence of length L of the keys each sees: L(L+1)/2 under full
+// causal attention, sum_i min(i + 1, W) under a window of W.
+double visible_key_pairs(int64_t length, const AttentionSpan& span) {
+  const double l = static_cast<double>(length);
+  if (span.is_full() || span.window >= length) return l * (l + 1) / 2;
+  const double w = static_cast<double>(span.window);
+  return w * (w + 1) / 2 + (l - w) * w;
+}
+
+// Model FLOPs of one training step (forward + backward = 3x forward):
+//   6 * N * tokens                                  (every parameter in one matmul per token)
+// + 3 * 4 * head_dim * sum over layers, query heads and sequences of visible (query, key) pairs
+//                                                   (QK^T and PV, 2 FLOPs per multiply-add).
+// N counts the tied embedding once, as lm_head's matmul. Dense and gated steps count full
+// attention everywhere (the dense model's FLOPs: the gated step's extra SWA branch is overhead);
+// the hard step counts each KV group under its own span.
+double step_flops(CausalLM& model, int64_t batch, int64_t length) {
+  const ModelConfig& c = model->config();
+  double attention_pairs = 0;
+  const int64_t group = c.num_heads / c.num_kv_heads;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (const AttentionSpan& span : model->attention(l).group_spans)
+      attention_pairs += group * visible_key_pairs(length, span);
+  const double tokens = static_cast<double>(batch * length);
+  return 6.0 * static_cast<double>(model->parameter_count()) * tokens +
+         12.0 * static_cast<double>(c.head_dim) * attention_pairs * static_cast<double>(batch);
+}
+
+struct TrainBenchSettings {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kBFloat16;
+  AttentionSpan swa;
+  double sparsity = 0.75;  // hard: fraction of KV heads on SWA; gated: the constraint's target
+  bool checkpointing = true;
+  int64_t warmup = 2, steps = 5, repeats = 3;
+  std::string attention = "auto";
+  std::string trace_dir;  // when set: a Chrome trace of one more step per configuration
+};
+
+Recipe bench_recipe(const TrainBenchSettings& s, BenchMode mode, int64_t length, int64_t batch) {
+  Recipe r;
+  r.source = "consa bench train";
+  r.model.dtype = dtype_name(s.dtype);
+  r.model.device = s.device.str();
+  r.model.attention = s.attention;
+  r.gates.unit = GateUnit::KvHead;
+  r.gates.swa = s.swa;
+  r.constraint.target = s.sparsity;
+  r.data.seq_len = length;
+  r.data.batch_size = batch;
+  r.data.heldout_batches = 0;
+  r.schedule.kind = "constant";
+  r.train.gradient_checkpointing = s.checkpointing;
+  r.train.steps = r.recover.steps = s.warmup + s.steps * s.repeats;
+  r.train.mode = mode == BenchMode::Dense ? "dense" : mode == BenchMode::GatesOnly ? "gates" : "full";
+  return r;
+}
+
+struct TrainBenchResult {
+  double step_seconds = 0;  // median over repeats of the mean step time
+  std::vector<double> repeat_step_seconds;
+  double flops = 0;
+  int64_t peak_bytes = -1;
+};
+
+TrainBenchResult time_training(CausalLM& model, const std::string& shape, const TrainBenchSettings& s,
+                               BenchMode mode, int64_t length, int64_t batch) {
+  // Every mode starts from plain spans: all full attention, or the hard assignment.
+  remove_gates(model);
+  uniform_assignment(model, s.swa, mode == BenchMode::Hard ? s.sparsity : 0.0).apply(model);
+  TrainBenchResult result;
+  result.flops = step_flops(model, batch, length);
+  const int stage = mode == BenchMode::Gated || mode == BenchMode::GatesOnly ? 1 : 2;
+  {
+    TrainStepper stepper(bench_recipe(s, mode, length, batch), model, stage);
+    for (int64_t i = 0; i < s.warmup; ++i) stepper.step();
+    wait_for_device(s.device);
+    compat::reset_peak_device_memory(s.device);
+    for (int64_t r = 0; r < s.repeats; ++r) {
+      const auto start = Clock::now();
+      for (int64_t i = 0; i < s.steps; ++i) stepper.step();
+      wait_for_device(s.device);
+      result.repeat_step_seconds.push_back(seconds_since(start) / static_cast<double>(s.steps));
+    }
+    result.peak_bytes = compat::peak_device_memory(s.device);
+    if (!s.trace_dir.empty()) {
+      compat::start_trace();
+      stepper.step();
+      wait_for_device(s.device);
+      compat::stop_trace(s.trace_dir + "/" + shape + "_" + std::to_string(length) + "_" +
+                         bench_mode_name(mode) + ".json");
+    }
+  }
+  remove_gates(model);
+  for (auto& p : model->parameters()) {
+    p.mutable_grad() = at::Tensor();
+    p.set_requires_grad(false);
+  }
+  result.step_seconds = median(result.repeat_step_seconds);
+  return result;
+}
+
+}  // namespace
+
+int bench_train(int argc, char** argv) {
+  cxxopts::Options options(
+      "consa bench train",
+      "Step time, tokens/s, MFU and peak memory of consa's training step on random weights:\n"
+      "  dense  weights train, full attention everywhere\n"
+      "  gated  stage 1 with train.mode full: gates and weights train, FA/SWA mixed per KV group\n"
+      "  gates  stage 1 with train.mode gates: gates train, weights frozen\n"
+      "  hard   stage 2: weights train under a fixed assignment, --sparsity of the KV heads on SWA\n"
+      "MFU = (6 N tokens + 12 head_dim sum of visible query-key pairs) / step time / --peak-tflops.");
+  options.add_options()
+      ("shapes", "qwen3-0.6b, qwen3-1.7b, tiny", cxxopts::value<std::string>()->default_value("qwen3-0.6b,qwen3-1.7b"))
+      ("seq-lens", "sequence lengths", cxxopts::value<std::string>()->default_value("2048,8192,16384"))
+      ("modes", "dense, gated, gates, hard", cxxopts::value<std::string>()->default_value("dense,gated,hard"))
+      ("tokens-per-step", "batch = max(1, this / sequence length)", cxxopts::value<int64_t>()->default_value("16384"))
+      ("sparsity", "hard: fraction of KV heads on SWA; gated: the constraint target", cxxopts::value<double>()->default_value("0.75"))
+      ("window", "sliding window W", cxxopts::value<int64_t>()->default_value("1024"))
+      ("checkpointing", "per-layer gradient checkpointing (--checkpointing=false turns it off)", cxxopts::value<bool>()->default_value("true"))
+      ("trace", "write a Chrome trace (CUDA kernels and operators) of one extra step per configuration into this folder", cxxopts::value<std::string>())
+      ("attention", "auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
+      ("warmup", "untimed steps first", cxxopts::value<int64_t>()->default_value("2"))
+      ("steps", "steps per timed repeat", cxxopts::value<int64_t>()->default_value("5"))
+      ("repeats", "timed repeats (median)", cxxopts::value<int64_t>()->default_value("3"))
+      ("peak-tflops", "the device's peak dense bf16 TFLOP/s, for MFU (H200 SXM: 989)", cxxopts::value<double>()->default_value("989"))
+      ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cuda"))
+      ("dtype", "bfloat16, float16, float32", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("out", "write the results as JSON here", cxxopts::value<std::string>())
+      ("h,help", "show this help");
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  TrainBenchSettings s;
+  s.device = parse_device(args["device"].as<std::string>());
+  s.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
+  s.swa = AttentionSpan::sliding(args["window"].as<int64_t>());
+  s.sparsity = args["sparsity"].as<double>();
+  s.checkpointing = args["checkpointing"].as<bool>();
+  s.attention = args["attention"].as<std::string>();
+  parse_attention_impl(s.attention);
+  if (args.count("trace")) s.trace_dir = args["trace"].as<std::string>();
+  s.warmup = args["warmup"].as<int64_t>();
+  s.steps = args["steps"].as<int64_t>();
+  s.repeats = args["repeats"].as<int64_t>();
+  const int64_t tokens_per_step = args["tokens-per-step"].as<int64_t>();
+  const double peak_flops = args["peak-tflops"].as<double>() * 1e12;
+  CONSA_CHECK(s.swa.window > 0, "--window must be > 0, got ", s.swa.window);
+  CONSA_CHECK(s.sparsity >= 0 && s.sparsity <= 1, "--sparsity must be in [0, 1], got ", s.sparsity);
+  CONSA_CHECK(s.warmup >= 0 && s.steps > 0 && s.repeats > 0 && tokens_per_step > 0,
+              "--warmup must be >= 0; --steps, --repeats and --tokens-per-step > 0");
+  CONSA_CHECK(peak_flops > 0, "--peak-tflops must be > 0");
+  std::vector<BenchMode> modes;
+  for (const std::string& m : parse_name_list(args["modes"].as<std::string>())) modes.push_back(parse_bench_mode(m));
+
+  std::cout << dtype_name(s.dtype) << " on " << s.device.str() << ", window " << s.swa.window << ", sparsity "
+            << s.sparsity << ", gradient checkpointing " << (s.checkpointing ? "on" : "off") << ", "
+            << s.repeats << " x " << s.steps << " timed steps after " << s.warmup << "\n\n"
+            << "shape        seq_len  batch  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense\n";
+  nlohmann::json results = nlohmann::json::array();
+  for (const std::string& shape : parse_name_list(args["shapes"].as<std::string>())) {
+    CausalLM model = random_model(shape_config(shape), s.device, s.dtype);
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+    for (double length_value : parse_number_list(args["seq-lens"].as<std::string>(), "--seq-lens")) {
+      const int64_t length = static_cast<int64_t>(length_value);
+      const int64_t batch = std::max<int64_t>(1, tokens_per_step / length);
+      double dense_seconds = 0;
+      for (BenchMode mode : modes) {
+        const TrainBenchResult r = time_training(model, shape, s, mode, length, batch);
+        if (mode == BenchMode::Dense) dense_seconds = r.step_seconds;
+        const double tokens_per_s = static_cast<double>(batch * length) / r.step_seconds;
+        const double tflops = r.flops / r.step_seconds / 1e12;
+        const double mfu = r.flops / r.step_seconds / peak_flops;
+        std::ostringstream peak, ratio;
+        if (r.peak_bytes >= 0) peak << std::fixed << std::setprecision(2) << static_cast<double>(r.peak_bytes) / (1 << 30);
+        else peak << "-";
+        if (dense_seconds > 0) ratio << std::fixed << std::setprecision(3) << r.step_seconds / dense_seconds;
+        else ratio << "-";
+        std::cout << std::left << std::setw(13) << shape << std::right << std::setw(7) << length << std::setw(7)
+                  << batch << "  " << std::left << std::setw(6) << bench_mode_name(mode) << std::right << std::fixed
+                  << std::setprecision(1) << std::setw(9) << 1e3 * r.step_seconds << std::setprecision(0)
+                  << std::setw(11) << tokens_per_s << std::setprecision(1) << std::setw(9) << tflops
+                  << std::setprecision(3) << std::setw(7) << mfu << std::setw(10) << peak.str()
+                  << std::setw(10) << ratio.str() << "\n"
+                  << std::flush;
+        nlohmann::json row = {{"shape", shape}, {"seq_len", length}, {"batch", batch},
+                              {"mode", bench_mode_name(mode)}, {"step_ms", 1e3 * r.step_seconds},
+                              {"repeat_step_ms", nlohmann::json::array()}, {"tokens_per_s", tokens_per_s},
+                              {"model_flops_per_step", r.flops}, {"tflops", tflops}, {"mfu", mfu},
+                              {"peak_bytes", r.peak_bytes}};
+        for (double t : r.repeat_step_seconds) row["repeat_step_ms"].push_back(1e3 * t);
+        if (dense_seconds > 0) row["step_vs_dense"] = r.step_seconds / dense_seconds;
+        results.push_back(row);
+      }
+    }
+  }
+  if (args.count("out")) {
+    const nlohmann::json report = {{"device", s.device.str()}, {"dtype", dtype_name(s.dtype)},
+                                   {"window", s.swa.window}, {"sparsity", s.sparsity},
+                                   {"checkpointing", s.checkpointing}, {"attention", s.attention},
+                                   {"peak_tflops", peak_flops / 1e12}, {"tokens_per_step", tokens_per_step},
+                                   {"results", results}};
+    write_file_atomically(args["out"].as<std::string>(), report.dump(2) + "\n");
+  }
+  return 0;
+}
+
+}  // namespace consa::cli
