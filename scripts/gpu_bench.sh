@@ -6,26 +6,31 @@
 #   train      consa bench train: dense / gated / hard steps at 2K, 8K, 16K, Qwen3-0.6B and 1.7B
 #   reference  scripts/reference_train_step.py: the same dense and gated steps in eager PyTorch
 #   decode     consa bench decode: prefill/decode speed and KV bytes at 4K and 32K, rho 0/0.5/0.75
-# and joins them into report.md with the goals (scripts/bench_report.py). TRAIN_ARGS and
-# REFERENCE_ARGS add options (e.g. "--shapes qwen3-0.6b --seq-lens 8192").
+# and joins the JSON in $OUT into report.md with the goals (scripts/bench_report.py); parts run
+# in earlier invocations with the same $OUT are joined too. TRAIN_ARGS and
+# REFERENCE_ARGS add options (e.g. "--shapes qwen3-0.6b --seq-lens 8192"); CONSA=path/to/consa
+# skips the build.
 set -euo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 PARTS=${PARTS:-train reference decode}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 REFERENCE_ARGS=${REFERENCE_ARGS:-}
 mkdir -p "$OUT"
-bash scripts/build_gpu.sh
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/bench.txt"
+if [ -z "${CONSA:-}" ]; then
+  bash scripts/build_gpu.sh
+  CONSA=build-gpu/consa
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi"; } | tee "$OUT/bench.txt"
 for part in $PARTS; do
   case $part in
     train)
       # shellcheck disable=SC2086
-      build-gpu/consa bench train $TRAIN_ARGS --out "$OUT/train.json" | tee -a "$OUT/bench.txt" ;;
+      "$CONSA" bench train $TRAIN_ARGS --out "$OUT/train.json" | tee -a "$OUT/bench.txt" ;;
     reference)
       # shellcheck disable=SC2086
       python3 scripts/reference_train_step.py $REFERENCE_ARGS --out "$OUT/reference.json" | tee -a "$OUT/bench.txt" ;;
     decode)
-      build-gpu/consa bench decode --shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1 \
+      "$CONSA" bench decode --shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1 \
         --out "$OUT/decode.json" | tee -a "$OUT/bench.txt" ;;
     *) echo "gpu_bench.sh: unknown part '$part' (train, reference, decode)" >&2; exit 2 ;;
   esac

@@ -61,19 +61,24 @@ at::Tensor grouped_output(const at::Tensor& probs, const at::Tensor& v) {
   return out.reshape({b, hkv * rep, lq, v.size(3)}).transpose(1, 2);
 }
 
+// Masked softmax attention of q against k/v, where key c sits at position key_pos[c] and query r
+// at position query_pos[r]; softmax in (at least) fp32, as Hugging Face's eager attention does.
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& visible,
+                            double scale) {
+  at::Tensor scores = grouped_scores(q, k, scale);
+  scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+  const at::ScalarType softmax_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor probs = at::softmax(scores, -1, softmax_dtype).to(q.scalar_type());
+  return grouped_output(probs, v);
+}
+
 class MathAttention : public AttentionBackend {
  public:
   std::string name() const override { return "math"; }
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const AttentionSpan& span, double scale) const override {
     check_shapes(q, k, v);
-    at::Tensor scores = grouped_scores(q, k, scale);
-    at::Tensor visible = visibility_mask(q.size(1), k.size(1), span, q.device());
-    scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
-    // Softmax in (at least) fp32 and back, as Hugging Face's eager attention does.
-    const at::ScalarType softmax_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    at::Tensor probs = at::softmax(scores, -1, softmax_dtype).to(q.scalar_type());
-    return grouped_output(probs, v);
+    return masked_attention(q, k, v, visibility_mask(q.size(1), k.size(1), span, q.device()), scale);
   }
 };
 
@@ -89,6 +94,9 @@ class FlashAttention : public AttentionBackend {
     // twice flash's speed); windows and decoding (fewer queries than keys) stay on flash.
     if (span.is_full() && q.size(1) == k.size(1) && compat::fused_causal_attention_compiled())
       return compat::fused_causal_attention(q, k, v, scale);
+    if (!span.is_full() && span.sinks > 0 && at::GradMode::is_enabled() &&
+        (q.requires_grad() || k.requires_grad() || v.requires_grad()))
+      return blocked_window_attention(q, k, v, span, scale);  // flash cannot differentiate the sinks' merge
     const int64_t window_left = span.is_full() ? -1 : span.window - 1;
     auto [out, lse] =
         compat::flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale, window_left);
@@ -99,14 +107,10 @@ class FlashAttention : public AttentionBackend {
  private:
   // Adds the sink keys that lie left of the window: a [Lq, S] softmax block merged with the
   // window's output through their log-sum-exps. Flash does not differentiate its log-sum-exp,
-  // so this path is forward-only.
+  // so this path is forward-only; training goes through blocked_window_attention.
   static at::Tensor merge_sinks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const AttentionSpan& span, double scale, const at::Tensor& out,
                                 const at::Tensor& lse) {
-    CONSA_CHECK(!(at::GradMode::is_enabled() &&
-                  (q.requires_grad() || k.requires_grad() || v.requires_grad())),
-                "attention backend flash: sinks (S=", span.sinks,
-                ") are supported for inference only; use the math backend to train with sinks");
     const int64_t lq = q.size(1), lk = k.size(1), s = std::min(span.sinks, lk);
     at::Tensor ks = k.narrow(1, 0, s), vs = v.narrow(1, 0, s);
     at::Tensor scores = grouped_scores(q.to(at::kFloat), ks.to(at::kFloat), scale);
@@ -131,8 +135,7 @@ class AutoAttention : public AttentionBackend {
   std::string name() const override { return "auto"; }
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const AttentionSpan& span, double scale) const override {
-    const bool flash_ok = flash_attention_unsupported_reason(q).empty() &&
-                          !(span.sinks > 0 && !span.is_full() && at::GradMode::is_enabled());
+    const bool flash_ok = flash_attention_unsupported_reason(q).empty();
     return flash_ok ? flash_.attend(q, k, v, span, scale) : math_.attend(q, k, v, span, scale);
   }
 
@@ -142,6 +145,28 @@ class AutoAttention : public AttentionBackend {
 };
 
 }  // namespace
+
+at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const AttentionSpan& span, double scale, int64_t block) {
+  check_shapes(q, k, v);
+  CONSA_CHECK(!span.is_full() && block > 0, "blocked_window_attention: needs a window and a block > 0");
+  const int64_t lq = q.size(1), lk = k.size(1), offset = lk - lq;
+  auto positions = at::TensorOptions().dtype(at::kLong).device(q.device());
+  std::vector<at::Tensor> outputs;
+  for (int64_t start = 0; start < lq; start += block) {
+    const int64_t n = std::min(block, lq - start);
+    const int64_t first = offset + start, end = first + n;  // query positions [first, end)
+    const int64_t window_begin = std::max<int64_t>(0, first - span.window + 1);
+    const int64_t sinks = std::min(span.sinks, window_begin);  // sinks inside the range come with it
+    at::Tensor keys = at::cat({k.narrow(1, 0, sinks), k.narrow(1, window_begin, end - window_begin)}, 1);
+    at::Tensor values = at::cat({v.narrow(1, 0, sinks), v.narrow(1, window_begin, end - window_begin)}, 1);
+    at::Tensor j = at::cat({at::arange(0, sinks, positions), at::arange(window_begin, end, positions)}).unsqueeze(0);
+    at::Tensor i = at::arange(first, end, positions).unsqueeze(1);
+    at::Tensor visible = (j <= i) & ((j > i - span.window) | (j < span.sinks));
+    outputs.push_back(masked_attention(q.narrow(1, start, n), keys, values, visible, scale));
+  }
+  return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 1);
+}
 
 std::string flash_attention_unsupported_reason(const at::Tensor& q) {
   if (!compat::flash_attention_compiled())

@@ -5,7 +5,8 @@
 //   math  - portable matmul + softmax with an explicit visibility mask (any device, any dtype);
 //   flash - fused kernels (LibTorch >= 2.4, CUDA, fp16/bf16), never an L x L mask: windows through
 //           at::_flash_attention_forward's window_size_left; full causal attention over a whole
-//           sequence through SDPA's dispatcher (cuDNN on Hopper, about twice flash's speed).
+//           sequence through SDPA's dispatcher (cuDNN on Hopper, about twice flash's speed);
+//           sinks merged by log-sum-exp in inference, blocked_window_attention in training.
 #include <ATen/ATen.h>
 
 #include <memory>
@@ -45,6 +46,13 @@ class AttentionBackend {
   virtual at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const AttentionSpan& span, double scale) const = 0;
 };
+
+// Sliding-window attention (with sinks) by blocks of `block` queries: each block attends to the
+// sink keys left of its window and to the keys its window reaches, so memory grows with
+// L x (S + block + W), never L x L. Ordinary differentiable operators, any device; the flash
+// backend trains with sinks through it, since flash cannot differentiate the merge of the sinks.
+at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const AttentionSpan& span, double scale, int64_t block = 1024);
 
 enum class AttentionImpl { Auto, Math, Flash };
 
