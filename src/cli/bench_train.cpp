@@ -206,6 +206,7 @@ int bench_train(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   for (const std::string& shape : parse_name_list(args["shapes"].as<std::string>())) {
     CausalLM model = random_model(shape_config(shape), s.device, s.dtype);
+    model->set_attention_backend(make_attention_backend(parse_attention_impl(s.attention)));
     for (auto& p : model->parameters()) p.set_requires_grad(false);
     for (double length_value : parse_number_list(args["seq-lens"].as<std::string>(), "--seq-lens")) {
       const int64_t length = static_cast<int64_t>(length_value);
