@@ -14,6 +14,7 @@ median over --repeats of the mean step time of --steps steps after --warmup.
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -203,7 +204,6 @@ def main():
         with open(args.out + ".tmp", "w") as f:
             json.dump(dict(torch=torch.__version__, window=args.window, checkpointing=args.checkpointing,
                            tokens_per_step=args.tokens_per_step, results=results), f, indent=2)
-        import os
         os.replace(args.out + ".tmp", args.out)
 
 

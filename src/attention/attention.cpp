@@ -61,8 +61,8 @@ at::Tensor grouped_output(const at::Tensor& probs, const at::Tensor& v) {
   return out.reshape({b, hkv * rep, lq, v.size(3)}).transpose(1, 2);
 }
 
-// Masked softmax attention of q against k/v, where key c sits at position key_pos[c] and query r
-// at position query_pos[r]; softmax in (at least) fp32, as Hugging Face's eager attention does.
+// Softmax attention of q against k/v where `visible` [Lq, Lk] allows it; softmax in (at least)
+// fp32, as Hugging Face's eager attention does.
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& visible,
                             double scale) {
   at::Tensor scores = grouped_scores(q, k, scale);

@@ -65,7 +65,6 @@ Assignment uniform_assignment(CausalLM& model, const AttentionSpan& swa, double 
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-
 int run_bench(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "";
   if (what == "decode") return bench_decode(argc - 1, argv + 1);

@@ -63,8 +63,9 @@ void permute_attention_heads(CausalLM& model, int64_t layer, const LayerHeadLayo
   a.group_spans = spans;
   if (a.fa_weight.defined()) {
     const at::Tensor order = at::tensor(layout.q_order, at::kLong);
-    const at::Tensor on_host = (a.fa_weight_on_host.defined() ? a.fa_weight_on_host : a.fa_weight).index_select(0, order);
-    a.set_gate_weights(a.fa_weight.index_select(0, order.to(a.fa_weight.device())), on_host);
+    const at::Tensor& on_host = a.gate_weights_on_host();
+    a.set_gate_weights(a.fa_weight.index_select(0, order.to(a.fa_weight.device())),
+                       on_host.defined() ? on_host.index_select(0, order) : at::Tensor());
   }
 }
 

@@ -74,7 +74,7 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
   // Skipping changes d(out)/dz at saturated gates, so it needs those gradients to be unused.
   const bool may_skip =
       !at::GradMode::is_enabled() || !fa_weight.requires_grad() || saturated_gates_have_no_gradient;
-  const at::Tensor& z_host = fa_weight.device().is_cpu() ? fa_weight : fa_weight_on_host;
+  const at::Tensor& z_host = gate_weights_on_host();
   if (may_skip && z_host.defined()) {
     const at::Tensor zc = z_host.detach().to(at::kFloat).contiguous();
     const float* z = zc.data_ptr<float>();
@@ -114,6 +114,8 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
 void SelfAttentionImpl::set_gate_weights(at::Tensor weights, at::Tensor on_host) {
   CONSA_CHECK(!weights.defined() || weights.numel() == num_heads, "gate weights: expected ", num_heads,
               " per-head values, got shape ", weights.sizes());
+  CONSA_CHECK(!on_host.defined() || on_host.device().is_cpu(), "gate weights: host values expected on the CPU, got ",
+              on_host.device().str());
   fa_weight = std::move(weights);
   const bool on_device = fa_weight.defined() && !fa_weight.device().is_cpu();
   fa_weight_on_host = on_device && on_host.defined() ? on_host.detach() : at::Tensor();

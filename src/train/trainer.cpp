@@ -121,12 +121,13 @@ class Job {
   std::unique_ptr<torch::optim::AdamW> make_optimizer(bool stage1);
   // One optimizer step of stage 1 or 2. Reads nothing back from the device except, in stage 1,
   // the gates' gradient and the clip scale (the gates update on the host).
-  StepStats step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer,
-                 BatchStream& data);
+  StepStats step(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, BatchStream& data);
   BatchStream training_data() const { return BatchStream(r_.data, model_->config().vocab_size, min_distance(), Split::Train); }
 
  private:
   void load_models();
+  // The learning-rate schedule's length of `stage` (dense pretraining runs as stage 2).
+  int64_t stage_steps(int stage) const { return stage == 1 ? r_.train.steps : r_.recover.steps; }
   int64_t min_distance() const {
     return r_.data.min_distance > 0 ? r_.data.min_distance : r_.gates.swa.window + 1;
   }
@@ -225,12 +226,11 @@ std::unique_ptr<torch::optim::AdamW> Job::make_optimizer(bool stage1) {
   return std::make_unique<FusedAdamW>(groups, AdamWOptions(r_.optimizer.lr));
 }
 
-StepStats Job::step(int stage, int64_t step_in_stage, int64_t stage_steps, torch::optim::AdamW& optimizer,
-                    BatchStream& data) {
+StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, BatchStream& data) {
   const bool stage1 = stage == 1;
   const bool train_weights = stage1 ? r_.train.mode == "full" : true;
   const double base_lr = stage1 ? r_.optimizer.lr : r_.recover.lr;
-  const double lr = base_lr * lr_multiplier(r_.schedule.kind, r_.schedule.warmup_steps, step_in_stage, stage_steps);
+  const double lr = base_lr * lr_multiplier(r_.schedule.kind, r_.schedule.warmup_steps, step_in_stage, stage_steps(stage));
   // The schedule drives the weights' rate only. Gates and lambdas keep constant rates: decaying
   // them freezes the max-min game wherever it stands, often away from the target.
   if (train_weights) static_cast<torch::optim::AdamWOptions&>(optimizer.param_groups()[0].options()).lr(lr);
@@ -441,6 +441,13 @@ TrainOutcome Job::run() {
     j["step"] = global_step;
     log_->write(j);
   };
+  // A logging step's metrics (reading them waits for the device), written to metrics.jsonl.
+  auto log_step = [&](const StepStats& stats, IntervalThroughput& throughput, int64_t done, int64_t global_step) {
+    json m = metrics_record(stats);
+    m["tokens_per_s"] = throughput.tokens_per_s(done);
+    record(m, global_step);
+    return m;
+  };
 
   if (stage == 1 && dense()) {
     stage = 2;
@@ -449,13 +456,11 @@ TrainOutcome Job::run() {
     IntervalThroughput throughput(tokens_per_step_, start);
     std::string status;  // the last logged losses
     for (int64_t s = start; s < r_.train.steps; ++s) {
-      const StepStats stats = step(1, s, r_.train.steps, *optimizer, data);
+      const StepStats stats = step(1, s, *optimizer, data);
       ++steps_this_process_;
       const int64_t done = s + 1;
       if (done % r_.train.log_every == 0 || done == r_.train.steps) {
-        json m = metrics_record(stats);  // waits for the device
-        m["tokens_per_s"] = throughput.tokens_per_s(done);
-        record(m, done);
+        const json m = log_step(stats, throughput, done, done);
         std::ostringstream line;
         line << "ce " << m["ce"].get<double>() << " s_hat " << m["s_hat"].get<double>() << " t "
              << m["target"].get<double>();
@@ -514,13 +519,11 @@ TrainOutcome Job::run() {
     IntervalThroughput throughput(tokens_per_step_, start);
     std::string status;
     for (int64_t s = start; s < r_.recover.steps; ++s) {
-      const StepStats stats = step(2, s, r_.recover.steps, *recover_optimizer, data);
+      const StepStats stats = step(2, s, *recover_optimizer, data);
       ++steps_this_process_;
       const int64_t done = s + 1;
       if (done % r_.train.log_every == 0 || done == r_.recover.steps) {
-        json m = metrics_record(stats);  // waits for the device
-        m["tokens_per_s"] = throughput.tokens_per_s(done);
-        record(m, r_.train.steps + done);
+        const json m = log_step(stats, throughput, done, r_.train.steps + done);
         status = "ce " + std::to_string(m["ce"].get<double>());
       }
       progress.update(done, status);
@@ -559,12 +562,9 @@ LoadOptions model_load_options(const Recipe& r) {
 
 struct TrainStepper::State {
   State(const Recipe& recipe, CausalLM model, int stage)
-      : job(recipe, TrainControl{}, std::move(model)),
-        stage(stage),
-        stage_steps(stage == 1 || recipe.train.mode == "dense" ? recipe.train.steps : recipe.recover.steps) {}
+      : job(recipe, TrainControl{}, std::move(model)), stage(stage) {}
   Job job;
   int stage;
-  int64_t stage_steps;  // the learning-rate schedule's length
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::unique_ptr<BatchStream> data;
   int64_t steps_done = 0;
@@ -581,7 +581,7 @@ TrainStepper::TrainStepper(const Recipe& recipe, CausalLM model, int stage)
 TrainStepper::~TrainStepper() = default;
 
 void TrainStepper::step() {
-  state_->job.step(state_->stage, state_->steps_done++, state_->stage_steps, *state_->optimizer, *state_->data);
+  state_->job.step(state_->stage, state_->steps_done++, *state_->optimizer, *state_->data);
 }
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control) {

@@ -42,6 +42,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   // Gated mode with per-query-head weights `weights` (host or device) whose values on the host
   // are `on_host` (may be undefined when `weights` is on the host); undefined weights end it.
   void set_gate_weights(at::Tensor weights, at::Tensor on_host = {});
+  // fa_weight's values on the host: fa_weight itself when it lives there, else
+  // fa_weight_on_host (undefined when not known).
+  const at::Tensor& gate_weights_on_host() const { return fa_weight.device().is_cpu() ? fa_weight : fa_weight_on_host; }
 
   int64_t num_heads, num_kv_heads, head_dim;
   double scale;
