@@ -57,6 +57,41 @@ consa::ModelConfig tiny_config(int64_t layers, int64_t heads, int64_t kv_heads, 
   return c;
 }
 
+consa::ModelConfig qwen_like_config() {
+  using namespace consa;
+  ModelConfig c = tiny_config(3, 6, 3, 8, 61);
+  c.arch = Architecture::Qwen3;
+  c.qkv_bias = true;
+  c.o_bias = true;
+  c.qk_norm = true;
+  return c;
+}
+
+consa::Assignment random_assignment(consa::CausalLM& model, consa::GateUnit unit, consa::AttentionSpan swa,
+                                    uint64_t seed) {
+  using namespace consa;
+  const ModelConfig& c = model->config();
+  Assignment a = Assignment::for_model(c);
+  a.unit = unit;
+  a.swa = swa;
+  const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;
+  at::manual_seed(seed);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<bool> full;
+    std::vector<double> scores;
+    for (int64_t u = 0; u < units; ++u) {
+      const double s = at::randn({1}).item<double>();
+      full.push_back(unit == GateUnit::Layer ? l % 2 == 1 : s > 0);
+      scores.push_back(s);
+    }
+    a.full.push_back(full);
+    a.scores.push_back(scores);
+  }
+  a.target = a.achieved_sparsity();
+  a.weights_checksum = weights_checksum(model);
+  return a;
+}
+
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
 }

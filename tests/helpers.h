@@ -4,7 +4,9 @@
 
 #include <string>
 
+#include "consa/export/assignment.h"
 #include "consa/model/config.h"
+#include "consa/model/decoder.h"
 
 namespace consa_test {
 
@@ -18,6 +20,14 @@ void remove_scratch_dirs();
 // A small Llama config for tests: hidden 32, intermediate 48, no sliding-window layers.
 consa::ModelConfig tiny_config(int64_t layers, int64_t heads, int64_t kv_heads, int64_t head_dim,
                                int64_t vocab = 50);
+
+// A 3-layer Qwen3-like config (6 heads, 3 KV groups, QKV and o biases, q/k norms).
+consa::ModelConfig qwen_like_config();
+
+// A random assignment of `model` with about half of the units on SWA, and every layer mixed
+// when possible; layer units alternate.
+consa::Assignment random_assignment(consa::CausalLM& model, consa::GateUnit unit, consa::AttentionSpan swa,
+                                    uint64_t seed);
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 

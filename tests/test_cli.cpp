@@ -235,3 +235,28 @@ TEST_CASE("consa bench train times every mode and counts model FLOPs in closed f
   CHECK(err.find("--modes: 'sparse' is not a mode") != std::string::npos);
   CHECK(run_consa("bench speed", &out, &err) == 1);
 }
+
+TEST_CASE("consa bench decode reports every batch, context and sparsity with the closed-form KV bytes", "[cli]") {
+  const std::string dir = scratch_dir("bench_decode");
+  std::string out, err;
+  REQUIRE(run_consa("bench decode --shape tiny --contexts 40 --sparsity 0,0.5 --window 16 --batch 1,2 "
+                    "--decode-steps 2 --repeats 1 --device cpu --dtype float32 --out " + dir + "/decode.json",
+                    &out, &err) == 0);
+  const nlohmann::json report = nlohmann::json::parse(read_text(dir + "/decode.json"));
+  REQUIRE(report["results"].size() == 4);
+  // The tiny shape: 2 layers of 2 KV heads of 16 dims; the cache holds 40 + 2 decoded positions,
+  // K and V in fp32. At rho 0.5 one KV head per layer keeps only its window of 16.
+  const double capacity = 42, per_position = 2 * 16 * 4;
+  for (const auto& row : report["results"]) {
+    INFO(row.dump());
+    const double batch = row["batch"].get<double>();
+    const double positions = row["sparsity"] == 0 ? 2 * 2 * capacity : 2 * (capacity + 16);
+    CHECK(row["kv_bytes"].get<double>() == batch * positions * per_position);
+    CHECK(row["kv_bytes_analytic"].get<double>() == batch * positions * per_position);
+    CHECK(row["decode_path"] == "extend");  // no CUDA graphs on a CPU
+    CHECK(row["decode_ms_per_step"].get<double>() == row["decode_eager_ms_per_step"].get<double>());
+    CHECK(row["decode_tokens_per_s"].get<double>() == Approx(batch * 1e3 / row["decode_ms_per_step"].get<double>()));
+  }
+  CHECK(run_consa("bench decode --shape tiny --batch 0 --device cpu", &out, &err) == 1);
+  CHECK(err.find("--batch: sizes must be > 0") != std::string::npos);
+}

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <iostream>
+#include <tuple>
 
 #include "catch_compat.h"
 #include "consa/attention/attention.h"
@@ -119,13 +120,19 @@ TEST_CASE("flash backend trains with sinks: blocked window attention matches mat
   const AttentionSpan span = AttentionSpan::sliding(512, 4);
   Result ref = run(*math, q, k, v, w, span, at::kFloat);
   Result fl = run(*flash, q, k, v, w, span, at::kBFloat16);
+  Result mb = run(*math, q, k, v, w, span, at::kBFloat16);
   std::cout << "cuda flash-bf16 (blocked, training) vs math-fp32 " << span.describe() << ": rel err out "
             << rel_err(fl.out, ref.out) << " dq " << rel_err(fl.dq, ref.dq) << " dk " << rel_err(fl.dk, ref.dk)
-            << " dv " << rel_err(fl.dv, ref.dv) << "\n";
-  CHECK(rel_err(fl.out, ref.out) < 1e-2);
-  CHECK(rel_err(fl.dq, ref.dq) < 2e-2);
-  CHECK(rel_err(fl.dk, ref.dk) < 2e-2);
-  CHECK(rel_err(fl.dv, ref.dv) < 2e-2);
+            << " dv " << rel_err(fl.dv, ref.dv) << " | math-bf16 vs math-fp32: out " << rel_err(mb.out, ref.out)
+            << " dq " << rel_err(mb.dq, ref.dq) << "\n";
+  // The blocked path is math attention in blocks: bf16 scores and probabilities, fp32 softmax.
+  // So its error is that of math attention in bf16 (2-3%, above flash's fp32-accumulated 0.3%),
+  // and it must be no worse.
+  for (auto [got, bf16, fp32] : {std::tuple{fl.out, mb.out, ref.out}, std::tuple{fl.dq, mb.dq, ref.dq},
+                                 std::tuple{fl.dk, mb.dk, ref.dk}, std::tuple{fl.dv, mb.dv, ref.dv}}) {
+    CHECK(rel_err(got, fp32) < 4e-2);
+    CHECK(rel_err(got, fp32) <= 1.25 * rel_err(bf16, fp32) + 1e-3);
+  }
 }
 
 TEST_CASE("parity fixtures on CUDA in fp32 and bf16", "[cuda]") {
@@ -256,5 +263,30 @@ TEST_CASE("TorchScript exports run on CUDA: fixtures match transformers, decode 
     INFO(name);
     CHECK(vs_hf <= 1e-4);
     CHECK(decode <= 1e-4);
+  }
+}
+
+TEST_CASE("decoding through a CUDA graph of decode_step equals recompute", "[cuda]") {
+  ModelConfig c = qwen_like_config();
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.2, 22);
+  model->to(at::kCUDA);
+  const int64_t length = 45;
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong)).to(at::kCUDA);
+  for (int64_t sinks : {0, 3}) {
+    Assignment a = random_assignment(model, GateUnit::KvHead, AttentionSpan::sliding(6, sinks), 9);
+    ScriptedLM scripted(build_scripted_model(model, a), a);
+    at::NoGradGuard no_grad;
+    const at::Tensor reference = scripted.forward(ids).cpu();
+    ScriptedLM::Cache cache = scripted.new_cache(2, length + 3);
+    std::vector<at::Tensor> steps = {scripted.extend(ids.narrow(1, 0, 5), cache, false).cpu()};
+    GraphedDecoder graphed(scripted, cache);
+    for (int64_t t = 5; t < length; ++t) steps.push_back(graphed.step(ids.narrow(1, t, 1)).cpu());
+    const double diff = max_abs_diff(at::cat(steps, 1), reference);
+    std::cout << "cuda graphed decode, sinks " << sinks << ": max |logit - recompute| = " << diff << "\n";
+    INFO("sinks " << sinks);
+    CHECK(cache.length() == length);
+    CHECK(diff <= 1e-4);
+    CHECK(max_abs_diff(at::cat(steps, 1).narrow(1, 5, length - 5), reference.narrow(1, 0, length - 5)) > 1e-2);
   }
 }

@@ -29,30 +29,6 @@ CausalLM random_model(const ModelConfig& c, uint64_t seed) {
   return model;
 }
 
-// A random assignment with about half of the units on SWA, and every layer mixed when possible.
-Assignment random_assignment(CausalLM& model, GateUnit unit, AttentionSpan swa, uint64_t seed) {
-  const ModelConfig& c = model->config();
-  Assignment a = Assignment::for_model(c);
-  a.unit = unit;
-  a.swa = swa;
-  const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;
-  at::manual_seed(seed);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    std::vector<bool> full;
-    std::vector<double> scores;
-    for (int64_t u = 0; u < units; ++u) {
-      const double s = at::randn({1}).item<double>();
-      full.push_back(unit == GateUnit::Layer ? l % 2 == 1 : s > 0);
-      scores.push_back(s);
-    }
-    a.full.push_back(full);
-    a.scores.push_back(scores);
-  }
-  a.target = a.achieved_sparsity();
-  a.weights_checksum = weights_checksum(model);
-  return a;
-}
-
 // The gated model with binarized gates: every query head mixes FA and SWA with z = 0 or 1.
 at::Tensor gated_logits(CausalLM& model, const Assignment& a, const at::Tensor& ids) {
   const ModelConfig& c = model->config();
@@ -69,15 +45,6 @@ at::Tensor gated_logits(CausalLM& model, const Assignment& a, const at::Tensor& 
   at::Tensor logits = model->forward(ids);
   for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
   return logits;
-}
-
-ModelConfig qwen_like_config() {
-  ModelConfig c = tiny_config(3, 6, 3, 8, 61);
-  c.arch = Architecture::Qwen3;
-  c.qkv_bias = true;
-  c.o_bias = true;
-  c.qk_norm = true;
-  return c;
 }
 
 // Python with a torch module: the system's python3 (Debian's python3-torch), or the first python3.
@@ -117,7 +84,7 @@ TEST_CASE("TorchScript logits equal the gated model under binarized gates", "[to
 TEST_CASE("incremental decode through the ring-buffer cache equals full recompute", "[torchscript]") {
   ModelConfig c = qwen_like_config();
   CausalLM model = random_model(c, 22);
-  const int64_t window = 6, length = 64;  // > 10 windows
+  const int64_t window = 6, length = 61;  // > 10 windows; not a multiple of 8, so the last steps attend to a cache end that is not 8-aligned
   at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong));
   for (GateUnit unit : {GateUnit::KvHead, GateUnit::Head})
     for (int64_t sinks : {0, 3}) {
@@ -140,6 +107,15 @@ TEST_CASE("incremental decode through the ring-buffer cache equals full recomput
       for (int64_t t = 0, step = 1; t < length; t += step, step = step % 11 + 3)
         parts.push_back(scripted.extend(ids.narrow(1, t, std::min(step, length - t)), chunked, false));
       CHECK(max_abs_diff(at::cat(parts, 1), reference) <= 1e-5);
+      // decode_step (fixed shapes, the position as a tensor, for CUDA graphs) after the prompt,
+      // in a cache with room to spare: the unfilled positions must stay masked.
+      ScriptedLM::Cache fixed = scripted.new_cache(2, length + 9);
+      std::vector<at::Tensor> fixed_steps = {scripted.extend(ids.narrow(1, 0, 5), fixed, false)};
+      for (int64_t t = 5; t < length; ++t) fixed_steps.push_back(scripted.decode_step(ids.narrow(1, t, 1), fixed));
+      CHECK(fixed.length() == length);
+      CHECK(max_abs_diff(at::cat(fixed_steps, 1), reference) <= 1e-5);
+      CHECK_THROWS_WITH(scripted.decode_step(ids.narrow(1, 0, 2), fixed), contains("must be [batch, 1]"));
+      CHECK_THROWS_WITH(GraphedDecoder(scripted, fixed), contains("CUDA graphs need a CUDA"));
       // last_only returns the final position's logits.
       ScriptedLM::Cache last = scripted.new_cache(2, length);
       CHECK(max_abs_diff(scripted.extend(ids, last, true), reference.narrow(1, length - 1, 1)) <= 1e-5);

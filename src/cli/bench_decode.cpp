@@ -1,108 +1,176 @@
 // consa bench decode: prefill and decode speed and KV-cache bytes of exported (scripted) hybrid
-// models at several contexts and sparsities, on a random model of a real model's shape.
+// models at several batches, contexts and sparsities, on a random model of a real model's shape.
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
-#include <chrono>
+#include <cmath>
 #include <cxxopts.hpp>
 #include <iomanip>
 #include <iostream>
+#include <optional>
+#include <sstream>
 
 #include "bench.h"
 #include "commands.h"
 #include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/core/torch_compat.h"
 #include "consa/export/torchscript_export.h"
 
 namespace consa::cli {
+namespace {
+
+struct DecodeSettings {
+  at::Device device = at::kCPU;
+  int64_t steps = 32, repeats = 3;
+  bool graphs = false;    // also decode through a CUDA graph of decode_step
+  std::string trace_dir;  // when set: a Chrome trace of kTracedSteps more eager steps per row
+};
+
+constexpr int64_t kTracedSteps = 8;
+
+// Median seconds of `steps` one-token steps, each waited for, greedy (argmax) tokens.
+template <typename Step>
+double median_step_seconds(int64_t steps, at::Tensor& token, at::Device device, Step&& step) {
+  std::vector<double> seconds;
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto start = Clock::now();
+    token = step(token).argmax(-1);
+    wait_for_device(device);
+    seconds.push_back(seconds_since(start));
+  }
+  return median(seconds);
+}
+
+// One row: prefill `context` tokens (median of repeats), then eager decode steps through extend,
+// then (with graphs) as many through a CUDA graph, in the same cache.
+nlohmann::json measure(ScriptedLM& scripted, const Assignment& a, const DecodeSettings& s, int64_t batch,
+                       int64_t context, int64_t vocab) {
+  const auto ids = at::TensorOptions().dtype(at::kLong).device(s.device);
+  const at::Tensor prompt = at::randint(0, vocab, {batch, context}, ids);
+  const int64_t capacity =
+      context + s.steps * (s.graphs ? 2 : 1) + (s.trace_dir.empty() ? 0 : kTracedSteps);
+  std::vector<double> prefill_s;
+  std::optional<ScriptedLM::Cache> cache;
+  for (int64_t r = 0; r < s.repeats; ++r) {
+    cache.reset();  // the last repeat's cache is the one decoded into
+    cache = scripted.new_cache(batch, capacity);
+    wait_for_device(s.device);
+    const auto start = Clock::now();
+    scripted.extend(prompt, *cache, true);
+    wait_for_device(s.device);
+    prefill_s.push_back(seconds_since(start));
+  }
+  at::Tensor token = at::zeros({batch, 1}, ids);
+  const double eager_s =
+      median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return scripted.extend(t, *cache, true); });
+  nlohmann::json row = {{"batch", batch}, {"context", context}, {"prefill_tokens_per_s", batch * context / median(prefill_s)},
+                        {"prefill_seconds", prefill_s}, {"decode_eager_ms_per_step", 1e3 * eager_s}};
+  double decode_s = eager_s;
+  if (s.graphs) {
+    GraphedDecoder graphed(scripted, *cache);
+    decode_s = median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return graphed.step(t); });
+    row["decode_graph_ms_per_step"] = 1e3 * decode_s;
+  }
+  row["decode_path"] = s.graphs ? "cuda_graph" : "extend";
+  row["decode_ms_per_step"] = 1e3 * decode_s;
+  row["decode_tokens_per_s"] = batch / decode_s;
+  if (!s.trace_dir.empty()) {
+    compat::start_trace();
+    for (int64_t i = 0; i < kTracedSteps; ++i) token = scripted.extend(token, *cache, true).argmax(-1);
+    wait_for_device(s.device);
+    std::ostringstream name;
+    name << s.trace_dir << "/decode_b" << batch << "_rho" << a.achieved_sparsity() << "_" << context << ".json";
+    compat::stop_trace(name.str());
+  }
+  const int64_t bytes_per_element = static_cast<int64_t>(c10::elementSize(scripted.dtype()));
+  auto [fa, sw] = a.kv_cache_bytes(capacity, bytes_per_element);
+  row["kv_bytes"] = cache->kv_bytes();
+  row["kv_bytes_analytic"] = static_cast<double>((fa + sw) * batch);
+  return row;
+}
+
+void print_row(const nlohmann::json& r, double rho) {
+  const double kv = r["kv_bytes"].get<double>(), analytic = r["kv_bytes_analytic"].get<double>();
+  std::cout << std::fixed << std::setw(5) << r["batch"].get<int64_t>() << std::setprecision(2) << std::setw(6) << rho
+            << std::setw(9) << r["context"].get<int64_t>() << std::setprecision(0) << std::setw(15)
+            << r["prefill_tokens_per_s"].get<double>() << std::setprecision(2) << std::setw(11)
+            << r["decode_eager_ms_per_step"].get<double>() << std::setw(11)
+            << (r.contains("decode_graph_ms_per_step") ? r["decode_graph_ms_per_step"].get<double>() : NAN)
+            << std::setprecision(1) << std::setw(14) << r["decode_tokens_per_s"].get<double>() << "  " << std::setw(14)
+            << static_cast<int64_t>(kv) << "  " << std::setw(14) << static_cast<int64_t>(analytic)
+            << std::setprecision(4) << std::setw(9) << kv / analytic << "\n"
+            << std::flush;
+}
+
+}  // namespace
 
 int bench_decode(int argc, char** argv) {
   cxxopts::Options options("consa bench decode",
                            "Prefill and decode tokens/s and KV-cache bytes of the scripted hybrid model (as exported)\n"
-                           "at each context and sparsity, on random weights of a given shape.");
+                           "at each batch, context and sparsity, on random weights of a given shape.");
   options.add_options()
       ("shape", "qwen3-0.6b, qwen3-1.7b, tiny", cxxopts::value<std::string>()->default_value("qwen3-0.6b"))
       ("contexts", "prompt lengths", cxxopts::value<std::string>()->default_value("4096,32768"))
       ("sparsity", "fractions of KV heads on SWA (the same in every layer)", cxxopts::value<std::string>()->default_value("0,0.5,0.75"))
       ("window", "sliding window W", cxxopts::value<int64_t>()->default_value("1024"))
       ("sinks", "attention sinks S", cxxopts::value<int64_t>()->default_value("0"))
-      ("batch", "sequences decoded together", cxxopts::value<int64_t>()->default_value("1"))
-      ("decode-steps", "timed decode steps", cxxopts::value<int64_t>()->default_value("32"))
+      ("batch", "sequences decoded together (a list runs each)", cxxopts::value<std::string>()->default_value("1"))
+      ("decode-steps", "timed decode steps per path", cxxopts::value<int64_t>()->default_value("32"))
       ("repeats", "prefill repetitions (median)", cxxopts::value<int64_t>()->default_value("3"))
+      ("graphs", "also decode through a CUDA graph of decode_step (CUDA only)", cxxopts::value<bool>()->default_value("true"))
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "float32, bfloat16, float16", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("trace", "write a Chrome trace (CUDA kernels and operators) of 8 more eager decode steps per row into this folder", cxxopts::value<std::string>())
       ("out", "write the results as JSON here", cxxopts::value<std::string>())
       ("h,help", "show this help");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
-  const at::Device device = parse_device(args["device"].as<std::string>());
+  DecodeSettings s;
+  s.device = parse_device(args["device"].as<std::string>());
   const at::ScalarType dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   const ModelConfig config = shape_config(args["shape"].as<std::string>());
   const AttentionSpan swa = AttentionSpan::sliding(args["window"].as<int64_t>(), args["sinks"].as<int64_t>());
-  const int64_t batch = args["batch"].as<int64_t>(), steps = args["decode-steps"].as<int64_t>();
-  const int64_t repeats = args["repeats"].as<int64_t>();
-  CONSA_CHECK(batch > 0 && steps > 0 && repeats > 0, "--batch, --decode-steps and --repeats must be > 0");
+  s.steps = args["decode-steps"].as<int64_t>();
+  s.repeats = args["repeats"].as<int64_t>();
+  s.graphs = args["graphs"].as<bool>() && s.device.is_cuda() && compat::device_graphs_compiled();
+  if (args.count("trace")) s.trace_dir = args["trace"].as<std::string>();
+  std::vector<int64_t> batches;
+  for (double b : parse_number_list(args["batch"].as<std::string>(), "--batch")) batches.push_back(static_cast<int64_t>(b));
+  CONSA_CHECK(s.steps > 0 && s.repeats > 0, "--decode-steps and --repeats must be > 0");
+  CONSA_CHECK(std::all_of(batches.begin(), batches.end(), [](int64_t b) { return b > 0; }), "--batch: sizes must be > 0");
 
   at::NoGradGuard no_grad;
-  CausalLM model = random_model(config, device, dtype);
-  const int64_t bytes_per_element = static_cast<int64_t>(c10::elementSize(dtype));
+  CausalLM model = random_model(config, s.device, dtype);
   std::cout << "shape " << args["shape"].as<std::string>() << " (" << with_commas(model->parameter_count())
-            << " parameters), " << dtype_name(dtype) << " on " << device.str() << ", batch " << batch << ", window "
-            << swa.window << ", sinks " << swa.sinks << "\n\n"
-            << "sparsity  context  prefill tok/s  decode ms/step  decode tok/s  KV bytes        analytic        ratio\n";
+            << " parameters), " << dtype_name(dtype) << " on " << s.device.str() << ", window " << swa.window
+            << ", sinks " << swa.sinks << "; decode ms/step eager (extend) and through a CUDA graph"
+            << (s.graphs ? "" : " (not measured)") << "\n\n"
+            << "batch   rho  context  prefill tok/s      eager      graph  decode tok/s  KV bytes        analytic        ratio\n";
   nlohmann::json results = nlohmann::json::array();
   for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity")) {
     const Assignment a = uniform_assignment(model, swa, rho);
     ScriptedLM scripted(build_scripted_model(model, a), a);
-    {  // warm-up: first calls allocate and load kernels
-      ScriptedLM::Cache warm = scripted.new_cache(batch, 260);
-      scripted.extend(at::randint(0, config.vocab_size, {batch, 256}, at::TensorOptions().dtype(at::kLong).device(device)), warm, true);
-      for (int i = 0; i < 3; ++i)
-        scripted.extend(at::zeros({batch, 1}, at::TensorOptions().dtype(at::kLong).device(device)), warm, true);
-      wait_for_device(device);
-    }
-    for (double context_value : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
-      const int64_t context = static_cast<int64_t>(context_value);
-      const at::Tensor prompt =
-          at::randint(0, config.vocab_size, {batch, context}, at::TensorOptions().dtype(at::kLong).device(device));
-      std::vector<double> prefill_s, step_s;
-      ScriptedLM::Cache cache = scripted.new_cache(batch, context + steps);
-      for (int64_t r = 0; r < repeats; ++r) {
-        cache = scripted.new_cache(batch, context + steps);
-        wait_for_device(device);
-        const auto start = Clock::now();
-        scripted.extend(prompt, cache, true);
-        wait_for_device(device);
-        prefill_s.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    for (int64_t batch : batches) {
+      {  // warm-up: first calls allocate and load kernels
+        const auto ids = at::TensorOptions().dtype(at::kLong).device(s.device);
+        ScriptedLM::Cache warm = scripted.new_cache(batch, 260);
+        scripted.extend(at::randint(0, config.vocab_size, {batch, 256}, ids), warm, true);
+        for (int i = 0; i < 3; ++i) scripted.extend(at::zeros({batch, 1}, ids), warm, true);
+        wait_for_device(s.device);
       }
-      at::Tensor token = at::zeros({batch, 1}, at::TensorOptions().dtype(at::kLong).device(device));
-      for (int64_t s = 0; s < steps; ++s) {
-        const auto start = Clock::now();
-        at::Tensor logits = scripted.extend(token, cache, true);
-        token = logits.argmax(-1);
-        wait_for_device(device);
-        step_s.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+      for (double context : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
+        nlohmann::json row = measure(scripted, a, s, batch, static_cast<int64_t>(context), config.vocab_size);
+        row["sparsity"] = rho;
+        print_row(row, rho);
+        results.push_back(row);
       }
-      const int64_t measured = cache.kv_bytes();
-      auto [fa, sw] = a.kv_cache_bytes(context + steps, bytes_per_element);
-      const double analytic = static_cast<double>((fa + sw) * batch);
-      const double prefill_tps = batch * context / median(prefill_s), step_ms = 1e3 * median(step_s);
-      std::cout << std::fixed << std::setprecision(2) << std::setw(8) << rho << std::setw(9) << context
-                << std::setprecision(0) << std::setw(15) << prefill_tps << std::setprecision(2) << std::setw(16)
-                << step_ms << std::setprecision(1) << std::setw(14) << batch * 1e3 / step_ms << "  " << std::setw(14)
-                << measured << "  " << std::setw(14) << static_cast<int64_t>(analytic) << std::setprecision(4)
-                << std::setw(9) << measured / analytic << "\n"
-                << std::flush;
-      results.push_back({{"sparsity", rho}, {"context", context}, {"batch", batch}, {"prefill_tokens_per_s", prefill_tps},
-                         {"prefill_seconds", prefill_s}, {"decode_ms_per_step", step_ms},
-                         {"decode_tokens_per_s", batch * 1e3 / step_ms}, {"kv_bytes", measured},
-                         {"kv_bytes_analytic", analytic}});
     }
   }
   if (args.count("out")) {
-    const nlohmann::json report = {{"shape", args["shape"].as<std::string>()}, {"device", device.str()},
+    const nlohmann::json report = {{"shape", args["shape"].as<std::string>()}, {"device", s.device.str()},
                                    {"dtype", dtype_name(dtype)}, {"window", swa.window}, {"sinks", swa.sinks},
                                    {"results", results}};
     write_file_atomically(args["out"].as<std::string>(), report.dump(2) + "\n");

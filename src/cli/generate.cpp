@@ -13,6 +13,7 @@
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/data/synthetic.h"
+#include "consa/core/torch_compat.h"
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
 #include "process.h"
@@ -80,6 +81,7 @@ int run_generate(int argc, char** argv) {
       ("seed", "sampling seed", cxxopts::value<uint64_t>()->default_value("0"))
       ("eos", "stop after this token id", cxxopts::value<int64_t>())
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
+      ("graphs", "on CUDA, decode through a CUDA graph of the model's decode_step", cxxopts::value<bool>()->default_value("true"))
       ("dtype", "compute dtype for a checkpoint directory: float32, bfloat16, float16", cxxopts::value<std::string>())
       ("h,help", "show this help");
   options.parse_positional({"model"});
@@ -158,6 +160,12 @@ int run_generate(int argc, char** argv) {
   int64_t token = next_token(logits[0][-1], temperature, top_p, gen);
   wait_for_device(device);
   const double prefill_s = seconds_since(prefill_start);
+  // On CUDA each token can be one replay of a recorded graph instead of hundreds of operators
+  // dispatched from the host (exports from before decode_step existed decode through extend).
+  std::unique_ptr<GraphedDecoder> graphed;
+  if (args["graphs"].as<bool>() && device.is_cuda() && compat::device_graphs_compiled() && model.has_decode_step() &&
+      max_new > 1)
+    graphed = std::make_unique<GraphedDecoder>(model, cache);
   const auto decode_start = Clock::now();
   const bool has_eos = args.count("eos") > 0;
   const int64_t eos = has_eos ? args["eos"].as<int64_t>() : -1;
@@ -166,7 +174,8 @@ int run_generate(int argc, char** argv) {
     emit(token);
     ++generated;
     if ((has_eos && token == eos) || generated == max_new) break;
-    logits = model.extend(at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(device)), cache, true);
+    const at::Tensor input = at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(device));
+    logits = graphed ? graphed->step(input) : model.extend(input, cache, true);
     token = next_token(logits[0][-1], temperature, top_p, gen);
   }
   wait_for_device(device);
@@ -179,7 +188,7 @@ int run_generate(int argc, char** argv) {
   std::cerr << std::fixed << std::setprecision(1) << "prefill " << prompt.size() << " tokens in " << prefill_s * 1e3
             << " ms (" << prompt.size() / std::max(prefill_s, 1e-9) << " tokens/s); decode " << generated
             << " tokens in " << decode_s * 1e3 << " ms (" << std::max<int64_t>(generated - 1, 0) / std::max(decode_s, 1e-9)
-            << " tokens/s)\n"
+            << " tokens/s" << (graphed ? ", through a CUDA graph" : "") << ")\n"
             << "KV cache " << with_commas(cache.kv_bytes()) << " bytes in use for " << capacity << " positions ("
             << with_commas(dense_bytes) << " with full attention everywhere)\n";
   return 0;

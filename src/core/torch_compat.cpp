@@ -5,7 +5,9 @@
 #include <set>
 
 #if CONSA_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #endif
@@ -99,6 +101,46 @@ void stop_trace(const std::string& path) { profiler::disableProfiler()->save(pat
 void start_trace() { fail("tracing needs a CUDA build of LibTorch (Kineto)"); }
 void stop_trace(const std::string& path) { fail("tracing needs a CUDA build of LibTorch (Kineto); not written: ", path); }
 #endif
+
+#if CONSA_WITH_CUDA
+struct DeviceGraph::Recording {
+  at::cuda::CUDAGraph graph;
+};
+
+DeviceGraph::DeviceGraph(at::Device device, const std::function<void()>& work, int warmup)
+    : recording_(std::make_unique<Recording>()) {
+  CONSA_CHECK(device.is_cuda(), "CUDA graphs need a CUDA device, got ", device.str());
+  c10::cuda::CUDAGuard device_guard(device);
+  c10::cuda::device_synchronize();  // the side stream must see what the current one wrote
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  {
+    // Capture needs a stream other than the legacy default one.
+    c10::cuda::CUDAStreamGuard stream_guard(side);
+    for (int i = 0; i < warmup; ++i) work();
+    side.synchronize();
+    recording_->graph.capture_begin();
+    work();
+    recording_->graph.capture_end();
+  }
+  side.synchronize();
+}
+
+void DeviceGraph::replay() { recording_->graph.replay(); }
+#else
+struct DeviceGraph::Recording {};
+
+DeviceGraph::DeviceGraph(at::Device device, const std::function<void()>& work, int warmup) {
+  (void)work, (void)warmup;
+  fail("CUDA graphs need a CUDA build of LibTorch and a CUDA device; got ", device.str(), " with LibTorch ",
+       torch_version());
+}
+
+void DeviceGraph::replay() { fail("CUDA graphs need a CUDA build of LibTorch"); }
+#endif
+
+DeviceGraph::~DeviceGraph() = default;
+DeviceGraph::DeviceGraph(DeviceGraph&&) noexcept = default;
+DeviceGraph& DeviceGraph::operator=(DeviceGraph&&) noexcept = default;
 
 std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +

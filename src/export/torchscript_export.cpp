@@ -24,7 +24,7 @@ enum AttendMode : int64_t { kCausal = 0, kWindow = 1, kPerHead = 2 };
 // One decoder layer. Dtype codes are ScalarType numbers (TorchScript source has no torch.float32
 // without Python): 4 = int64.
 std::string layer_source(const ModelConfig& c) {
-  const std::string qkv_bias = c.qkv_bias ? "self.q_b" : "None";
+  const std::string qkv_bias = c.qkv_bias ? "self.qkv_b" : "None";
   std::ostringstream s;
   s << R"JIT(
 def _rms(self, x: Tensor, w: Tensor) -> Tensor:
@@ -59,23 +59,49 @@ def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
     probs = torch.softmax(scores.float(), -1).to(q.dtype)
     return torch.matmul(probs.view(b, n, g * tq, tk), v).view(b, n * g, tq, self.head_dim)
 
-def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, full_v: Tensor,
-            ring_k: Tensor, ring_v: Tensor, ring_pos: Tensor, ring_keep: Tensor, ring_slots: Tensor,
-            query_block: int) -> Tensor:
+def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    # q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied.
     b = x.size(0)
     t = x.size(1)
-    h = self._rms(x, self.input_norm)
-    q = torch.linear(h, self.q_w, )JIT" << qkv_bias << R"JIT().view(b, t, self.num_heads, self.head_dim)
-    k = torch.linear(h, self.k_w, )JIT" << (c.qkv_bias ? "self.k_b" : "None") << R"JIT().view(b, t, self.num_kv_heads, self.head_dim)
-    v = torch.linear(h, self.v_w, )JIT" << (c.qkv_bias ? "self.v_b" : "None") << R"JIT().view(b, t, self.num_kv_heads, self.head_dim)
+    # q, k and v projections in one matmul (their weights stacked at export).
+    qkv = torch.linear(self._rms(x, self.input_norm), self.qkv_w, )JIT" << qkv_bias << R"JIT()
+    nq = self.num_heads * self.head_dim
+    nk = self.num_kv_heads * self.head_dim
+    q = qkv[:, :, :nq].view(b, t, self.num_heads, self.head_dim)
+    k = qkv[:, :, nq:nq + nk].view(b, t, self.num_kv_heads, self.head_dim)
+    v = qkv[:, :, nq + nk:].view(b, t, self.num_kv_heads, self.head_dim)
 )JIT";
   if (c.qk_norm)
     s << R"JIT(    q = self._rms(q, self.q_norm)
     k = self._rms(k, self.k_norm)
 )JIT";
-  s << R"JIT(    q = self._rope(q.transpose(1, 2), cos, sin)
-    k = self._rope(k.transpose(1, 2), cos, sin)
-    v = v.transpose(1, 2)
+  s << R"JIT(    return self._rope(q.transpose(1, 2), cos, sin), self._rope(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+
+def _output(self, x: Tensor, outs: List[Tensor]) -> Tensor:
+    # The attention heads (full-cache slice, then sliding) through o_proj, the residual and the MLP.
+    heads = torch.cat(outs, 1).transpose(1, 2).reshape(x.size(0), x.size(1), self.num_heads * self.head_dim)
+    x = x + torch.linear(heads, self.o_w, )JIT" << (c.o_bias ? "self.o_b" : "None") << R"JIT()
+    h = self._rms(x, self.post_norm)
+    gate_up = torch.linear(h, self.gate_up_w, None)  # gate and up projections stacked
+    inner = gate_up.size(-1) // 2
+    mlp = torch.silu(gate_up[:, :, :inner]) * gate_up[:, :, inner:]
+    return x + torch.linear(mlp, self.down_w, None)
+
+def _attend_one(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    # One query per sequence, q [B, n*G, 1, D]; k, v [B, n, tk, D]; bias fp32, 0 (visible) or
+    # -inf, broadcasting to [n, G, tk]. Scale, mask and the fp32 cast are one kernel: a decode
+    # step is bound by how many kernels it launches.
+    b = q.size(0)
+    n = k.size(1)
+    scores = torch.matmul(q.reshape(b, n, self.group, self.head_dim), k.transpose(2, 3))
+    probs = torch.softmax(torch.add(bias, scores, alpha=self.scale), -1).to(q.dtype)
+    return torch.matmul(probs, v).view(b, n * self.group, 1, self.head_dim)
+
+def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, full_v: Tensor,
+            ring_k: Tensor, ring_v: Tensor, ring_pos: Tensor, ring_keep: Tensor, ring_slots: Tensor,
+            query_block: int) -> Tensor:
+    t = x.size(1)
+    q, k, v = self._project(x, cos, sin)
     nf = self.full_kv_heads
     g = self.group
     q_pos = torch.arange(p0, p0 + t, device=x.device)
@@ -84,35 +110,67 @@ def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, 
         # Full-cache groups: write the new positions, attend over everything so far.
         full_k[:, :, p0:p0 + t] = k[:, :nf]
         full_v[:, :, p0:p0 + t] = v[:, :nf]
-        k_pos = torch.arange(0, p0 + t, device=x.device)
+        k_pos = torch.arange(0, full_k.size(2), device=x.device)
         blocks: List[Tensor] = []
         for t0 in range(0, t, query_block):
             t1 = min(t, t0 + query_block)
-            blocks.append(self._attend(q[:, :nf * g, t0:t1], full_k[:, :, :p0 + t1], full_v[:, :, :p0 + t1],
-                                       q_pos[t0:t1], k_pos[:p0 + t1], self.full_mode))
+            # Keys up to a multiple of 8 where the cache has them: the score rows then stay 16-byte
+            # aligned for cuBLAS's tensor-core kernels (an odd count falls back to a slow GEMV);
+            # the extra keys lie after the queries, so the causal mask hides them.
+            end = min(full_k.size(2), (p0 + t1 + 7) // 8 * 8)
+            blocks.append(self._attend(q[:, :nf * g, t0:t1], full_k[:, :, :end], full_v[:, :, :end],
+                                       q_pos[t0:t1], k_pos[:end], self.full_mode))
         outs.append(torch.cat(blocks, 2))
     if nf < self.num_kv_heads:
-        # Sliding-window groups: the ring (earlier positions) plus the new keys a block can see.
         new_k = k[:, nf:]
         new_v = v[:, nf:]
-        new_sinks = min(t, max(0, self.sinks - p0))
-        blocks = []
-        for t0 in range(0, t, query_block):
-            t1 = min(t, t0 + query_block)
-            lo = max(0, t0 - self.window + 1)
-            s_end = min(new_sinks, lo)
-            keys = torch.cat([ring_k, new_k[:, :, :s_end], new_k[:, :, lo:t1]], 2)
-            values = torch.cat([ring_v, new_v[:, :, :s_end], new_v[:, :, lo:t1]], 2)
-            k_pos = torch.cat([ring_pos, q_pos[:s_end], q_pos[lo:t1]])
-            blocks.append(self._attend(q[:, nf * g:, t0:t1], keys, values, q_pos[t0:t1], k_pos, 1))
-        outs.append(torch.cat(blocks, 2))
-        ring_k.index_copy_(2, ring_slots, new_k.index_select(2, ring_keep))
-        ring_v.index_copy_(2, ring_slots, new_v.index_select(2, ring_keep))
-    heads = torch.cat(outs, 1).transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
-    x = x + torch.linear(heads, self.o_w, )JIT" << (c.o_bias ? "self.o_b" : "None") << R"JIT()
-    h = self._rms(x, self.post_norm)
-    mlp = torch.silu(torch.linear(h, self.gate_w, None)) * torch.linear(h, self.up_w, None)
-    return x + torch.linear(mlp, self.down_w, None)
+        if t == 1:
+            # One token: it takes its ring slot first (extend has recorded its position), then
+            # attends over the ring alone. The slot held position p0 - window, which the window
+            # no longer sees; sink slots are never reused.
+            ring_k.index_copy_(2, ring_slots, new_k)
+            ring_v.index_copy_(2, ring_slots, new_v)
+            outs.append(self._attend(q[:, nf * g:], ring_k, ring_v, q_pos, ring_pos, 1))
+        else:
+            # The ring (earlier positions) plus the new keys a block can see, then the ring keeps
+            # the last positions.
+            new_sinks = min(t, max(0, self.sinks - p0))
+            blocks = []
+            for t0 in range(0, t, query_block):
+                t1 = min(t, t0 + query_block)
+                lo = max(0, t0 - self.window + 1)
+                s_end = min(new_sinks, lo)
+                keys = torch.cat([ring_k, new_k[:, :, :s_end], new_k[:, :, lo:t1]], 2)
+                values = torch.cat([ring_v, new_v[:, :, :s_end], new_v[:, :, lo:t1]], 2)
+                k_pos = torch.cat([ring_pos, q_pos[:s_end], q_pos[lo:t1]])
+                blocks.append(self._attend(q[:, nf * g:, t0:t1], keys, values, q_pos[t0:t1], k_pos, 1))
+            outs.append(torch.cat(blocks, 2))
+            ring_k.index_copy_(2, ring_slots, new_k.index_select(2, ring_keep))
+            ring_v.index_copy_(2, ring_slots, new_v.index_select(2, ring_keep))
+    return self._output(x, outs)
+
+def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slot: Tensor, full_k: Tensor,
+           full_v: Tensor, ring_k: Tensor, ring_v: Tensor, full_bias: Tensor, full_window_bias: Tensor,
+           ring_bias: Tensor) -> Tensor:
+    # One token at `position` ([1], on the device) in shapes that do not depend on it: the full
+    # groups attend over the whole cache, masked past the position by the biases decode_step
+    # builds once for all layers; the ring as in forward.
+    q, k, v = self._project(x, cos, sin)
+    nf = self.full_kv_heads
+    g = self.group
+    outs: List[Tensor] = []
+    if nf > 0:
+        full_k.index_copy_(2, position, k[:, :nf])
+        full_v.index_copy_(2, position, v[:, :nf])
+        bias = full_bias
+        if self.full_mode == 2:
+            bias = torch.where(self.head_full.view(nf, g, 1), full_bias, full_window_bias)
+        outs.append(self._attend_one(q[:, :nf * g], full_k, full_v, bias))
+    if nf < self.num_kv_heads:
+        ring_k.index_copy_(2, slot, k[:, nf:])
+        ring_v.index_copy_(2, slot, v[:, nf:])
+        outs.append(self._attend_one(q[:, nf * g:], ring_k, ring_v, ring_bias))
+    return self._output(x, outs)
 )JIT";
   return s.str();
 }
@@ -142,15 +200,22 @@ def init_cache(self, batch: int, capacity: int) -> List[Tensor]:
     cache.append(torch.tensor([0, capacity], dtype=4))
     return cache
 
+def _ring_slot(self, pos: Tensor) -> Tensor:
+    # Sinks in slots [0, S), later positions j in slot S + (j - S) % W.
+    return torch.where(pos < self.sinks, pos, self.sinks + torch.remainder(pos - self.sinks, self.window))
+
 def _ring_slots(self, p0: int, t: int, dev: Device) -> Tuple[Tensor, Tensor]:
-    # New positions the ring keeps (indices into the new tokens) and their slots: sinks in
-    # slots [0, S), later positions j in slot S + (j - S) % W; only the last W survive.
+    # New positions the ring keeps (indices into the new tokens) and their slots; only the
+    # last W of the non-sink positions survive.
     sink_end = min(t, max(0, self.sinks - p0))
     start = max(sink_end, t - self.window)
     keep = torch.cat([torch.arange(0, sink_end, device=dev), torch.arange(start, t, device=dev)])
-    pos = keep + p0
-    slots = torch.where(pos < self.sinks, pos, self.sinks + torch.remainder(pos - self.sinks, self.window))
-    return keep, slots
+    return keep, self._ring_slot(keep + p0)
+
+def _rope_tables(self, positions: Tensor, dtype: int) -> Tuple[Tensor, Tensor]:
+    freqs = torch.outer(positions.float(), self.inv_freq)
+    emb = torch.cat([freqs, freqs], -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 def extend(self, input_ids: Tensor, cache: List[Tensor], last_only: bool) -> Tensor:
     t = input_ids.size(1)
@@ -160,22 +225,50 @@ def extend(self, input_ids: Tensor, cache: List[Tensor], last_only: bool) -> Ten
     assert p0 + t <= capacity, "consa: the KV cache is full; create it with a larger capacity"
     dev = self.embed_tokens.device
     x = torch.embedding(self.embed_tokens, input_ids.to(dev))
-    freqs = torch.outer(torch.arange(p0, p0 + t, device=dev).float(), self.inv_freq)
-    emb = torch.cat([freqs, freqs], -1)
-    cos = emb.cos().to(x.dtype)
-    sin = emb.sin().to(x.dtype)
+    cos, sin = self._rope_tables(torch.arange(p0, p0 + t, device=dev), x.dtype)
     keep, slots = self._ring_slots(p0, t, dev)
     ring_pos = cache[)JIT" << slot_entry << R"JIT(]
+    if t == 1:  # a single token takes its ring slot before attending (see the layers)
+        ring_pos.index_copy_(0, slots, keep + p0)
 )JIT";
   for (int64_t l = 0; l < c.num_layers; ++l)
     s << "    x = self.layer_" << l << ".forward(x, cos, sin, p0, cache[" << 4 * l << "], cache[" << 4 * l + 1
       << "], cache[" << 4 * l + 2 << "], cache[" << 4 * l + 3 << "], ring_pos, keep, slots, self.query_block)\n";
-  s << R"JIT(    ring_pos.index_copy_(0, slots, keep + p0)
+  s << R"JIT(    if t != 1:
+        ring_pos.index_copy_(0, slots, keep + p0)
     state[0] += t
     if last_only:
         x = x[:, t - 1:]
     return torch.linear(self._rms(x, self.norm), )JIT" << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head")
     << R"JIT(, None)
+
+def _bias(self, visible: Tensor) -> Tensor:
+    # 0 where visible, -inf elsewhere, fp32 (dtype 6).
+    return torch.zeros([visible.size(0)], dtype=6, device=visible.device).masked_fill(~visible, float("-inf"))
+
+def decode_step(self, input_ids: Tensor, cache: List[Tensor], position: Tensor) -> Tensor:
+    # One token per sequence (input_ids [B, 1] on the model's device) at cache position
+    # `position` ([1] int64, on the device) -> logits [B, 1, vocab]. No shape depends on the
+    # position and nothing is read on the host, so a CUDA graph can record it once and replay it
+    # at every step. The caller advances the cache's length.
+    x = torch.embedding(self.embed_tokens, input_ids)
+    cos, sin = self._rope_tables(position, x.dtype)
+    slot = self._ring_slot(position)
+    ring_pos = cache[)JIT" << slot_entry << R"JIT(]
+    ring_pos.index_copy_(0, slot, position)
+    k_pos = torch.arange(0, cache[0].size(2), device=x.device)
+    causal = k_pos <= position
+    full_bias = self._bias(causal)
+    full_window_bias = self._bias(causal & ((k_pos > position - self.window) | (k_pos < self.sinks)))
+    ring_bias = self._bias((ring_pos >= 0) & (ring_pos <= position) &
+                           ((ring_pos > position - self.window) | (ring_pos < self.sinks)))
+)JIT";
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    s << "    x = self.layer_" << l << ".decode(x, cos, sin, position, slot, cache[" << 4 * l << "], cache["
+      << 4 * l + 1 << "], cache[" << 4 * l + 2 << "], cache[" << 4 * l + 3
+      << "], full_bias, full_window_bias, ring_bias)\n";
+  s << R"JIT(    return torch.linear(self._rms(x, self.norm), )JIT"
+    << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head") << R"JIT(, None)
 
 def forward(self, input_ids: Tensor) -> Tensor:
     cache = self.init_cache(input_ids.size(0), input_ids.size(1))
@@ -193,14 +286,9 @@ Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const
   Module m("__torch__.consa.HybridLayer" + std::to_string(index));
   const SelfAttentionImpl& a = *layer.self_attn;
   add_parameter(m, "input_norm", layer.input_layernorm->weight);
-  add_parameter(m, "q_w", a.q_proj->weight);
-  add_parameter(m, "k_w", a.k_proj->weight);
-  add_parameter(m, "v_w", a.v_proj->weight);
-  if (c.qkv_bias) {
-    add_parameter(m, "q_b", a.q_proj->bias);
-    add_parameter(m, "k_b", a.k_proj->bias);
-    add_parameter(m, "v_b", a.v_proj->bias);
-  }
+  // Projections that read the same input are stacked, so each is one matmul.
+  add_parameter(m, "qkv_w", at::cat({a.q_proj->weight, a.k_proj->weight, a.v_proj->weight}));
+  if (c.qkv_bias) add_parameter(m, "qkv_b", at::cat({a.q_proj->bias, a.k_proj->bias, a.v_proj->bias}));
   add_parameter(m, "o_w", a.o_proj->weight);
   if (c.o_bias) add_parameter(m, "o_b", a.o_proj->bias);
   if (c.qk_norm) {
@@ -208,8 +296,7 @@ Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const
     add_parameter(m, "k_norm", a.k_norm->weight);
   }
   add_parameter(m, "post_norm", layer.post_attention_layernorm->weight);
-  add_parameter(m, "gate_w", layer.mlp->gate_proj->weight);
-  add_parameter(m, "up_w", layer.mlp->up_proj->weight);
+  add_parameter(m, "gate_up_w", at::cat({layer.mlp->gate_proj->weight, layer.mlp->up_proj->weight}));
   add_parameter(m, "down_w", layer.mlp->down_proj->weight);
 
   const int64_t full_heads = layout.full_kv_heads * c.group_size();
@@ -245,7 +332,8 @@ nlohmann::json format_info(const ModelConfig& c, const Assignment& a, int64_t qu
           {"sinks", a.swa.sinks},
           {"query_block", query_block},
           {"methods", {"forward(input_ids) -> logits", "init_cache(batch, capacity) -> cache",
-                       "extend(input_ids, cache, last_only) -> logits"}}};
+                       "extend(input_ids, cache, last_only) -> logits",
+                       "decode_step(input_ids, cache, position) -> logits"}}};
 }
 
 }  // namespace
@@ -331,11 +419,67 @@ at::Tensor ScriptedLM::extend(const at::Tensor& input_ids, Cache& cache, bool la
   CONSA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, length], got ", input_ids.sizes());
   CONSA_CHECK(cache.length() + input_ids.size(1) <= cache.capacity(), "KV cache: ", cache.length(), " + ",
               input_ids.size(1), " tokens exceed its capacity of ", cache.capacity());
+  check_token_ids(input_ids);
+  return module_.get_method("extend")({input_ids.to(at::kLong), cache.tensors, last_only}).toTensor();
+}
+
+void ScriptedLM::check_token_ids(const at::Tensor& input_ids) const {
   const int64_t vocab = vocab_size();
   // One host read per call (this runs at every decode step).
   CONSA_CHECK(input_ids.numel() == 0 || !((input_ids < 0) | (input_ids >= vocab)).any().item<bool>(),
               "input_ids: token ids must lie in [0, ", vocab, ")");
-  return module_.get_method("extend")({input_ids.to(at::kLong), cache.tensors, last_only}).toTensor();
+}
+
+bool ScriptedLM::has_decode_step() const { return module_.find_method("decode_step").has_value(); }
+
+namespace {
+void check_can_decode(const ScriptedLM& model, const ScriptedLM::Cache& cache) {
+  CONSA_CHECK(model.has_decode_step(),
+              "this TorchScript export has no decode_step method (written by an older consa); decode with extend, "
+              "or export it again");
+  CONSA_CHECK(cache.length() < cache.capacity(), "KV cache: full at ", cache.capacity(), " positions");
+}
+
+void check_decode_step(const ScriptedLM& model, const at::Tensor& input_ids, const ScriptedLM::Cache& cache) {
+  check_can_decode(model, cache);
+  CONSA_CHECK(input_ids.dim() == 2 && input_ids.size(1) == 1, "decode_step: input_ids must be [batch, 1], got ",
+              input_ids.sizes());
+  model.check_token_ids(input_ids);
+}
+}  // namespace
+
+at::Tensor ScriptedLM::decode_step(const at::Tensor& input_ids, Cache& cache) {
+  check_decode_step(*this, input_ids, cache);
+  const auto on_device = at::TensorOptions().dtype(at::kLong).device(device());
+  const at::Tensor position = at::full({1}, cache.length(), on_device);
+  at::Tensor logits =
+      module_.get_method("decode_step")({input_ids.to(on_device), cache.tensors, position}).toTensor();
+  cache.advance(1);
+  return logits;
+}
+
+GraphedDecoder::GraphedDecoder(ScriptedLM& model, ScriptedLM::Cache& cache) : model_(model), cache_(cache) {
+  check_can_decode(model, cache);
+  const auto on_device = at::TensorOptions().dtype(at::kLong).device(model.device());
+  input_ids_ = at::zeros({cache.tensors.get(0).size(0), 1}, on_device);
+  position_ = at::full({1}, cache.length(), on_device);
+  // Recording runs decode_step (the warm-ups too) at the current position without advancing
+  // the cache: what it writes there, the first real step overwrites.
+  torch::jit::Method method = model.module().get_method("decode_step");
+  graph_ = std::make_unique<compat::DeviceGraph>(model.device(), [&] {
+    logits_ = method({input_ids_, cache_.tensors, position_}).toTensor();
+  });
+}
+
+at::Tensor GraphedDecoder::step(const at::Tensor& input_ids) {
+  check_decode_step(model_, input_ids, cache_);
+  CONSA_CHECK(input_ids.size(0) == input_ids_.size(0), "decode: the graph was recorded for batch ",
+              input_ids_.size(0), ", got ", input_ids.size(0));
+  input_ids_.copy_(input_ids);
+  position_.fill_(cache_.length());
+  graph_->replay();
+  cache_.advance(1);
+  return logits_;
 }
 
 at::Tensor ScriptedLM::forward(const at::Tensor& input_ids) {
@@ -345,6 +489,11 @@ at::Tensor ScriptedLM::forward(const at::Tensor& input_ids) {
 
 int64_t ScriptedLM::Cache::length() const { return tensors.get(tensors.size() - 1)[0].item<int64_t>(); }
 int64_t ScriptedLM::Cache::capacity() const { return tensors.get(tensors.size() - 1)[1].item<int64_t>(); }
+
+void ScriptedLM::Cache::advance(int64_t tokens) {
+  at::Tensor state = tensors.get(tensors.size() - 1);  // [length, capacity] on the CPU
+  state.data_ptr<int64_t>()[0] += tokens;
+}
 
 int64_t ScriptedLM::Cache::kv_bytes() const {
   int64_t bytes = 0;

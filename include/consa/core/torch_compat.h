@@ -4,6 +4,9 @@
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
+#include <functional>
+#include <memory>
+
 #define CONSA_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
@@ -49,6 +52,29 @@ void set_device_sync_errors(bool on);
 // CUDA builds only, throws elsewhere). For finding where a step's time goes.
 void start_trace();
 void stop_trace(const std::string& path);
+
+// A CUDA graph: records the kernels that `work` launches, once, then replays them without any
+// host-side work per operator. `work` must not wait for the device, and what it reads and writes
+// must keep its shapes and addresses between replays (its outputs live in the graph's own
+// memory). It first runs `warmup` times on a side stream (first calls allocate and pick kernels),
+// then once more under capture. CUDA builds and devices only; throws elsewhere.
+class DeviceGraph {
+ public:
+  DeviceGraph(at::Device device, const std::function<void()>& work, int warmup = 2);
+  ~DeviceGraph();
+  DeviceGraph(DeviceGraph&&) noexcept;
+  DeviceGraph& operator=(DeviceGraph&&) noexcept;
+  void replay();
+
+ private:
+  struct Recording;
+  std::unique_ptr<Recording> recording_;
+};
+#if CONSA_WITH_CUDA
+constexpr bool device_graphs_compiled() { return true; }
+#else
+constexpr bool device_graphs_compiled() { return false; }
+#endif
 
 // Human-readable LibTorch version, e.g. "1.13.0".
 std::string torch_version();

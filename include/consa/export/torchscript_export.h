@@ -5,6 +5,9 @@
 //   forward(input_ids [B, T]) -> logits [B, T, vocab]
 //   init_cache(batch, capacity) -> List[Tensor]   an empty KV cache for `capacity` positions
 //   extend(input_ids [B, T], cache, last_only) -> logits   runs T more tokens through the cache
+//   decode_step(input_ids [B, 1], cache, position [1]) -> logits   one token at a position held
+//       on the device, in shapes that never change, for CUDA graphs (the caller advances the
+//       cache's length; ScriptedLM::decode_step and GraphedDecoder do)
 // Full-cache groups keep every position; sliding-window groups keep a ring buffer of
 // min(sinks + window, capacity) slots. The cache list is [per layer: full_k, full_v, ring_k,
 // ring_v] + [ring slot positions (-1 = empty), [length, capacity] (CPU int64)]; extend updates
@@ -15,6 +18,7 @@
 
 #include <string>
 
+#include "consa/core/torch_compat.h"
 #include "consa/export/assignment.h"
 #include "consa/model/decoder.h"
 
@@ -44,10 +48,19 @@ class ScriptedLM {
     int64_t capacity() const;
     // Bytes of key/value storage held (ring-slot positions and the length excluded).
     int64_t kv_bytes() const;
+    // Records `tokens` more positions as filled (decode_step leaves this to its caller).
+    void advance(int64_t tokens);
   };
   Cache new_cache(int64_t batch, int64_t capacity);
   at::Tensor extend(const at::Tensor& input_ids, Cache& cache, bool last_only);
   at::Tensor forward(const at::Tensor& input_ids);
+  // Exports written before decode_step existed lack it; decode through extend then.
+  bool has_decode_step() const;
+  // One token per sequence (input_ids [B, 1]) at the cache's end through decode_step, which
+  // attends over the whole capacity; logits [B, 1, vocab]. Advances the cache.
+  at::Tensor decode_step(const at::Tensor& input_ids, Cache& cache);
+  // Throws unless every id lies in [0, vocab) (one host read).
+  void check_token_ids(const at::Tensor& input_ids) const;
 
   const Assignment& assignment() const { return assignment_; }
   int64_t vocab_size() const;
@@ -58,6 +71,23 @@ class ScriptedLM {
  private:
   torch::jit::Module module_;
   Assignment assignment_;
+};
+
+// Decoding through a CUDA graph of decode_step, recorded once for one cache: each token is one
+// graph replay, without the TorchScript interpreter's host-side work per operator. The model
+// and the cache must outlive it. CUDA builds and devices only.
+class GraphedDecoder {
+ public:
+  GraphedDecoder(ScriptedLM& model, ScriptedLM::Cache& cache);
+  // Logits [B, 1, vocab] for `input_ids` [B, 1] at the cache's end; advances the cache. The
+  // result is the graph's output buffer: the next step overwrites it.
+  at::Tensor step(const at::Tensor& input_ids);
+
+ private:
+  ScriptedLM& model_;
+  ScriptedLM::Cache& cache_;
+  at::Tensor input_ids_, position_, logits_;  // the graph's fixed input and output buffers
+  std::unique_ptr<compat::DeviceGraph> graph_;
 };
 
 }  // namespace consa
