@@ -4,7 +4,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cxxopts.hpp>
 #include <iomanip>
 #include <iostream>
@@ -97,9 +96,10 @@ void print_row(const nlohmann::json& r, double rho) {
   std::cout << std::fixed << std::setw(5) << r["batch"].get<int64_t>() << std::setprecision(2) << std::setw(6) << rho
             << std::setw(9) << r["context"].get<int64_t>() << std::setprecision(0) << std::setw(15)
             << r["prefill_tokens_per_s"].get<double>() << std::setprecision(2) << std::setw(11)
-            << r["decode_eager_ms_per_step"].get<double>() << std::setw(11)
-            << (r.contains("decode_graph_ms_per_step") ? r["decode_graph_ms_per_step"].get<double>() : NAN)
-            << std::setprecision(1) << std::setw(14) << r["decode_tokens_per_s"].get<double>() << "  " << std::setw(14)
+            << r["decode_eager_ms_per_step"].get<double>() << std::setw(11);
+  if (r.contains("decode_graph_ms_per_step")) std::cout << r["decode_graph_ms_per_step"].get<double>();
+  else std::cout << "-";
+  std::cout << std::setprecision(1) << std::setw(14) << r["decode_tokens_per_s"].get<double>() << "  " << std::setw(14)
             << static_cast<int64_t>(kv) << "  " << std::setw(14) << static_cast<int64_t>(analytic)
             << std::setprecision(4) << std::setw(9) << kv / analytic << "\n"
             << std::flush;
