@@ -24,7 +24,7 @@ namespace {
 struct DecodeSettings {
   at::Device device = at::kCPU;
   int64_t steps = 32, repeats = 3;
-  bool graphs = false;    // also decode through a CUDA graph of decode_step
+  bool graphs = true;     // also decode through a CUDA graph of decode_step, where supported
   std::string trace_dir;  // when set: a Chrome trace of kTracedSteps more eager steps per row
 };
 
@@ -45,12 +45,14 @@ double median_step_seconds(int64_t steps, at::Tensor& token, at::Device device, 
 
 // One row: prefill `context` tokens (median of repeats), then eager decode steps through extend,
 // then (with graphs) as many through a CUDA graph, in the same cache.
-nlohmann::json measure(ScriptedLM& scripted, const Assignment& a, const DecodeSettings& s, int64_t batch,
-                       int64_t context, int64_t vocab) {
+nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s, int64_t batch, int64_t context,
+                       int64_t vocab) {
+  const Assignment& a = scripted.assignment();
+  const bool graphs = s.graphs && GraphedDecoder::supported(scripted);
   const auto ids = at::TensorOptions().dtype(at::kLong).device(s.device);
   const at::Tensor prompt = at::randint(0, vocab, {batch, context}, ids);
   const int64_t capacity =
-      context + s.steps * (s.graphs ? 2 : 1) + (s.trace_dir.empty() ? 0 : kTracedSteps);
+      context + s.steps * (graphs ? 2 : 1) + (s.trace_dir.empty() ? 0 : kTracedSteps);
   std::vector<double> prefill_s;
   std::optional<ScriptedLM::Cache> cache;
   for (int64_t r = 0; r < s.repeats; ++r) {
@@ -65,15 +67,15 @@ nlohmann::json measure(ScriptedLM& scripted, const Assignment& a, const DecodeSe
   at::Tensor token = at::zeros({batch, 1}, ids);
   const double eager_s =
       median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return scripted.extend(t, *cache, true); });
-  nlohmann::json row = {{"batch", batch}, {"context", context}, {"prefill_tokens_per_s", batch * context / median(prefill_s)},
+  nlohmann::json row = {{"sparsity", rho}, {"batch", batch}, {"context", context}, {"prefill_tokens_per_s", batch * context / median(prefill_s)},
                         {"prefill_seconds", prefill_s}, {"decode_eager_ms_per_step", 1e3 * eager_s}};
   double decode_s = eager_s;
-  if (s.graphs) {
+  if (graphs) {
     GraphedDecoder graphed(scripted, *cache);
     decode_s = median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return graphed.step(t); });
     row["decode_graph_ms_per_step"] = 1e3 * decode_s;
   }
-  row["decode_path"] = s.graphs ? "cuda_graph" : "extend";
+  row["decode_path"] = graphs ? "cuda_graph" : "extend";
   row["decode_ms_per_step"] = 1e3 * decode_s;
   row["decode_tokens_per_s"] = batch / decode_s;
   if (!s.trace_dir.empty()) {
@@ -81,7 +83,7 @@ nlohmann::json measure(ScriptedLM& scripted, const Assignment& a, const DecodeSe
     for (int64_t i = 0; i < kTracedSteps; ++i) token = scripted.extend(token, *cache, true).argmax(-1);
     wait_for_device(s.device);
     std::ostringstream name;
-    name << s.trace_dir << "/decode_b" << batch << "_rho" << a.achieved_sparsity() << "_" << context << ".json";
+    name << s.trace_dir << "/decode_b" << batch << "_rho" << rho << "_" << context << ".json";
     compat::stop_trace(name.str());
   }
   const int64_t bytes_per_element = static_cast<int64_t>(c10::elementSize(scripted.dtype()));
@@ -91,9 +93,9 @@ nlohmann::json measure(ScriptedLM& scripted, const Assignment& a, const DecodeSe
   return row;
 }
 
-void print_row(const nlohmann::json& r, double rho) {
+void print_row(const nlohmann::json& r) {
   const double kv = r["kv_bytes"].get<double>(), analytic = r["kv_bytes_analytic"].get<double>();
-  std::cout << std::fixed << std::setw(5) << r["batch"].get<int64_t>() << std::setprecision(2) << std::setw(6) << rho
+  std::cout << std::fixed << std::setw(5) << r["batch"].get<int64_t>() << std::setprecision(2) << std::setw(6) << r["sparsity"].get<double>()
             << std::setw(9) << r["context"].get<int64_t>() << std::setprecision(0) << std::setw(15)
             << r["prefill_tokens_per_s"].get<double>() << std::setprecision(2) << std::setw(11)
             << r["decode_eager_ms_per_step"].get<double>() << std::setw(11);
@@ -135,7 +137,7 @@ int bench_decode(int argc, char** argv) {
   const AttentionSpan swa = AttentionSpan::sliding(args["window"].as<int64_t>(), args["sinks"].as<int64_t>());
   s.steps = args["decode-steps"].as<int64_t>();
   s.repeats = args["repeats"].as<int64_t>();
-  s.graphs = args["graphs"].as<bool>() && s.device.is_cuda() && compat::device_graphs_compiled();
+  s.graphs = args["graphs"].as<bool>();
   if (args.count("trace")) s.trace_dir = args["trace"].as<std::string>();
   std::vector<int64_t> batches;
   for (double b : parse_number_list(args["batch"].as<std::string>(), "--batch")) batches.push_back(static_cast<int64_t>(b));
@@ -146,8 +148,7 @@ int bench_decode(int argc, char** argv) {
   CausalLM model = random_model(config, s.device, dtype);
   std::cout << "shape " << args["shape"].as<std::string>() << " (" << with_commas(model->parameter_count())
             << " parameters), " << dtype_name(dtype) << " on " << s.device.str() << ", window " << swa.window
-            << ", sinks " << swa.sinks << "; decode ms/step eager (extend) and through a CUDA graph"
-            << (s.graphs ? "" : " (not measured)") << "\n\n"
+            << ", sinks " << swa.sinks << "; decode ms/step eager (extend) and, where supported, through a CUDA graph\n\n"
             << "batch   rho  context  prefill tok/s      eager      graph  decode tok/s  KV bytes        analytic        ratio\n";
   nlohmann::json results = nlohmann::json::array();
   for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity")) {
@@ -162,9 +163,8 @@ int bench_decode(int argc, char** argv) {
         wait_for_device(s.device);
       }
       for (double context : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
-        nlohmann::json row = measure(scripted, a, s, batch, static_cast<int64_t>(context), config.vocab_size);
-        row["sparsity"] = rho;
-        print_row(row, rho);
+        nlohmann::json row = measure(scripted, rho, s, batch, static_cast<int64_t>(context), config.vocab_size);
+        print_row(row);
         results.push_back(row);
       }
     }

@@ -13,7 +13,6 @@
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/data/synthetic.h"
-#include "consa/core/torch_compat.h"
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
 #include "process.h"
@@ -163,8 +162,7 @@ int run_generate(int argc, char** argv) {
   // On CUDA each token can be one replay of a recorded graph instead of hundreds of operators
   // dispatched from the host (exports from before decode_step existed decode through extend).
   std::unique_ptr<GraphedDecoder> graphed;
-  if (args["graphs"].as<bool>() && device.is_cuda() && compat::device_graphs_compiled() && model.has_decode_step() &&
-      max_new > 1)
+  if (args["graphs"].as<bool>() && GraphedDecoder::supported(model) && max_new > 1)
     graphed = std::make_unique<GraphedDecoder>(model, cache);
   const auto decode_start = Clock::now();
   const bool has_eos = args.count("eos") > 0;

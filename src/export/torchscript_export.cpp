@@ -242,9 +242,13 @@ def extend(self, input_ids: Tensor, cache: List[Tensor], last_only: bool) -> Ten
     return torch.linear(self._rms(x, self.norm), )JIT" << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head")
     << R"JIT(, None)
 
-def _bias(self, visible: Tensor) -> Tensor:
-    # 0 where visible, -inf elsewhere, fp32 (dtype 6).
-    return torch.zeros([visible.size(0)], dtype=6, device=visible.device).masked_fill(~visible, float("-inf"))
+def _bias(self, position: Tensor, k_pos: Tensor, windowed: bool) -> Tensor:
+    # fp32 (dtype 6) 0 where the query at `position` sees key position k_pos (-1: an empty ring
+    # slot), -inf elsewhere; `windowed` adds the window and its sinks.
+    visible = (k_pos >= 0) & (k_pos <= position)
+    if windowed:
+        visible = visible & ((k_pos > position - self.window) | (k_pos < self.sinks))
+    return torch.zeros([k_pos.size(0)], dtype=6, device=k_pos.device).masked_fill(~visible, float("-inf"))
 
 def decode_step(self, input_ids: Tensor, cache: List[Tensor], position: Tensor) -> Tensor:
     # One token per sequence (input_ids [B, 1] on the model's device) at cache position
@@ -257,11 +261,9 @@ def decode_step(self, input_ids: Tensor, cache: List[Tensor], position: Tensor) 
     ring_pos = cache[)JIT" << slot_entry << R"JIT(]
     ring_pos.index_copy_(0, slot, position)
     k_pos = torch.arange(0, cache[0].size(2), device=x.device)
-    causal = k_pos <= position
-    full_bias = self._bias(causal)
-    full_window_bias = self._bias(causal & ((k_pos > position - self.window) | (k_pos < self.sinks)))
-    ring_bias = self._bias((ring_pos >= 0) & (ring_pos <= position) &
-                           ((ring_pos > position - self.window) | (ring_pos < self.sinks)))
+    full_bias = self._bias(position, k_pos, False)
+    full_window_bias = self._bias(position, k_pos, True)
+    ring_bias = self._bias(position, ring_pos, True)
 )JIT";
   for (int64_t l = 0; l < c.num_layers; ++l)
     s << "    x = self.layer_" << l << ".decode(x, cos, sin, position, slot, cache[" << 4 * l << "], cache["
@@ -456,6 +458,10 @@ at::Tensor ScriptedLM::decode_step(const at::Tensor& input_ids, Cache& cache) {
       module_.get_method("decode_step")({input_ids.to(on_device), cache.tensors, position}).toTensor();
   cache.advance(1);
   return logits;
+}
+
+bool GraphedDecoder::supported(const ScriptedLM& model) {
+  return compat::device_graphs_compiled() && model.device().is_cuda() && model.has_decode_step();
 }
 
 GraphedDecoder::GraphedDecoder(ScriptedLM& model, ScriptedLM::Cache& cache) : model_(model), cache_(cache) {

@@ -79,6 +79,9 @@ class ScriptedLM {
 class GraphedDecoder {
  public:
   GraphedDecoder(ScriptedLM& model, ScriptedLM::Cache& cache);
+  // Whether `model` can decode this way: a CUDA build, the model on a CUDA device, and an export
+  // that has decode_step.
+  static bool supported(const ScriptedLM& model);
   // Logits [B, 1, vocab] for `input_ids` [B, 1] at the cache's end; advances the cache. The
   // result is the graph's output buffer: the next step overwrites it.
   at::Tensor step(const at::Tensor& input_ids);
