@@ -196,12 +196,14 @@ TEST_CASE("gated attention on CUDA: z = 1 is dense, z = 0 is pure SWA, gradients
   CHECK(gates->log_alpha.grad().abs().sum().item<double>() > 0.0);
 }
 
-TEST_CASE("dense and stage-2 training steps on CUDA never wait for the device", "[cuda]") {
+TEST_CASE("dense, stage-1 and stage-2 training steps on CUDA never wait for the device", "[cuda]") {
   REQUIRE(at::hasCUDA());
   LoadOptions opts;
   opts.device = at::kCUDA;
   opts.dtype = at::kBFloat16;
-  for (const char* mode : {"dense", "hard"}) {
+  for (const char* mode : {"dense", "hard", "gated", "gates"}) {
+    const std::string m = mode;
+    const int stage = m == "gated" || m == "gates" ? 1 : 2;
     CausalLM model = load_pretrained(fixture("qwen3_norm"), opts);
     Recipe recipe;
     recipe.model.dtype = "bfloat16";
@@ -210,18 +212,20 @@ TEST_CASE("dense and stage-2 training steps on CUDA never wait for the device", 
     recipe.data.seq_len = 64;
     recipe.data.batch_size = 2;
     recipe.data.min_distance = 20;
-    recipe.train.mode = std::string(mode) == "dense" ? "dense" : "full";
+    recipe.train.mode = m == "dense" ? "dense" : m == "gates" ? "gates" : "full";
     recipe.train.gradient_checkpointing = true;
     recipe.train.steps = recipe.recover.steps = 10;
-    if (std::string(mode) == "hard") {
+    if (m == "hard") {
       Assignment a = Assignment::for_model(model->config());
       a.unit = GateUnit::KvHead;
       a.swa = recipe.gates.swa;
       a.full.assign(model->num_layers(), std::vector<bool>{true, false});
       a.apply(model);
     }
-    TrainStepper stepper(recipe, model, 2);
-    stepper.step();  // the first step allocates (pinned buffers, optimizer state)
+    TrainStepper stepper(recipe, model, stage);
+    // The first steps allocate (pinned buffers, optimizer state); stage 1's second is the first
+    // to receive a late gate gradient.
+    for (int i = 0; i < 2; ++i) stepper.step();
     compat::set_device_sync_errors(true);
     std::string error;
     try {

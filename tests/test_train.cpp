@@ -7,6 +7,7 @@
 #include "catch_compat.h"
 #include "consa/core/error.h"
 #include "consa/data/batches.h"
+#include "consa/gate/hard_concrete.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/fused_adamw.h"
 #include "consa/train/trainer.h"
@@ -218,6 +219,42 @@ TEST_CASE("a resumed run produces the same metrics as an uninterrupted one", "[t
   CHECK(read_metrics(dir + "/whole").size() == 12 + 3 + 6);  // per-step lines, keep_prob lines, stage 2
   CHECK_THROWS_WITH(run_training(load_recipe(recipe, {"output.dir=" + dir + "/none"}), TrainControl{true, -1}),
                     contains("no checkpoint to resume from"));
+}
+
+TEST_CASE("overlapped gate updates follow the LM gradient one step late", "[train]") {
+  // lambda_lr 0 keeps both lambdas at 0, so the constraint adds no gradient and the gates move by
+  // their LM gradient alone. AdamW's first step moves each parameter by lr * sign(gradient).
+  const std::string dir = scratch_dir("late_gates");
+  const std::string recipe = write_recipe(dir,
+                                          "gates: {window: 4}\n"
+                                          "data: {seq_len: 24, batch_size: 2, heldout_batches: 0, value_digits: 2}\n"
+                                          "optimizer: {gate_lr: 0.1, lambda_lr: 0.0, accumulation: 2}\n"
+                                          "train: {steps: 1, log_every: 1}\n");
+  auto log_alpha_after = [&](int64_t steps, bool overlap) {
+    const std::string out = dir + "/" + std::to_string(steps) + (overlap ? "_late" : "_now");
+    run_training(load_recipe(recipe, {"output.dir=" + out, "train.steps=" + std::to_string(steps),
+                                      std::string("train.overlap_gate_updates=") + (overlap ? "true" : "false")}));
+    std::ifstream in(out + "/gates.json");
+    const auto rows = json::parse(in)["log_alpha"].get<std::vector<std::vector<double>>>();
+    std::vector<double> flat;
+    for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+    return flat;
+  };
+  const double initial = HardConcrete(HardConcreteOptions{}).initial_log_alpha();
+  const std::vector<double> now1 = log_alpha_after(1, false);
+  const std::vector<double> late1 = log_alpha_after(1, true);
+  const std::vector<double> late2 = log_alpha_after(2, true);
+  REQUIRE(now1.size() == late2.size());
+  int moved = 0;
+  for (size_t i = 0; i < now1.size(); ++i) {
+    INFO("unit " << i << ": " << now1[i] << " " << late1[i] << " " << late2[i]);
+    const double step = std::abs(now1[i] - initial);
+    CHECK((step < 1e-9 || std::abs(step - 0.1) < 1e-4));  // 0 where every sample saturated
+    moved += step > 1e-9;
+    CHECK(std::abs(late1[i] - initial) < 1e-6);       // step 1: no LM gradient has arrived yet
+    CHECK(std::abs(late2[i] - now1[i]) < 1e-6);       // step 2: step 1's gradient
+  }
+  CHECK(moved > 0);
 }
 
 TEST_CASE("the tiny CPU recipe reaches its sparsity target", "[train]") {

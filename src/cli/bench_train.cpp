@@ -78,6 +78,7 @@ struct TrainBenchSettings {
   AttentionSpan swa;
   double sparsity = 0.75;  // hard: fraction of KV heads on SWA; gated: the constraint's target
   bool checkpointing = true;
+  bool overlap_gate_updates = true;  // stage 1 (gated, gates): train.overlap_gate_updates
   int64_t warmup = 2, steps = 5, repeats = 3;
   std::string attention = "auto";
   std::string trace_dir;  // when set: a Chrome trace of one more step per configuration
@@ -97,6 +98,7 @@ Recipe bench_recipe(const TrainBenchSettings& s, BenchMode mode, int64_t length,
   r.data.heldout_batches = 0;
   r.schedule.kind = "constant";
   r.train.gradient_checkpointing = s.checkpointing;
+  r.train.overlap_gate_updates = s.overlap_gate_updates;
   r.train.steps = r.recover.steps = s.warmup + s.steps * s.repeats;
   r.train.mode = mode == BenchMode::Dense ? "dense" : mode == BenchMode::GatesOnly ? "gates" : "full";
   return r;
@@ -165,6 +167,7 @@ int bench_train(int argc, char** argv) {
       ("sparsity", "hard: fraction of KV heads on SWA; gated: the constraint target", cxxopts::value<double>()->default_value("0.75"))
       ("window", "sliding window W", cxxopts::value<int64_t>()->default_value("1024"))
       ("checkpointing", "per-layer gradient checkpointing (--checkpointing=false turns it off)", cxxopts::value<bool>()->default_value("true"))
+      ("overlap-gate-updates", "stage 1: gates take their LM gradient one step late, so no step waits (--overlap-gate-updates=false: at once)", cxxopts::value<bool>()->default_value("true"))
       ("trace", "write a Chrome trace (CUDA kernels and operators) of one extra step per configuration into this folder", cxxopts::value<std::string>())
       ("attention", "auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
       ("warmup", "untimed steps first", cxxopts::value<int64_t>()->default_value("2"))
@@ -183,6 +186,7 @@ int bench_train(int argc, char** argv) {
   s.swa = AttentionSpan::sliding(args["window"].as<int64_t>());
   s.sparsity = args["sparsity"].as<double>();
   s.checkpointing = args["checkpointing"].as<bool>();
+  s.overlap_gate_updates = args["overlap-gate-updates"].as<bool>();
   s.attention = args["attention"].as<std::string>();
   parse_attention_impl(s.attention);
   if (args.count("trace")) s.trace_dir = args["trace"].as<std::string>();
@@ -200,7 +204,8 @@ int bench_train(int argc, char** argv) {
   for (const std::string& m : parse_name_list(args["modes"].as<std::string>())) modes.push_back(parse_bench_mode(m));
 
   std::cout << dtype_name(s.dtype) << " on " << s.device.str() << ", window " << s.swa.window << ", sparsity "
-            << s.sparsity << ", gradient checkpointing " << (s.checkpointing ? "on" : "off") << ", "
+            << s.sparsity << ", gradient checkpointing " << (s.checkpointing ? "on" : "off") << ", gate updates "
+            << (s.overlap_gate_updates ? "overlapped" : "at once") << ", "
             << s.repeats << " x " << s.steps << " timed steps after " << s.warmup << "\n\n"
             << "shape        seq_len  batch  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense\n";
   nlohmann::json results = nlohmann::json::array();
@@ -245,6 +250,7 @@ int bench_train(int argc, char** argv) {
     const nlohmann::json report = {{"device", s.device.str()}, {"dtype", dtype_name(s.dtype)},
                                    {"window", s.swa.window}, {"sparsity", s.sparsity},
                                    {"checkpointing", s.checkpointing}, {"attention", s.attention},
+                                   {"overlap_gate_updates", s.overlap_gate_updates},
                                    {"peak_tflops", peak_flops / 1e12}, {"tokens_per_step", tokens_per_step},
                                    {"results", results}};
     write_file_atomically(args["out"].as<std::string>(), report.dump(2) + "\n");

@@ -5,6 +5,8 @@
 #include <set>
 
 #if CONSA_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -141,6 +143,29 @@ void DeviceGraph::replay() { fail("CUDA graphs need a CUDA build of LibTorch"); 
 DeviceGraph::~DeviceGraph() = default;
 DeviceGraph::DeviceGraph(DeviceGraph&&) noexcept = default;
 DeviceGraph& DeviceGraph::operator=(DeviceGraph&&) noexcept = default;
+
+HostCopy::HostCopy(const at::Tensor& source) {
+  const at::Tensor values = source.detach();
+#if CONSA_WITH_CUDA
+  if (values.is_cuda()) {
+    host_ = at::empty(values.sizes(), values.options().device(at::kCPU).pinned_memory(true));
+    host_.copy_(values, /*non_blocking=*/true);
+    auto event = std::make_shared<at::cuda::CUDAEvent>();
+    event->record(at::cuda::getCurrentCUDAStream(values.device().index()));
+    done_ = event;
+    return;
+  }
+#endif
+  host_ = values.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
+}
+
+at::Tensor HostCopy::get() {
+#if CONSA_WITH_CUDA
+  if (done_) static_cast<at::cuda::CUDAEvent*>(done_.get())->synchronize();
+#endif
+  done_.reset();
+  return host_;
+}
 
 std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +

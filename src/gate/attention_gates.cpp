@@ -42,16 +42,18 @@ at::Tensor AttentionGatesImpl::head_weights(const at::Tensor& z) const {
               log_alpha.sizes());
   // Query head h belongs to KV group h / (num_heads / num_kv_heads).
   const int64_t repeat = num_heads_ / z.size(1);
-  return repeat == 1 ? z : z.repeat_interleave(repeat, 1);
+  // Expanded by hand: some LibTorch versions' repeat_interleave reads its output size back.
+  return repeat == 1 ? z : z.unsqueeze(2).expand({z.size(0), z.size(1), repeat}).reshape({z.size(0), -1});
 }
 
-void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z) const {
+void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z, const at::Tensor& z_on_device) const {
   CONSA_CHECK(model->num_layers() == num_layers(), "gates: built for ", num_layers(),
               " layers, model has ", model->num_layers());
   const at::Tensor weights = head_weights(z);
   // One copy of all layers' weights to the model's device per step (no per-layer transfers,
   // and one gradient transfer back in backward); the host values decide the skipped branches.
-  const at::Tensor on_device = to_device_async(weights, model->device());
+  const at::Tensor on_device =
+      z_on_device.defined() ? head_weights(z_on_device) : to_device_async(weights, model->device());
   for (int64_t l = 0; l < num_layers(); ++l) {
     SelfAttentionImpl& attn = model->attention(l);
     attn.set_gate_weights(on_device[l], weights[l]);

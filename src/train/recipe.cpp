@@ -233,6 +233,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.train.steps = train.integer("steps", r.train.steps, 1);
   r.train.seed = static_cast<uint64_t>(train.integer("seed", 0, 0));
   r.train.gradient_checkpointing = train.boolean("gradient_checkpointing", false);
+  r.train.overlap_gate_updates = train.boolean("overlap_gate_updates", r.train.overlap_gate_updates);
   r.train.log_every = train.integer("log_every", r.train.log_every, 1);
   r.train.keep_prob_every = train.integer("keep_prob_every", r.train.keep_prob_every, 1);
   r.train.checkpoint_every = train.integer("checkpoint_every", r.train.checkpoint_every, 1);
@@ -311,6 +312,7 @@ std::string recipe_to_yaml(const Recipe& r) {
   out << YAML::Key << "train" << YAML::Value << YAML::BeginMap << YAML::Key << "mode" << YAML::Value << r.train.mode
       << YAML::Key << "steps" << YAML::Value << r.train.steps << YAML::Key << "seed" << YAML::Value << r.train.seed
       << YAML::Key << "gradient_checkpointing" << YAML::Value << r.train.gradient_checkpointing << YAML::Key
+      << "overlap_gate_updates" << YAML::Value << r.train.overlap_gate_updates << YAML::Key
       << "log_every" << YAML::Value << r.train.log_every << YAML::Key << "keep_prob_every" << YAML::Value
       << r.train.keep_prob_every << YAML::Key << "checkpoint_every" << YAML::Value << r.train.checkpoint_every
       << YAML::EndMap;

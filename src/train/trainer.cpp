@@ -1,6 +1,7 @@
 #include "consa/train/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
@@ -16,6 +17,7 @@
 #include "consa/core/device.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/core/torch_compat.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/fused_adamw.h"
 #include "consa/train/progress.h"
@@ -99,6 +101,51 @@ class IntervalThroughput {
   std::chrono::steady_clock::time_point last_;
 };
 
+// Stage 1 without waiting for the device (train.overlap_gate_updates). The gates live and update
+// on the host, since their sampled values decide which attention branches run. Their LM gradient
+// arrives on the device as dL/dz; it is multiplied there by dz/dlog_alpha (taken on the host when
+// z is sampled), summed over the step's micro-batches and copied back without waiting. The next
+// step adds it to its own constraint gradient, by which time the copy has long finished: the
+// gates follow their LM gradient one step late and the constraint's at once.
+class LateGateGradient {
+ public:
+  // z [layers, units], just sampled from log_alpha: returns z's values on `device`, a leaf that
+  // collects dL/dz for the mix (AttentionGatesImpl::apply's z_on_device).
+  at::Tensor track(const at::Tensor& z, const at::Tensor& log_alpha, at::Device device) {
+    // Each z_i depends on log_alpha_i alone, so one backward of ones gives the diagonal Jacobian.
+    const at::Tensor dz_dlog_alpha = torch::autograd::grad({z}, {log_alpha}, {at::ones_like(z)})[0];
+    at::Tensor leaf = device.is_cuda() ? to_device_async(z.detach(), device) : z.detach().to(device).clone();
+    leaf.requires_grad_(true);
+    tracked_.push_back({leaf, to_device_async(dz_dlog_alpha, device)});
+    return leaf;
+  }
+
+  // Ends a step's backward: starts copying its gradient to the host and returns the previous
+  // step's (undefined before the first).
+  at::Tensor finish_step() {
+    at::Tensor sum;
+    for (const auto& [z, dz_dlog_alpha] : tracked_) {
+      if (!z.grad().defined()) continue;  // every gate saturated: no gradient reached z
+      const at::Tensor term = z.grad() * dz_dlog_alpha;
+      sum = sum.defined() ? sum + term : term;
+    }
+    tracked_.clear();
+    at::Tensor previous = previous_.started() ? previous_.get() : at::Tensor();
+    previous_ = sum.defined() ? compat::HostCopy(sum) : compat::HostCopy();
+    return previous;
+  }
+
+  // The gradient waiting for the next step (checkpoints), and its restoration.
+  at::Tensor pending() { return previous_.started() ? previous_.get() : at::Tensor(); }
+  void restore(const at::Tensor& gradient) {
+    previous_ = gradient.defined() ? compat::HostCopy(gradient) : compat::HostCopy();
+  }
+
+ private:
+  std::vector<std::pair<at::Tensor, at::Tensor>> tracked_;  // {z on the device, dz/dlog_alpha there}
+  compat::HostCopy previous_;
+};
+
 class Job {
  public:
   // `model`: the model to train, already in memory (undefined: load recipe.model.path).
@@ -119,8 +166,9 @@ class Job {
   // Stage 2's setting for a model whose assignment is already applied; returns its optimizer.
   std::unique_ptr<torch::optim::AdamW> begin_recovery();
   std::unique_ptr<torch::optim::AdamW> make_optimizer(bool stage1);
-  // One optimizer step of stage 1 or 2. Reads nothing back from the device except, in stage 1,
-  // the gates' gradient and the clip scale (the gates update on the host).
+  // One optimizer step of stage 1 or 2. Waits for nothing on the device, except in stage 1
+  // without train.overlap_gate_updates: the gates (on the host) then need their gradient and
+  // the clip scale back at once.
   StepStats step(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, BatchStream& data);
   BatchStream training_data() const { return BatchStream(r_.data, model_->config().vocab_size, min_distance(), Split::Train); }
 
@@ -170,6 +218,7 @@ class Job {
   SparsityConstraint constraint_;
   at::Generator generator_;
   std::vector<at::Tensor> master_weights_;  // fp32 copies when weights train in bf16, else empty
+  LateGateGradient late_gate_gradient_;  // stage 1 with train.overlap_gate_updates
   std::unique_ptr<MetricsLog> log_;
   int64_t steps_this_process_ = 0;
   int64_t tokens_per_step_ = 0;
@@ -228,6 +277,7 @@ std::unique_ptr<torch::optim::AdamW> Job::make_optimizer(bool stage1) {
 
 StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, BatchStream& data) {
   const bool stage1 = stage == 1;
+  const bool late_gates = stage1 && r_.train.overlap_gate_updates;
   const bool train_weights = stage1 ? r_.train.mode == "full" : true;
   const double base_lr = stage1 ? r_.optimizer.lr : r_.recover.lr;
   const double lr = base_lr * lr_multiplier(r_.schedule.kind, r_.schedule.warmup_steps, step_in_stage, stage_steps(stage));
@@ -245,7 +295,12 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
     Batch batch = data.next();
     at::Tensor tokens = to_device_async(batch.tokens, model_->device());
     at::Tensor ce_mask = to_device_async(batch.ce_mask, model_->device());
-    if (stage1) gates_->apply(model_, gates_->sample(generator_));
+    if (late_gates) {
+      const at::Tensor z = gates_->sample(generator_);
+      gates_->apply(model_, z.detach(), late_gate_gradient_.track(z, gates_->log_alpha, model_->device()));
+    } else if (stage1) {
+      gates_->apply(model_, gates_->sample(generator_));
+    }
     at::Tensor teacher_logits, teacher_hidden;
     if (r_.objective.needs_teacher()) {
       at::NoGradGuard no_grad;
@@ -275,11 +330,26 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
     add(stats.mse, terms.mse);
   }
   if (stage1) constraint_->ascend_lambdas();
+  if (late_gates) {
+    at::Tensor& gate_grad = gates_->log_alpha.mutable_grad();
+    const at::Tensor previous = late_gate_gradient_.finish_step();
+    if (!previous.defined())
+      gate_grad = at::Tensor();  // no LM gradient yet: the gates hold still this step
+    else
+      gate_grad = gate_grad.defined() ? gate_grad + previous : previous;
+  }
   if (train_weights) grads_to_masters();
   if (r_.optimizer.grad_clip > 0) {
     std::vector<at::Tensor> clipped;
     if (train_weights) clipped = optimized_weights();
-    if (stage1) clipped.push_back(gates_->log_alpha);
+    if (late_gates) {
+      // Weights on the device and gates on the host clip separately: a joint norm would
+      // bring the scale back to the host.
+      clip_global_grad_norm(clipped, r_.optimizer.grad_clip);
+      clipped = {gates_->log_alpha};
+    } else if (stage1) {
+      clipped.push_back(gates_->log_alpha);
+    }
     clip_global_grad_norm(clipped, r_.optimizer.grad_clip);
   }
   optimizer.step();
@@ -334,6 +404,8 @@ void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW&
   archive.write("state/step", at::tensor(step_in_stage));
   archive.write("state/data_cursor", at::tensor(data.cursor()));
   archive.write("state/rng", generator_.get_state());
+  const at::Tensor late_gate_grad = late_gate_gradient_.pending();
+  if (late_gate_grad.defined()) archive.write("state/late_gate_grad", late_gate_grad);
   torch::serialize::OutputArchive optimizer_archive;
   optimizer.save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
@@ -370,6 +442,8 @@ std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimiz
   const int stage = static_cast<int>(read("state/stage").item<int64_t>());
   data.seek(read("state/data_cursor").item<int64_t>());
   generator_.set_state(read("state/rng"));
+  at::Tensor late_gate_grad;
+  if (archive.try_read("state/late_gate_grad", late_gate_grad)) late_gate_gradient_.restore(late_gate_grad);
   if (stage == 1 && stage1_optimizer) {
     torch::serialize::InputArchive optimizer_archive;
     archive.read("optimizer", optimizer_archive);

@@ -76,6 +76,22 @@ constexpr bool device_graphs_compiled() { return true; }
 constexpr bool device_graphs_compiled() { return false; }
 #endif
 
+// A copy of a device tensor to host memory that the host waits for only when it reads it: on
+// CUDA, into pinned memory, followed by an event on the current stream; elsewhere a plain copy.
+// Lets a step hand a result to a later step without stalling the device.
+class HostCopy {
+ public:
+  HostCopy() = default;
+  explicit HostCopy(const at::Tensor& source);
+  bool started() const { return host_.defined(); }
+  // The copied values; waits for the copy alone, not for work queued after it.
+  at::Tensor get();
+
+ private:
+  at::Tensor host_;
+  std::shared_ptr<void> done_;  // the CUDA event recorded after the copy
+};
+
 // Human-readable LibTorch version, e.g. "1.13.0".
 std::string torch_version();
 

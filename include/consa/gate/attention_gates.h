@@ -37,8 +37,10 @@ class AttentionGatesImpl : public torch::nn::Module {
   at::Tensor deterministic() const;
   at::Tensor prob_nonzero() const;  // [layers, units]
 
-  // Makes every layer of `model` mix FA and SWA with per-query-head weights taken from z.
-  void apply(CausalLM& model, const at::Tensor& z) const;
+  // Makes every layer of `model` mix FA and SWA with per-query-head weights taken from z. z's
+  // host values decide which branches run; the mix uses `z_on_device` (z's values on the model's
+  // device, and what receives their gradient), or else a differentiable copy of z.
+  void apply(CausalLM& model, const at::Tensor& z, const at::Tensor& z_on_device = {}) const;
   // Expands z [layers, units] to per-query-head weights [layers, num_heads].
   at::Tensor head_weights(const at::Tensor& z) const;
   // Clamps log_alpha into [-clamp, clamp] (after each optimizer step).

@@ -38,7 +38,7 @@ struct Recipe {
     double lambda_lr = 0.05;   // lambda1, lambda2 (gradient ascent)
     double weight_decay = 0.0;
     double beta1 = 0.9, beta2 = 0.95;
-    double grad_clip = 1.0;    // max global norm over weights and gates; 0 disables
+    double grad_clip = 1.0;    // max global norm (weights and gates each, with overlapped gate updates); 0 disables
     int64_t accumulation = 1;  // micro-batches per optimizer step
   } optimizer;
 
@@ -52,6 +52,9 @@ struct Recipe {
     int64_t steps = 100;
     uint64_t seed = 0;
     bool gradient_checkpointing = false;
+    // Stage 1: the gates take each step's LM gradient one step late, so that no step waits for
+    // the device (docs/training.md); false: the current step's, with two waits per step.
+    bool overlap_gate_updates = true;
     int64_t log_every = 10;
     int64_t keep_prob_every = 50;   // also log per-unit keep probabilities
     int64_t checkpoint_every = 100;

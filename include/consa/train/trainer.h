@@ -44,8 +44,8 @@ class TrainStepper {
   TrainStepper(const Recipe& recipe, CausalLM model, int stage);
   ~TrainStepper();
   // One optimizer step on the recipe's next batch. Queues device work and returns without waiting
-  // for the device, except in stage 1, whose host-side gates need their gradient and the clip
-  // scale back (two waits per step).
+  // for the device, except in stage 1 with train.overlap_gate_updates false, whose host-side gates
+  // then need their gradient and the clip scale back at once (two waits per step).
   void step();
 
  private:
