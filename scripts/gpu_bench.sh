@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The performance benchmark on a GPU machine, in one command (about 9 minutes on an H200, the
-# build included):
+# The performance benchmark on a GPU machine, in one command (about 7.5 minutes on an H200,
+# the build included):
 #   OUT=/some/dir bash scripts/gpu_bench.sh
 #   OUT=/some/dir PARTS="train reference" bash scripts/gpu_bench.sh
 # Builds consa against the local PyTorch's LibTorch, then, on random weights of Qwen3 shapes:
