@@ -254,9 +254,12 @@ TEST_CASE("consa bench decode reports every batch, context and sparsity with the
     CHECK(row["kv_bytes"].get<double>() == batch * positions * per_position);
     CHECK(row["kv_bytes_analytic"].get<double>() == batch * positions * per_position);
     CHECK(row["decode_path"] == "extend");  // no CUDA graphs on a CPU
+    CHECK(row["query_block"] == 1024);      // the export's, up to batch 8
     CHECK(row["decode_ms_per_step"].get<double>() == row["decode_eager_ms_per_step"].get<double>());
     CHECK(row["decode_tokens_per_s"].get<double>() == Approx(batch * 1e3 / row["decode_ms_per_step"].get<double>()));
   }
   CHECK(run_consa("bench decode --shape tiny --batch 0 --device cpu", &out, &err) == 1);
   CHECK(err.find("--batch: sizes must be > 0") != std::string::npos);
+  CHECK(run_consa("bench decode --shape tiny --query-block -1 --device cpu", &out, &err) == 1);
+  CHECK(err.find("--query-block must be >= 0") != std::string::npos);
 }

@@ -25,10 +25,16 @@ struct DecodeSettings {
   at::Device device = at::kCPU;
   int64_t steps = 32, repeats = 3;
   bool graphs = true;     // also decode through a CUDA graph of decode_step, where supported
+  int64_t query_block = 0;  // prefill's queries per attention block (0: query_block_for(batch))
   std::string trace_dir;  // when set: a Chrome trace of kTracedSteps more eager steps per row
 };
 
 constexpr int64_t kTracedSteps = 8;
+
+// Prefill attends in blocks of queries, materialising fp32 scores of [batch, heads, block, keys]:
+// the export's 1024 up to batch 8, then fewer per block so that the scores stay within what
+// batch 8 needs (17 GB for Qwen3-0.6B at 32K keys).
+int64_t query_block_for(int64_t batch) { return batch <= 8 ? 1024 : std::max<int64_t>(64, 8192 / batch); }
 
 // Median seconds of `steps` one-token steps, each waited for, greedy (argmax) tokens.
 template <typename Step>
@@ -67,7 +73,9 @@ nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s
   at::Tensor token = at::zeros({batch, 1}, ids);
   const double eager_s =
       median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return scripted.extend(t, *cache, true); });
-  nlohmann::json row = {{"sparsity", rho}, {"batch", batch}, {"context", context}, {"prefill_tokens_per_s", batch * context / median(prefill_s)},
+  nlohmann::json row = {{"sparsity", rho}, {"batch", batch}, {"context", context},
+                        {"query_block", scripted.module().attr("query_block").toInt()},
+                        {"prefill_tokens_per_s", batch * context / median(prefill_s)},
                         {"prefill_seconds", prefill_s}, {"decode_eager_ms_per_step", 1e3 * eager_s}};
   double decode_s = eager_s;
   if (graphs) {
@@ -122,6 +130,7 @@ int bench_decode(int argc, char** argv) {
       ("batch", "sequences decoded together (a list runs each)", cxxopts::value<std::string>()->default_value("1"))
       ("decode-steps", "timed decode steps per path", cxxopts::value<int64_t>()->default_value("32"))
       ("repeats", "prefill repetitions (median)", cxxopts::value<int64_t>()->default_value("3"))
+      ("query-block", "prefill's queries per attention block (0: 1024 up to batch 8, then 8192 / batch)", cxxopts::value<int64_t>()->default_value("0"))
       ("graphs", "also decode through a CUDA graph of decode_step (CUDA only)", cxxopts::value<bool>()->default_value("true"))
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "float32, bfloat16, float16", cxxopts::value<std::string>()->default_value("bfloat16"))
@@ -138,10 +147,12 @@ int bench_decode(int argc, char** argv) {
   s.steps = args["decode-steps"].as<int64_t>();
   s.repeats = args["repeats"].as<int64_t>();
   s.graphs = args["graphs"].as<bool>();
+  s.query_block = args["query-block"].as<int64_t>();
   if (args.count("trace")) s.trace_dir = args["trace"].as<std::string>();
   std::vector<int64_t> batches;
   for (double b : parse_number_list(args["batch"].as<std::string>(), "--batch")) batches.push_back(static_cast<int64_t>(b));
   CONSA_CHECK(s.steps > 0 && s.repeats > 0, "--decode-steps and --repeats must be > 0");
+  CONSA_CHECK(s.query_block >= 0, "--query-block must be >= 0 (0: chosen by batch)");
   CONSA_CHECK(std::all_of(batches.begin(), batches.end(), [](int64_t b) { return b > 0; }), "--batch: sizes must be > 0");
 
   at::NoGradGuard no_grad;
@@ -155,6 +166,7 @@ int bench_decode(int argc, char** argv) {
     const Assignment a = uniform_assignment(model, swa, rho);
     ScriptedLM scripted(build_scripted_model(model, a), a);
     for (int64_t batch : batches) {
+      scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
       {  // warm-up: first calls allocate and load kernels
         const auto ids = at::TensorOptions().dtype(at::kLong).device(s.device);
         ScriptedLM::Cache warm = scripted.new_cache(batch, 260);
