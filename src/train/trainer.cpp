@@ -38,7 +38,8 @@ namespace {
 
 // Global gradient-norm clipping over tensors that may live on different devices (weights on the
 // GPU, gates on the CPU). The norm and the scale stay on the weights' device, so nothing is read
-// back unless some gradients live elsewhere (stage 1's gates), which then need the scale on the host.
+// back unless some gradients live elsewhere (stage 1's gates without overlapped updates), which
+// then need the scale on the host.
 void clip_global_grad_norm(const std::vector<at::Tensor>& tensors, double max_norm) {
   std::map<std::string, std::vector<at::Tensor>> grads_by_device;
   at::Device main_device = at::kCPU;
@@ -114,8 +115,7 @@ class LateGateGradient {
   at::Tensor track(const at::Tensor& z, const at::Tensor& log_alpha, at::Device device) {
     // Each z_i depends on log_alpha_i alone, so one backward of ones gives the diagonal Jacobian.
     const at::Tensor dz_dlog_alpha = torch::autograd::grad({z}, {log_alpha}, {at::ones_like(z)})[0];
-    at::Tensor leaf = device.is_cuda() ? to_device_async(z.detach(), device) : z.detach().to(device).clone();
-    leaf.requires_grad_(true);
+    at::Tensor leaf = to_device_async(z.detach(), device).requires_grad_(true);
     tracked_.push_back({leaf, to_device_async(dz_dlog_alpha, device)});
     return leaf;
   }
@@ -137,9 +137,7 @@ class LateGateGradient {
 
   // The gradient waiting for the next step (checkpoints), and its restoration.
   at::Tensor pending() { return previous_.started() ? previous_.get() : at::Tensor(); }
-  void restore(const at::Tensor& gradient) {
-    previous_ = gradient.defined() ? compat::HostCopy(gradient) : compat::HostCopy();
-  }
+  void restore(const at::Tensor& gradient) { previous_ = compat::HostCopy(gradient); }
 
  private:
   std::vector<std::pair<at::Tensor, at::Tensor>> tracked_;  // {z on the device, dz/dlog_alpha there}
@@ -340,17 +338,16 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
   }
   if (train_weights) grads_to_masters();
   if (r_.optimizer.grad_clip > 0) {
-    std::vector<at::Tensor> clipped;
-    if (train_weights) clipped = optimized_weights();
+    std::vector<at::Tensor> weights = train_weights ? optimized_weights() : std::vector<at::Tensor>{};
     if (late_gates) {
       // Weights on the device and gates on the host clip separately: a joint norm would
       // bring the scale back to the host.
-      clip_global_grad_norm(clipped, r_.optimizer.grad_clip);
-      clipped = {gates_->log_alpha};
-    } else if (stage1) {
-      clipped.push_back(gates_->log_alpha);
+      clip_global_grad_norm(weights, r_.optimizer.grad_clip);
+      clip_global_grad_norm({gates_->log_alpha}, r_.optimizer.grad_clip);
+    } else {
+      if (stage1) weights.push_back(gates_->log_alpha);
+      clip_global_grad_norm(weights, r_.optimizer.grad_clip);
     }
-    clip_global_grad_norm(clipped, r_.optimizer.grad_clip);
   }
   optimizer.step();
   if (train_weights) masters_to_weights();
