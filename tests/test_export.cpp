@@ -8,6 +8,7 @@
 #include "consa/export/assignment.h"
 #include "consa/export/hf_export.h"
 #include "consa/export/hybrid_layout.h"
+#include "consa/load/hf_config.h"
 #include "consa/load/pretrained.h"
 #include "helpers.h"
 
@@ -204,4 +205,116 @@ TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
       }
     }
   }
+}
+
+namespace {
+
+// A tiny model of `arch` with its family's own attention features.
+ModelConfig family_config(Architecture arch) {
+  ModelConfig c = tiny_config(3, 4, 2, 8);
+  c.arch = arch;
+  c.qkv_bias = arch == Architecture::Qwen2;
+  c.qk_norm = arch == Architecture::Qwen3;
+  return c;
+}
+
+// An assignment of `c` with the given per-layer unit flags.
+Assignment assignment_of(const ModelConfig& c, GateUnit unit, std::vector<std::vector<bool>> full, int64_t sinks) {
+  Assignment a = Assignment::for_model(c);
+  a.unit = unit;
+  a.swa = AttentionSpan::sliding(6, sinks);
+  a.full = full;
+  for (const auto& layer : full) a.scores.push_back(std::vector<double>(layer.size(), 0.0));
+  return a;
+}
+
+bool stock_class(const std::string& name) {
+  for (const char* stock : {"LlamaForCausalLM", "MistralForCausalLM", "MinistralForCausalLM", "Qwen2ForCausalLM",
+                            "Qwen3ForCausalLM"})
+    if (name == stock) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("no Hugging Face export declares a stock class that would run its layout as dense", "[export]") {
+  const std::vector<std::pair<Architecture, std::string>> families = {
+      {Architecture::Llama, "llama"}, {Architecture::Mistral, "mistral"},
+      {Architecture::Qwen2, "qwen2"}, {Architecture::Qwen3, "qwen3"}};
+  at::Tensor ids = at::randint(0, 50, {1, 20}, at::TensorOptions().dtype(at::kLong));
+  for (const auto& [arch, family] : families) {
+    ModelConfig c = family_config(arch);
+    CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+    init_random_weights(model, 0.3, 5);
+    struct Case {
+      std::string name;
+      GateUnit unit;
+      std::vector<std::vector<bool>> full;
+      int64_t sinks;
+      bool per_layer;  // expressible by transformers' layer_types
+    };
+    const std::vector<Case> cases = {
+        {"kv_head mixed", GateUnit::KvHead, {{true, false}, {false, false}, {true, true}}, 0, false},
+        {"head mixed", GateUnit::Head, {{true, false, true, true}, {false, false, false, false}, {true, true, true, true}}, 0, false},
+        {"kv_head by whole layers", GateUnit::KvHead, {{true, true}, {false, false}, {true, true}}, 0, true},
+        {"head by whole layers", GateUnit::Head, {{false, false, false, false}, {true, true, true, true}, {false, false, false, false}}, 0, true},
+        {"layer", GateUnit::Layer, {{false}, {true}, {false}}, 0, true},
+        {"layer with sinks", GateUnit::Layer, {{false}, {true}, {false}}, 2, false},
+        {"kv_head by whole layers with sinks", GateUnit::KvHead, {{true, true}, {false, false}, {true, true}}, 2, false},
+        {"every layer sliding", GateUnit::Layer, {{false}, {false}, {false}}, 0, true},
+    };
+    for (const auto& k : cases) {
+      INFO(family << ": " << k.name);
+      Assignment a = assignment_of(c, k.unit, k.full, k.sinks);
+      CHECK(expressible_per_layer(a) == k.per_layer);
+      const std::string dir = scratch_dir("hf-class") + "/m";
+      export_hf(model, a, dir);
+      auto config = nlohmann::json::parse(read_text(dir + "/config.json"));
+      const std::string declared = config["architectures"][0];
+      if (!k.per_layer) {
+        CHECK_FALSE(stock_class(declared));
+        CHECK(declared == kHybridArchitecture);
+        CHECK(config["model_type"] == kHybridModelType);
+        CHECK(config["consa"]["base_model_type"] == family);
+        CHECK(config["consa"]["window"] == 6);
+        CHECK(config["consa"]["sinks"] == k.sinks);
+      } else {
+        CHECK(stock_class(declared));
+        CHECK_FALSE(config.contains("consa"));
+        CHECK(config["sliding_window"] == 6);
+        std::vector<std::string> types;
+        for (const auto& layer : k.full) types.push_back(layer[0] ? "full_attention" : "sliding_attention");
+        CHECK(config["layer_types"] == nlohmann::json(types));
+        const bool all_sliding = std::all_of(k.full.begin(), k.full.end(), [](const auto& l) { return !l[0]; });
+        if (arch == Architecture::Qwen2 || arch == Architecture::Qwen3) {
+          CHECK(declared == (arch == Architecture::Qwen2 ? "Qwen2ForCausalLM" : "Qwen3ForCausalLM"));
+          CHECK(config["use_sliding_window"] == true);
+        } else {
+          CHECK(declared == (all_sliding ? "MistralForCausalLM" : "MinistralForCausalLM"));
+        }
+      }
+      // consa itself reloads every class as the hybrid it describes.
+      CausalLM reloaded = load_pretrained(dir);
+      CausalLM reference(c, at::TensorOptions().dtype(at::kFloat));
+      at::NoGradGuard no_grad;
+      for (auto& item : reference->named_parameters()) item.value().copy_(model->named_parameters()[item.key()]);
+      a.apply(reference);
+      CHECK(max_abs_diff(reloaded->forward(ids), reference->forward(ids)) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("a Llama with attention biases and sliding layers declares consa's class", "[export]") {
+  ModelConfig c = family_config(Architecture::Llama);
+  c.qkv_bias = c.o_bias = true;
+  c.layer_window = {0, 6, 0};
+  CHECK(hf_class(c).architecture == kHybridArchitecture);
+  auto j = to_hf_config(c);
+  CHECK(j["consa"]["base_architecture"] == "LlamaForCausalLM");
+  ModelConfig back = parse_hf_config(j, "config.json");
+  CHECK(back.arch == Architecture::Llama);
+  CHECK(back.layer_window == c.layer_window);
+  CHECK(back.o_bias);
+  c.layer_window = {0, 0, 0};
+  CHECK(hf_class(c).architecture == "LlamaForCausalLM");  // dense stays stock
 }

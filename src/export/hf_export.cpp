@@ -1,6 +1,8 @@
 #include "consa/export/hf_export.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <functional>
 
 #include "consa/core/error.h"
 #include "consa/export/hybrid_layout.h"
@@ -9,15 +11,22 @@
 namespace consa {
 namespace fs = std::filesystem;
 
+bool expressible_per_layer(const Assignment& a) {
+  if (a.swa.sinks != 0) return false;  // transformers has no attention sinks
+  for (const auto& layer : a.full)
+    if (std::adjacent_find(layer.begin(), layer.end(), std::not_equal_to<bool>()) != layer.end()) return false;
+  return true;
+}
+
 void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir) {
   ModelConfig config = model->config();
   std::vector<LayerHeadLayout> layouts;
   CausalLM work = hybrid_model_copy(model, assignment, &layouts);
   config.hybrid_full_kv_heads.clear();
   config.hybrid_full_heads.clear();
-  if (assignment.unit == GateUnit::Layer) {
-    CONSA_CHECK(assignment.swa.sinks == 0, dir,
-                ": transformers has no attention sinks; export a layer assignment with sinks 0");
+  if (expressible_per_layer(assignment)) {
+    // Every layer wholly full or wholly sliding: transformers' own layer_types (the layouts
+    // leave such layers' heads in place).
     for (int64_t l = 0; l < config.num_layers; ++l)
       config.layer_window[l] = assignment.full[l][0] ? 0 : assignment.swa.window;
   } else {

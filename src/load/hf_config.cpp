@@ -1,5 +1,6 @@
 #include "consa/load/hf_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -23,6 +24,9 @@ constexpr ArchitectureEntry kArchitectures[] = {
     {Architecture::Qwen2, "Qwen2ForCausalLM", "qwen2"},
     {Architecture::Qwen3, "Qwen3ForCausalLM", "qwen3"},
 };
+// Ministral is Mistral's weights with transformers' per-layer `layer_types`: the stock class of a
+// Llama or Mistral model with some sliding-window layers. Read as Mistral.
+constexpr ArchitectureEntry kMinistral = {Architecture::Mistral, "MinistralForCausalLM", "ministral"};
 
 std::string supported_architectures() {
   std::string list;
@@ -84,15 +88,23 @@ Architecture parse_architecture(const ConfigReader& r) {
     CONSA_CHECK(list.is_array() && !list.empty() && list[0].is_string(), r.source(),
                 ": 'architectures' must be a non-empty list of class names");
     name = list[0].get<std::string>();
-    for (const auto& a : kArchitectures)
-      if (name == a.class_name) return a.arch;
   } else {
     name = r.string("model_type", "");
-    for (const auto& a : kArchitectures)
-      if (name == a.model_type) return a.arch;
   }
+  if (name == kHybridArchitecture || name == kHybridModelType) {
+    // consa's own hybrid class: the weights are those of the base architecture it names.
+    CONSA_CHECK(r.has("consa") && r.at("consa").is_object(), r.source(), ": ", name,
+                " needs the 'consa' entry that describes its hybrid layout");
+    ConfigReader hybrid(r.at("consa"), r.source() + ": consa");
+    name = hybrid.string("base_architecture", "");
+    CONSA_CHECK(!name.empty(), r.source(), ": consa.base_architecture is missing; expected one of ",
+                supported_architectures());
+  }
+  for (const auto& a : kArchitectures)
+    if (name == a.class_name || name == a.model_type) return a.arch;
+  if (name == kMinistral.class_name || name == kMinistral.model_type) return kMinistral.arch;
   fail(r.source(), ": unsupported architecture '", name, "'; supported: ",
-       supported_architectures());
+       supported_architectures(), ", ", kMinistral.class_name, ", ", kHybridArchitecture);
 }
 
 // RoPE from either `rope_parameters` (newer files) or `rope_theta` + `rope_scaling`.
@@ -257,7 +269,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.rope = parse_rope(r);
   c.layer_window = parse_layer_windows(r, c.arch, c.num_layers);
   c.dtype = r.string("dtype", r.string("torch_dtype", "float32"));
-  if (r.has("consa")) {
+  if (r.has("consa") && r.at("consa").is_object() && r.at("consa").contains("granularity")) {
     ConfigReader h(r.at("consa"), source + ": consa");
     const std::string granularity = h.string("granularity", "");
     CONSA_CHECK(granularity == "kv_head" || granularity == "head", source, ": consa.granularity '", granularity,
@@ -297,6 +309,18 @@ ModelConfig read_hf_config(const std::string& path) {
   return parse_hf_config(j, file);
 }
 
+HfClass hf_class(const ModelConfig& c) {
+  if (!c.hybrid_full_kv_heads.empty()) return {kHybridArchitecture, kHybridModelType};
+  const int64_t sliding = std::count_if(c.layer_window.begin(), c.layer_window.end(), [](int64_t w) { return w > 0; });
+  const bool llama_like = c.arch == Architecture::Llama || c.arch == Architecture::Mistral;
+  if (sliding == 0 || !llama_like) return {architecture_name(c.arch), model_type_name(c.arch)};
+  // Llama and Mistral classes have no per-layer types; Mistral's one window covers every layer.
+  // Neither Mistral nor Ministral has attention biases.
+  if (c.qkv_bias || c.o_bias) return {kHybridArchitecture, kHybridModelType};
+  if (sliding == c.num_layers) return {architecture_name(Architecture::Mistral), model_type_name(Architecture::Mistral)};
+  return {kMinistral.class_name, kMinistral.model_type};
+}
+
 json to_hf_config(const ModelConfig& c) {
   json rope = {{"rope_type", c.rope.type}, {"rope_theta", c.rope.theta}};
   if (c.rope.type != "default") rope["factor"] = c.rope.factor;
@@ -305,9 +329,10 @@ json to_hf_config(const ModelConfig& c) {
     rope["high_freq_factor"] = c.rope.high_freq_factor;
     rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
   }
+  const HfClass declared = hf_class(c);
   json j = {
-      {"architectures", {architecture_name(c.arch)}},
-      {"model_type", model_type_name(c.arch)},
+      {"architectures", {declared.architecture}},
+      {"model_type", declared.model_type},
       {"vocab_size", c.vocab_size},
       {"hidden_size", c.hidden_size},
       {"intermediate_size", c.intermediate_size},
@@ -327,12 +352,18 @@ json to_hf_config(const ModelConfig& c) {
       {"torch_dtype", c.dtype},
   };
   if (c.arch != Architecture::Qwen2) j["attention_bias"] = c.o_bias;
-  if (!c.hybrid_full_kv_heads.empty()) {
-    j["consa"] = {{"granularity", c.hybrid_full_heads.empty() ? "kv_head" : "head"},
-                  {"window", c.hybrid_window},
-                  {"sinks", c.hybrid_sinks},
-                  {"full_attention_kv_heads", c.hybrid_full_kv_heads}};
-    if (!c.hybrid_full_heads.empty()) j["consa"]["full_attention_heads"] = c.hybrid_full_heads;
+  const bool hybrid = declared.architecture == std::string(kHybridArchitecture);
+  if (hybrid) {
+    // Stock transformers cannot express this layout: the config names consa's own class, so it
+    // is refused there (or loaded through the export's remote code), never run as dense.
+    j["consa"] = {{"base_architecture", architecture_name(c.arch)}, {"base_model_type", model_type_name(c.arch)}};
+    if (!c.hybrid_full_kv_heads.empty()) {
+      j["consa"]["granularity"] = c.hybrid_full_heads.empty() ? "kv_head" : "head";
+      j["consa"]["window"] = c.hybrid_window;
+      j["consa"]["sinks"] = c.hybrid_sinks;
+      j["consa"]["full_attention_kv_heads"] = c.hybrid_full_kv_heads;
+      if (!c.hybrid_full_heads.empty()) j["consa"]["full_attention_heads"] = c.hybrid_full_heads;
+    }
   }
   int64_t window = 0;
   bool any_sliding = false;
@@ -349,6 +380,7 @@ json to_hf_config(const ModelConfig& c) {
     for (int64_t w : c.layer_window) types.push_back(w > 0 ? "sliding_attention" : "full_attention");
     j["layer_types"] = types;
     j["sliding_window"] = window;
+    // Qwen2/Qwen3 configs drop sliding_window unless this is set.
     if (c.arch == Architecture::Qwen2 || c.arch == Architecture::Qwen3) j["use_sliding_window"] = true;
   } else {
     j["sliding_window"] = nullptr;
