@@ -1,10 +1,13 @@
-// consa train RECIPE [key.sub=value ...] [--resume] [--stop-after N]
+// consa train RECIPE [key.sub=value ...] [--resume] [--stop-after N] [--nproc-per-node N]
 // consa validate RECIPE [key.sub=value ...]
 #include <cxxopts.hpp>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "commands.h"
 #include "consa/core/error.h"
+#include "consa/distributed/local_launcher.h"
 #include "consa/train/trainer.h"
 
 namespace consa::cli {
@@ -38,12 +41,43 @@ RecipeArgs recipe_args(cxxopts::ParseResult& args, const char* command) {
 
 }  // namespace
 
+// `--nproc-per-node N` (or `=N`) among argv: N, and argv without it; 0 when absent.
+int take_nproc_per_node(std::vector<std::string>& argv) {
+  for (size_t i = 1; i < argv.size(); ++i) {
+    std::string value;
+    size_t count = 0;
+    if (argv[i] == "--nproc-per-node" && i + 1 < argv.size()) {
+      value = argv[i + 1];
+      count = 2;
+    } else if (argv[i].rfind("--nproc-per-node=", 0) == 0) {
+      value = argv[i].substr(std::strlen("--nproc-per-node="));
+      count = 1;
+    } else {
+      continue;
+    }
+    char* end = nullptr;
+    const long n = std::strtol(value.c_str(), &end, 10);
+    CONSA_CHECK(end != value.c_str() && *end == '\0' && n >= 1 && n <= 1024, "consa train: --nproc-per-node: expected a rank count of 1 or more, got '",
+                value, "'");
+    argv.erase(argv.begin() + static_cast<std::ptrdiff_t>(i), argv.begin() + static_cast<std::ptrdiff_t>(i + count));
+    return static_cast<int>(n);
+  }
+  return 0;
+}
+
 int run_train(int argc, char** argv) {
+  std::vector<std::string> all(argv, argv + argc);
+  if (const int nproc = take_nproc_per_node(all); nproc > 0) {
+    CONSA_CHECK(std::getenv("RANK") == nullptr, "consa train: --nproc-per-node: this process already runs under a launcher (RANK is set)");
+    all.insert(all.begin(), "consa");  // argv[0] of the ranks; `train` follows
+    return distributed::launch_local_ranks(nproc, all);
+  }
   cxxopts::Options options = recipe_options("train", "Run a ConSA training recipe.");
   options.add_options()
       ("resume", "continue from OUTPUT_DIR/checkpoint.pt")
       ("overwrite", "replace an earlier run in OUTPUT_DIR")
-      ("stop-after", "checkpoint and exit after N steps (pre-emptible jobs)", cxxopts::value<int64_t>()->default_value("-1"));
+      ("stop-after", "checkpoint and exit after N steps (pre-emptible jobs)", cxxopts::value<int64_t>()->default_value("-1"))
+      ("nproc-per-node", "start N local ranks of a data-parallel job (as torchrun does; docs/distributed.md)", cxxopts::value<int>());
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "train");
@@ -53,6 +87,7 @@ int run_train(int argc, char** argv) {
   control.overwrite = args.count("overwrite") > 0;
   control.stop_after = args["stop-after"].as<int64_t>();
   TrainOutcome outcome = run_training(recipe, control);
+  if (!outcome.main_process) return 0;  // rank 0 reports
   if (!outcome.finished) {
     std::cout << "stopped after step " << outcome.global_step << "; continue with --resume\n";
     return 0;

@@ -83,11 +83,11 @@ void BatchStream::fill_sequence(int64_t sequence, int64_t* tokens, float* mask) 
   for (int64_t t = 0; t + 1 < len; ++t) mask[t] = 1.f;
 }
 
-Batch BatchStream::batch_at(int64_t index) const {
-  const int64_t b = options_.batch_size, len = options_.seq_len;
-  Batch batch{at::empty({b, len}, at::kLong), at::empty({b, len - 1}, at::kFloat)};
-  for (int64_t i = 0; i < b; ++i)
-    fill_sequence(index * b + i, batch.tokens[i].data_ptr<int64_t>(), batch.ce_mask[i].data_ptr<float>());
+Batch BatchStream::sequences(int64_t first, int64_t count) const {
+  const int64_t len = options_.seq_len;
+  Batch batch{at::empty({count, len}, at::kLong), at::empty({count, len - 1}, at::kFloat)};
+  for (int64_t i = 0; i < count; ++i)
+    fill_sequence(first + i, batch.tokens[i].data_ptr<int64_t>(), batch.ce_mask[i].data_ptr<float>());
   return batch;
 }
 

@@ -253,6 +253,14 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.output.dir = output.text("dir", r.output.dir);
   output.finish();
 
+  Section distributed = top.child("distributed");
+  r.distributed.backend = distributed.text("backend", r.distributed.backend, {"auto", "nccl", "gloo"});
+  r.distributed.timeout_s = distributed.number("timeout_s", r.distributed.timeout_s, 1, 1e7);
+  r.distributed.shard_optimizer = distributed.boolean("shard_optimizer", r.distributed.shard_optimizer);
+  r.distributed.gate_noise = distributed.text("gate_noise", r.distributed.gate_noise, {"shared", "per_rank"});
+  r.distributed.bucket_mb = distributed.integer("bucket_mb", r.distributed.bucket_mb, 1, 1 << 20);
+  distributed.finish();
+
   top.finish();
   return r;
 }
@@ -323,6 +331,10 @@ std::string recipe_to_yaml(const Recipe& r) {
       << YAML::EndMap;
   out << YAML::Key << "output" << YAML::Value << YAML::BeginMap << YAML::Key << "dir" << YAML::Value << r.output.dir
       << YAML::EndMap;
+  out << YAML::Key << "distributed" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
+      << r.distributed.backend << YAML::Key << "timeout_s" << YAML::Value << r.distributed.timeout_s << YAML::Key
+      << "shard_optimizer" << YAML::Value << r.distributed.shard_optimizer << YAML::Key << "gate_noise" << YAML::Value
+      << r.distributed.gate_noise << YAML::Key << "bucket_mb" << YAML::Value << r.distributed.bucket_mb << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

@@ -45,7 +45,10 @@ class BatchStream {
   BatchStream(const DataOptions& options, int64_t vocab_size, int64_t min_distance, Split split);
 
   Batch next() { return batch_at(cursor_++); }
-  Batch batch_at(int64_t index) const;
+  Batch batch_at(int64_t index) const { return sequences(index * options_.batch_size, options_.batch_size); }
+  // Sequences [first, first + count) of the split (batch_at(i) is sequences(i * batch_size,
+  // batch_size)): a data-parallel rank reads its own slice of a step's global batch.
+  Batch sequences(int64_t first, int64_t count) const;
   int64_t cursor() const { return cursor_; }
   void seek(int64_t cursor) { cursor_ = cursor; }
   int64_t heldout_windows() const { return heldout_windows_; }

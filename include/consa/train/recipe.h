@@ -73,6 +73,16 @@ struct Recipe {
   struct Output {
     std::string dir = "runs/consa";
   } output;
+
+  // Data parallelism across the ranks of a torchrun / srun / --nproc-per-node job
+  // (docs/distributed.md); ignored by a process of its own.
+  struct Distributed {
+    std::string backend = "auto";  // auto (nccl for CUDA, gloo for CPU) | nccl | gloo
+    double timeout_s = 600;        // how long a collective waits for the other ranks
+    bool shard_optimizer = true;   // ZeRO-1 when weights train: fp32 masters and AdamW moments split over ranks
+    std::string gate_noise = "shared";  // shared (every rank draws the same z) | per_rank
+    int64_t bucket_mb = 25;        // gradient all-reduce bucket size
+  } distributed;
 };
 
 // Reads and validates a recipe; `overrides` are "key.sub=value" strings applied first.

@@ -6,7 +6,9 @@
 //     assignment and train the weights.
 // Writes to recipe.output.dir: recipe.yaml (resolved), metrics.jsonl, checkpoint.pt (atomic,
 // resumable), gates.json, assignment.json (binarized by export.rule), and model/ (Hugging Face
-// format) when weights were trained.
+// format) when weights were trained. In a data-parallel job (docs/distributed.md) every rank
+// trains on its slice of each global batch and rank 0 writes these files; a sharded optimizer
+// adds each rank's optimizer_shards/ file.
 #include <ATen/ATen.h>
 
 #include <memory>
@@ -16,10 +18,17 @@
 
 namespace consa {
 
+namespace distributed {
+class Communicator;
+}
+
 struct TrainControl {
   bool resume = false;     // continue from output.dir/checkpoint.pt
   int64_t stop_after = -1;  // checkpoint and return after this many steps in this process (-1: run to the end)
   bool overwrite = false;   // start afresh even if output.dir holds an earlier run's checkpoint
+  // This process's place in a data-parallel job; unset: join the job the environment describes
+  // (torchrun, srun, --nproc-per-node), or run alone when it describes none.
+  std::shared_ptr<distributed::Communicator> comm;
 };
 
 struct TrainOutcome {
@@ -31,7 +40,13 @@ struct TrainOutcome {
   at::Tensor keep_prob;      // [layers, units]
   double heldout_ce = -1;    // stage 1's deterministic gates on held-out data (-1: not measured)
   double achieved_sparsity = 0;  // SWA fraction of the binarized assignment
+  bool main_process = true;      // rank 0 (which reports); false on the other ranks
 };
+
+// The Communicator of the job this process's environment describes (see
+// consa/distributed/launch_env.h), for `recipe`'s backend, timeout and device; a job of its own
+// when the environment describes none.
+std::shared_ptr<distributed::Communicator> join_job(const Recipe& recipe);
 
 TrainOutcome run_training(const Recipe& recipe, const TrainControl& control = {});
 
@@ -41,12 +56,16 @@ TrainOutcome run_training(const Recipe& recipe, const TrainControl& control = {}
 // whatever assignment `model` already has (Assignment::apply), or dense when it has none.
 class TrainStepper {
  public:
-  TrainStepper(const Recipe& recipe, CausalLM model, int stage);
+  // `comm`: the data-parallel job the step belongs to (unset: a process of its own).
+  TrainStepper(const Recipe& recipe, CausalLM model, int stage,
+               std::shared_ptr<distributed::Communicator> comm = nullptr);
   ~TrainStepper();
   // One optimizer step on the recipe's next batch. Queues device work and returns without waiting
   // for the device, except in stage 1 with train.overlap_gate_updates false, whose host-side gates
   // then need their gradient and the clip scale back at once (two waits per step).
   void step();
+  // Seconds the last step waited for its gradient collectives after backward (0 alone).
+  double exposed_communication_seconds() const;
 
  private:
   struct State;
