@@ -2,6 +2,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <filesystem>
 
 #include "catch_compat.h"
 #include "consa/core/error.h"
@@ -284,8 +285,12 @@ TEST_CASE("no Hugging Face export declares a stock class that would run its layo
         CHECK(config["sliding_window"] == 6);
         std::vector<std::string> types;
         for (const auto& layer : k.full) types.push_back(layer[0] ? "full_attention" : "sliding_attention");
-        CHECK(config["layer_types"] == nlohmann::json(types));
         const bool all_sliding = std::all_of(k.full.begin(), k.full.end(), [](const auto& l) { return !l[0]; });
+        // Mistral's one window covers every layer; with layer_types transformers 5 loads Ministral.
+        if (declared == "MistralForCausalLM")
+          CHECK_FALSE(config.contains("layer_types"));
+        else
+          CHECK(config["layer_types"] == nlohmann::json(types));
         if (arch == Architecture::Qwen2 || arch == Architecture::Qwen3) {
           CHECK(declared == (arch == Architecture::Qwen2 ? "Qwen2ForCausalLM" : "Qwen3ForCausalLM"));
           CHECK(config["use_sliding_window"] == true);
@@ -302,6 +307,48 @@ TEST_CASE("no Hugging Face export declares a stock class that would run its layo
       CHECK(max_abs_diff(reloaded->forward(ids), reference->forward(ids)) < 1e-5);
     }
   }
+}
+
+TEST_CASE("exports of consa's class carry its remote code, exports of stock classes none", "[export]") {
+  namespace fs = std::filesystem;
+  const std::string sources = std::string(CONSA_SOURCE_DIR) + "/src/export/hf_remote/";
+  const std::vector<std::string> files = {"configuration_consa.py", "modeling_consa.py"};
+  const nlohmann::json auto_map = {{"AutoConfig", "configuration_consa.ConsaHybridConfig"},
+                                   {"AutoModelForCausalLM", "modeling_consa.ConsaHybridForCausalLM"}};
+  ModelConfig c = family_config(Architecture::Qwen3);
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, 7);
+  const std::string dir = scratch_dir("hf-remote") + "/m";
+  auto check_stock = [&](const std::string& what) {
+    INFO(what);
+    auto config = nlohmann::json::parse(read_text(dir + "/config.json"));
+    CHECK(config["architectures"][0] != kHybridArchitecture);
+    CHECK_FALSE(config.contains("auto_map"));
+    for (const auto& f : files) CHECK_FALSE(fs::exists(dir + "/" + f));
+  };
+  export_hf(model, assignment_of(c, GateUnit::Layer, {{false}, {true}, {false}}, 0), dir);
+  check_stock("whole layers");
+  const std::vector<std::pair<std::string, Assignment>> hybrids = {
+      {"kv_head", assignment_of(c, GateUnit::KvHead, {{true, false}, {false, false}, {true, true}}, 0)},
+      {"head with sinks", assignment_of(c, GateUnit::Head, {{true, false, false, true}, {false, false, false, false},
+                                                           {true, true, true, true}}, 2)},
+      {"layer with sinks", assignment_of(c, GateUnit::Layer, {{false}, {true}, {false}}, 2)}};
+  for (const auto& [what, a] : hybrids) {
+    INFO(what);
+    export_hf(model, a, dir);  // over the previous export
+    auto config = nlohmann::json::parse(read_text(dir + "/config.json"));
+    CHECK(config["architectures"][0] == kHybridArchitecture);
+    CHECK(config["auto_map"] == auto_map);
+    for (const auto& f : files) {
+      REQUIRE(fs::exists(dir + "/" + f));
+      CHECK(read_text(dir + "/" + f) == read_text(sources + f));  // byte for byte
+    }
+    // consa's own loader ignores the code and auto_map.
+    CHECK(load_pretrained(dir)->config().hybrid_full_kv_heads == read_hf_config(dir).hybrid_full_kv_heads);
+  }
+  // A re-export under a stock class drops the code it no longer needs.
+  export_hf(model, assignment_of(c, GateUnit::KvHead, {{true, true}, {false, false}, {true, true}}, 0), dir);
+  check_stock("kv_head by whole layers, over a hybrid export");
 }
 
 TEST_CASE("a Llama with attention biases and sliding layers declares consa's class", "[export]") {

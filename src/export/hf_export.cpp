@@ -4,8 +4,11 @@
 #include <filesystem>
 #include <functional>
 
+#include "consa/core/atomic_file.h"
 #include "consa/core/error.h"
+#include "consa/export/hf_remote_code.h"  // generated from src/export/hf_remote/ at build time
 #include "consa/export/hybrid_layout.h"
+#include "consa/load/hf_config.h"
 #include "consa/load/pretrained.h"
 
 namespace consa {
@@ -17,6 +20,24 @@ bool expressible_per_layer(const Assignment& a) {
     if (std::adjacent_find(layer.begin(), layer.end(), std::not_equal_to<bool>()) != layer.end()) return false;
   return true;
 }
+
+namespace {
+
+// configuration_consa.py and modeling_consa.py beside a config.json that declares consa's hybrid
+// class, so that transformers loads it with trust_remote_code; a re-export to the same folder
+// under a stock class drops them. Written before config.json, whose auto_map names them.
+void write_remote_code(const std::string& dir, bool hybrid) {
+  fs::create_directories(dir);
+  for (const auto& file : hf_remote_code::kFiles) {
+    const fs::path path = fs::path(dir) / file.name;
+    if (hybrid)
+      write_file_atomically(path.string(), std::string(reinterpret_cast<const char*>(file.data), file.size));
+    else
+      fs::remove(path);
+  }
+}
+
+}  // namespace
 
 void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir) {
   ModelConfig config = model->config();
@@ -42,6 +63,7 @@ void export_hf(CausalLM& model, const Assignment& assignment, const std::string&
     config.hybrid_sinks = assignment.swa.sinks;
     std::fill(config.layer_window.begin(), config.layer_window.end(), 0);
   }
+  write_remote_code(dir, hf_class(config).architecture == kHybridArchitecture);
   save_pretrained(work, dir, 4ull << 30, &config);
   // assignment.json describes the weights as stored.
   Assignment saved = permuted_assignment(assignment, layouts);

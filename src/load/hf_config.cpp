@@ -357,6 +357,9 @@ json to_hf_config(const ModelConfig& c) {
     // Stock transformers cannot express this layout: the config names consa's own class, so it
     // is refused there (or loaded through the export's remote code), never run as dense.
     j["consa"] = {{"base_architecture", architecture_name(c.arch)}, {"base_model_type", model_type_name(c.arch)}};
+    // The code consa writes beside config.json (src/export/hf_remote/).
+    j["auto_map"] = {{"AutoConfig", "configuration_consa.ConsaHybridConfig"},
+                     {"AutoModelForCausalLM", "modeling_consa.ConsaHybridForCausalLM"}};
     if (!c.hybrid_full_kv_heads.empty()) {
       j["consa"]["granularity"] = c.hybrid_full_heads.empty() ? "kv_head" : "head";
       j["consa"]["window"] = c.hybrid_window;
@@ -376,9 +379,13 @@ json to_hf_config(const ModelConfig& c) {
     }
   }
   if (any_sliding) {
-    json types = json::array();
-    for (int64_t w : c.layer_window) types.push_back(w > 0 ? "sliding_attention" : "full_attention");
-    j["layer_types"] = types;
+    // Mistral's one sliding_window covers every layer. transformers 5 loads a mistral config
+    // that lists layer_types as Ministral, so the declared class would not be the one loaded.
+    if (declared.model_type != model_type_name(Architecture::Mistral)) {
+      json types = json::array();
+      for (int64_t w : c.layer_window) types.push_back(w > 0 ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    }
     j["sliding_window"] = window;
     // Qwen2/Qwen3 configs drop sliding_window unless this is set.
     if (c.arch == Architecture::Qwen2 || c.arch == Architecture::Qwen3) j["use_sliding_window"] = true;

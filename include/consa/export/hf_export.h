@@ -11,6 +11,8 @@
 //                       first within a group), the per-layer split under config.json's "consa"
 //                       entry, and consa's own class (kHybridArchitecture), which stock
 //                       transformers refuses instead of loading the weights as a dense model.
+//                       Such exports carry that class's transformers code (src/export/hf_remote/,
+//                       compiled in) and an auto_map, so trust_remote_code=True runs them exactly.
 #include <string>
 
 #include "consa/export/assignment.h"
