@@ -14,6 +14,7 @@
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/core/torch_compat.h"
+#include "consa/distributed/communicator.h"
 #include "consa/gate/attention_gates.h"
 #include "consa/train/trainer.h"
 
@@ -104,15 +105,23 @@ Recipe bench_recipe(const TrainBenchSettings& s, BenchMode mode, int64_t length,
   return r;
 }
 
+// Where ranks other than 0 print: nowhere (a stream without a buffer discards everything).
+std::ostream& null_stream() {
+  static std::ostream sink(nullptr);
+  return sink;
+}
+
 struct TrainBenchResult {
   double step_seconds = 0;  // median over repeats of the mean step time
+  double exposed_comm_seconds = 0;  // per step: gradient collectives waited for after backward
   std::vector<double> repeat_step_seconds;
   double flops = 0;
   int64_t peak_bytes = -1;
 };
 
 TrainBenchResult time_training(CausalLM& model, const std::string& shape, const TrainBenchSettings& s,
-                               BenchMode mode, int64_t length, int64_t batch) {
+                               BenchMode mode, int64_t length, int64_t batch,
+                               const std::shared_ptr<distributed::Communicator>& comm) {
   // Every mode starts from plain spans: all full attention, or the hard assignment.
   remove_gates(model);
   uniform_assignment(model, s.swa, mode == BenchMode::Hard ? s.sparsity : 0.0).apply(model);
@@ -120,15 +129,20 @@ TrainBenchResult time_training(CausalLM& model, const std::string& shape, const 
   result.flops = step_flops(model, batch, length);
   const int stage = mode == BenchMode::Gated || mode == BenchMode::GatesOnly ? 1 : 2;
   {
-    TrainStepper stepper(bench_recipe(s, mode, length, batch), model, stage);
+    TrainStepper stepper(bench_recipe(s, mode, length, batch), model, stage, comm);
     for (int64_t i = 0; i < s.warmup; ++i) stepper.step();
     wait_for_device(s.device);
     compat::reset_peak_device_memory(s.device);
     for (int64_t r = 0; r < s.repeats; ++r) {
       const auto start = Clock::now();
-      for (int64_t i = 0; i < s.steps; ++i) stepper.step();
+      double exposed = 0;
+      for (int64_t i = 0; i < s.steps; ++i) {
+        stepper.step();
+        exposed += stepper.exposed_communication_seconds();
+      }
       wait_for_device(s.device);
       result.repeat_step_seconds.push_back(seconds_since(start) / static_cast<double>(s.steps));
+      result.exposed_comm_seconds += exposed / static_cast<double>(s.steps * s.repeats);
     }
     result.peak_bytes = compat::peak_device_memory(s.device);
     if (!s.trace_dir.empty()) {
@@ -202,12 +216,21 @@ int bench_train(int argc, char** argv) {
   CONSA_CHECK(peak_flops > 0, "--peak-tflops must be > 0");
   std::vector<BenchMode> modes;
   for (const std::string& m : parse_name_list(args["modes"].as<std::string>())) modes.push_back(parse_bench_mode(m));
+  // Under torchrun / srun / a launcher every rank times its own GPU's step, through the same
+  // collectives as `consa train` (at world size 1 too); rank 0 reports.
+  Recipe job = bench_recipe(s, BenchMode::Dense, 8, 1);
+  const std::shared_ptr<distributed::Communicator> comm = join_job(job);
+  if (comm->has_group()) s.device = comm->device();
+  const int64_t world = comm->world_size();
+  std::ostream& out = comm->is_main() ? std::cout : null_stream();
 
-  std::cout << dtype_name(s.dtype) << " on " << s.device.str() << ", window " << s.swa.window << ", sparsity "
+  out << dtype_name(s.dtype) << " on " << s.device.str();
+  if (comm->has_group()) out << " (rank 0 of " << world << ", " << comm->backend() << ")";
+  out << ", window " << s.swa.window << ", sparsity "
             << s.sparsity << ", gradient checkpointing " << (s.checkpointing ? "on" : "off") << ", gate updates "
             << (s.overlap_gate_updates ? "overlapped" : "at once") << ", "
             << s.repeats << " x " << s.steps << " timed steps after " << s.warmup << "\n\n"
-            << "shape        seq_len  batch  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense\n";
+            << "shape        seq_len  batch  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense  comm ms\n";
   nlohmann::json results = nlohmann::json::array();
   for (const std::string& shape : parse_name_list(args["shapes"].as<std::string>())) {
     CausalLM model = random_model(shape_config(shape), s.device, s.dtype);
@@ -218,7 +241,7 @@ int bench_train(int argc, char** argv) {
       const int64_t batch = std::max<int64_t>(1, tokens_per_step / length);
       double dense_seconds = 0;
       for (BenchMode mode : modes) {
-        const TrainBenchResult r = time_training(model, shape, s, mode, length, batch);
+        const TrainBenchResult r = time_training(model, shape, s, mode, length, batch, comm);
         if (mode == BenchMode::Dense) dense_seconds = r.step_seconds;
         const double tokens_per_s = static_cast<double>(batch * length) / r.step_seconds;
         const double tflops = r.flops / r.step_seconds / 1e12;
@@ -228,25 +251,28 @@ int bench_train(int argc, char** argv) {
         else peak << "-";
         if (dense_seconds > 0) ratio << std::fixed << std::setprecision(3) << r.step_seconds / dense_seconds;
         else ratio << "-";
-        std::cout << std::left << std::setw(13) << shape << std::right << std::setw(7) << length << std::setw(7)
+        out << std::left << std::setw(13) << shape << std::right << std::setw(7) << length << std::setw(7)
                   << batch << "  " << std::left << std::setw(6) << bench_mode_name(mode) << std::right << std::fixed
                   << std::setprecision(1) << std::setw(9) << 1e3 * r.step_seconds << std::setprecision(0)
                   << std::setw(11) << tokens_per_s << std::setprecision(1) << std::setw(9) << tflops
                   << std::setprecision(3) << std::setw(7) << mfu << std::setw(10) << peak.str()
-                  << std::setw(10) << ratio.str() << "\n"
+                  << std::setw(10) << ratio.str() << std::setprecision(2) << std::setw(9)
+                  << 1e3 * r.exposed_comm_seconds << "\n"
                   << std::flush;
         nlohmann::json row = {{"shape", shape}, {"seq_len", length}, {"batch", batch},
                               {"mode", bench_mode_name(mode)}, {"step_ms", 1e3 * r.step_seconds},
                               {"repeat_step_ms", nlohmann::json::array()}, {"tokens_per_s", tokens_per_s},
                               {"model_flops_per_step", r.flops}, {"tflops", tflops}, {"mfu", mfu},
-                              {"peak_bytes", r.peak_bytes}};
+                              {"peak_bytes", r.peak_bytes}, {"world_size", world},
+                              {"global_tokens_per_s", tokens_per_s * static_cast<double>(world)},
+                              {"exposed_comm_ms", 1e3 * r.exposed_comm_seconds}};
         for (double t : r.repeat_step_seconds) row["repeat_step_ms"].push_back(1e3 * t);
         if (dense_seconds > 0) row["step_vs_dense"] = r.step_seconds / dense_seconds;
         results.push_back(row);
       }
     }
   }
-  if (args.count("out")) {
+  if (args.count("out") && comm->is_main()) {
     const nlohmann::json report = {{"device", s.device.str()}, {"dtype", dtype_name(s.dtype)},
                                    {"window", s.swa.window}, {"sparsity", s.sparsity},
                                    {"checkpointing", s.checkpointing}, {"attention", s.attention},

@@ -82,8 +82,16 @@ std::string Communicator::failure_context() const {
 void Communicator::collective_failed(const std::string& what) const {
   const std::string peer = failure_context();
   if (!peer.empty()) fail("rank ", rank_, ": ", what, " stopped because ", peer);
+  std::string cause;
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    cause = e.what();
+    cause = cause.substr(0, std::min(cause.find('\n'), size_t{200}));
+  } catch (...) {
+  }
   fail("rank ", rank_, ": ", what, " failed: a peer rank stopped or did not answer within distributed.timeout_s (",
-       timeout_.count() / 1000.0, " s)");
+       timeout_.count() / 1000.0, " s)", cause.empty() ? "" : "; the backend said: " + cause);
 }
 
 void Communicator::report_failure(const std::string& message) const {

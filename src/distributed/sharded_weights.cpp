@@ -49,7 +49,10 @@ void ShardedWeights::gather_into_weights() {
   const auto& buckets = buckets_.buckets();
   for (size_t i = 0; i < buckets.size(); ++i) {
     const auto& b = buckets[i];
-    const at::ScalarType dtype = tensors[b.slots.front().tensor].scalar_type();
+    // Gathered in the weights' dtype (half the bytes for bf16), except over Gloo, which has no
+    // bf16 collectives.
+    const at::ScalarType dtype =
+        comm_->backend() == "gloo" ? at::kFloat : tensors[b.slots.front().tensor].scalar_type();
     at::Tensor shard = masters_[i].detach().to(dtype);
     at::Tensor full = at::empty({b.padded}, shard.options());
     comm_->all_gather(full, shard, "weights (bucket " + std::to_string(i) + ")").wait();

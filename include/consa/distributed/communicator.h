@@ -72,6 +72,7 @@ class Communicator {
  private:
   std::string failure_context() const;  // a peer's reported failure, if any
   Pending started(std::shared_ptr<void> work, const std::string& what) const;
+  // Inside a catch block: the one-line error for the collective whose exception is in flight.
   [[noreturn]] void collective_failed(const std::string& what) const;
 
   struct State;
