@@ -40,7 +40,7 @@ endif()
 # c10d's backends for distributed training (consa/core/torch_compat_c10d.h): Gloo where its
 # headers are (Debian's libgloo-dev; pip LibTorch ships none), NCCL in CUDA builds (pip LibTorch
 # has it; its nccl.h comes with the nvidia-nccl wheel beside torch).
-find_path(CONSA_GLOO_INCLUDE_DIR gloo/config.h)
+find_path(CONSA_GLOO_INCLUDE_DIR gloo/algorithm.h)  # all of Gloo, not the config.h pip LibTorch ships
 find_file(CONSA_C10D_GLOO_HEADER torch/csrc/distributed/c10d/ProcessGroupGloo.hpp PATHS ${TORCH_INCLUDE_DIRS} NO_DEFAULT_PATH)
 set(CONSA_WITH_GLOO OFF)
 if(CONSA_GLOO_INCLUDE_DIR AND CONSA_C10D_GLOO_HEADER)
