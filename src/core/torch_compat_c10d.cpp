@@ -4,10 +4,18 @@
 
 #include <cstdlib>
 
-#ifdef USE_C10D_GLOO
+// CONSA_C10D_GLOO / CONSA_C10D_NCCL say which backends' headers this build has (CMake checks);
+// LibTorch's own USE_C10D_* may be set by its CMake files whether or not the headers came along.
+#if CONSA_C10D_GLOO
+#ifndef USE_C10D_GLOO
+#define USE_C10D_GLOO
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#ifdef USE_C10D_NCCL
+#if CONSA_C10D_NCCL
+#ifndef USE_C10D_NCCL
+#define USE_C10D_NCCL
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 #if CONSA_WITH_CUDA
@@ -36,7 +44,7 @@ c10::intrusive_ptr<c10d::Store> tcp_store(const std::string& host, int port, boo
 
 c10::intrusive_ptr<CollectiveGroup> gloo_group(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                                               const std::string& master_addr, std::chrono::milliseconds timeout) {
-#ifdef USE_C10D_GLOO
+#if CONSA_C10D_GLOO
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME"); interface != nullptr && *interface != '\0')
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(interface));
@@ -53,7 +61,7 @@ c10::intrusive_ptr<CollectiveGroup> gloo_group(const c10::intrusive_ptr<c10d::St
 
 c10::intrusive_ptr<CollectiveGroup> nccl_group(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                                               std::chrono::milliseconds timeout) {
-#ifdef USE_C10D_NCCL
+#if CONSA_C10D_NCCL
   auto options = c10d::ProcessGroupNCCL::Options::create();
   options->timeout = timeout;
   return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, options);

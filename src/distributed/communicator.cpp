@@ -124,7 +124,13 @@ void Communicator::Pending::wait() {
   if (!work_) return;
   std::shared_ptr<void> work = std::move(work_);
   try {
-    work_of(work).wait(owner_->timeout_);
+    // NCCL: a wait without a time limit only orders the current stream after the collective (the
+    // process group's watchdog enforces distributed.timeout_s); with one it would block the host
+    // and drain the device's queue. Gloo works on the host anyway.
+    if (owner_->backend_ == "nccl")
+      work_of(work).wait();
+    else
+      work_of(work).wait(owner_->timeout_);
   } catch (const std::exception&) {
     owner_->collective_failed(what_);
   }

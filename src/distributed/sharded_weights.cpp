@@ -26,14 +26,10 @@ ShardedWeights::ShardedWeights(std::shared_ptr<Communicator> comm, const Gradien
 }
 
 void ShardedWeights::take_gradients() {
+  // The averaged slice itself, not a copy: the next reduce-scatter overwrites it only after the
+  // optimizer has used it.
   const auto& buckets = buckets_.buckets();
-  for (size_t i = 0; i < masters_.size(); ++i) {
-    at::Tensor& grad = masters_[i].mutable_grad();
-    if (grad.defined())
-      grad.copy_(buckets[i].shard);
-    else
-      grad = buckets[i].shard.clone();
-  }
+  for (size_t i = 0; i < masters_.size(); ++i) masters_[i].mutable_grad() = buckets[i].shard;
 }
 
 at::Tensor ShardedWeights::squared_gradient_norm() {
