@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -397,4 +398,61 @@ TEST_CASE("a NaN loss stops every rank together and writes no checkpoint", "[dis
     CHECK_THAT(err, contains("the loss became NaN or Inf between steps 1 and 1"));
     CHECK_FALSE(std::filesystem::exists(dir + "/checkpoint.pt"));
   }
+}
+
+TEST_CASE("consa sweep --devices runs pairs side by side with the results of a sequential sweep", "[distributed]") {
+  const std::string root = scratch_dir("dp-sweep");
+  const std::string args = std::string(CONSA_SOURCE_DIR) + "/recipes/tiny_cpu.yaml model.path=" + CONSA_SOURCE_DIR +
+                           "/tests/fixtures/qwen3_norm train.steps=20 train.log_every=10 data.heldout_batches=1 "
+                           "--targets 0.5,0.75 --methods consa,uniform --tasks passkey --lengths 48 --depths 0.5 "
+                           "--samples 4 --value-digits 3 --heldout-batches 1";
+  run_ok("sweep " + args + " --out " + root + "/sequential");
+  run_ok("sweep " + args + " --out " + root + "/side_by_side --devices cpu,cpu");
+  // Every column but the allocation time and the run's folder.
+  auto rows = [](const std::string& csv_path) {
+    std::vector<std::string> out;
+    std::istringstream in(read_text(csv_path));
+    for (std::string line; std::getline(in, line);) out.push_back(line.substr(0, line.rfind(',', line.rfind(',') - 1)));
+    return out;
+  };
+  const auto a = rows(root + "/sequential/sweep.csv"), b = rows(root + "/side_by_side/sweep.csv");
+  CHECK(a.size() == 5);  // header + 4 pairs
+  CHECK(a == b);
+  CHECK(std::filesystem::exists(root + "/side_by_side/consa_t0.5/sweep.log"));
+  // A rerun finds every pair done.
+  std::string out, err;
+  REQUIRE(run_consa("sweep " + args + " --out " + root + "/side_by_side --devices cpu,cpu", &out, &err) == 0);
+  CHECK_THAT(out, contains("0 run on 2 devices, 4 done earlier"));
+}
+
+TEST_CASE("a hung rank stops the other after distributed.timeout_s", "[distributed]") {
+  const std::string root = scratch_dir("dp-hang");
+  const std::string dir = root + "/run";
+  const std::string args = "train " + tiny_args(dir, "train.steps=400 data.batch_size=4 distributed.timeout_s=4");
+  const int port = free_local_port();
+  std::vector<Child> ranks;
+  for (int rank = 0; rank < 2; ++rank)
+    ranks.push_back(start_consa(args,
+                                {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
+                                 {"MASTER_PORT", std::to_string(port)}},
+                                root + "/rank" + std::to_string(rank) + ".err"));
+  const auto started = std::chrono::steady_clock::now();
+  while (last_logged_step(dir) < 20 && std::chrono::steady_clock::now() - started < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(last_logged_step(dir) >= 20);
+  ::kill(ranks[1].pid, SIGSTOP);  // alive, but answering nothing
+  const auto stopped = std::chrono::steady_clock::now();
+  const int status = wait_for(ranks[0].pid, 30);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  ::kill(ranks[1].pid, SIGKILL);
+  wait_for(ranks[1].pid, 5);
+  const std::string err = read_text(ranks[0].err_path);
+  INFO("rank 0 stderr: " << err);
+  REQUIRE(status != -1);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK(waited > 3);   // it waited for the timeout ...
+  CHECK(waited < 10);  // ... and not much longer
+  CHECK_THAT(err, contains("rank 0: "));
+  CHECK_THAT(err, contains("within distributed.timeout_s (4 s)"));
 }

@@ -114,6 +114,7 @@ std::ostream& null_stream() {
 struct TrainBenchResult {
   double step_seconds = 0;  // median over repeats of the mean step time
   double exposed_comm_seconds = 0;  // per step: gradient collectives waited for after backward
+  double single_rank_step_seconds = 0;  // several ranks: rank 0's step alone (median), else 0
   std::vector<double> repeat_step_seconds;
   double flops = 0;
   int64_t peak_bytes = -1;
@@ -128,6 +129,26 @@ TrainBenchResult time_training(CausalLM& model, const std::string& shape, const 
   TrainBenchResult result;
   result.flops = step_flops(model, batch, length);
   const int stage = mode == BenchMode::Gated || mode == BenchMode::GatesOnly ? 1 : 2;
+  if (comm->world_size() > 1) {
+    // World size 1 in the same invocation, for the scaling efficiency: rank 0 alone, on the same
+    // per-GPU batch, while the other ranks wait.
+    if (comm->is_main()) {
+      TrainStepper alone(bench_recipe(s, mode, length, batch), model, stage);
+      for (int64_t i = 0; i < s.warmup; ++i) alone.step();
+      std::vector<double> repeats;
+      for (int64_t r = 0; r < s.repeats; ++r) {
+        wait_for_device(s.device);
+        const auto start = Clock::now();
+        for (int64_t i = 0; i < s.steps; ++i) alone.step();
+        wait_for_device(s.device);
+        repeats.push_back(seconds_since(start) / static_cast<double>(s.steps));
+      }
+      result.single_rank_step_seconds = median(repeats);
+    }
+    comm->barrier("the single-rank reference step");
+    remove_gates(model);
+    uniform_assignment(model, s.swa, mode == BenchMode::Hard ? s.sparsity : 0.0).apply(model);
+  }
   {
     TrainStepper stepper(bench_recipe(s, mode, length, batch), model, stage, comm);
     for (int64_t i = 0; i < s.warmup; ++i) stepper.step();
@@ -268,6 +289,14 @@ int bench_train(int argc, char** argv) {
                               {"exposed_comm_ms", 1e3 * r.exposed_comm_seconds}};
         for (double t : r.repeat_step_seconds) row["repeat_step_ms"].push_back(1e3 * t);
         if (dense_seconds > 0) row["step_vs_dense"] = r.step_seconds / dense_seconds;
+        if (r.single_rank_step_seconds > 0) {
+          // Weak scaling: each rank keeps the per-GPU batch, so ideal is the single rank's step time.
+          row["single_rank_step_ms"] = 1e3 * r.single_rank_step_seconds;
+          row["scaling_efficiency"] = r.single_rank_step_seconds / r.step_seconds;
+          out << "             world " << world << " vs 1 rank alone: " << std::setprecision(1) << 1e3 * r.single_rank_step_seconds
+              << " ms alone, scaling efficiency " << std::setprecision(3) << r.single_rank_step_seconds / r.step_seconds
+              << ", global tokens/s " << std::setprecision(0) << tokens_per_s * static_cast<double>(world) << "\n";
+        }
         results.push_back(row);
       }
     }

@@ -1,5 +1,6 @@
 #include "process.h"
 
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -64,6 +65,25 @@ std::string run_and_capture(const std::vector<std::string>& argv) {
   ::close(fds[0]);
   wait_ok(pid, argv[0]);
   return out;
+}
+
+pid_t spawn_logged(const std::vector<std::string>& argv, const std::string& log_path) {
+  const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  CONSA_CHECK(log >= 0, log_path, ": cannot open for writing: ", std::strerror(errno));
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  CONSA_CHECK(pid >= 0, argv[0], ": cannot start: ", std::strerror(errno));
+  if (pid == 0) {
+    ::dup2(log, STDOUT_FILENO);
+    ::dup2(log, STDERR_FILENO);
+    ::close(log);
+    auto args = c_args(argv);
+    ::execv(args[0], args.data());
+    std::fprintf(stderr, "consa: error: %s: cannot run: %s\n", args[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(log);
+  return pid;
 }
 
 FeedProcess::FeedProcess(const std::vector<std::string>& argv) : name_(argv[0]) {

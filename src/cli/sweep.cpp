@@ -1,13 +1,120 @@
-// consa sweep RECIPE --targets ... --methods ... --out DIR
+// consa sweep RECIPE --targets ... --methods ... --out DIR [--devices cuda:0,cuda:1,...]
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
 #include <cxxopts.hpp>
+#include <filesystem>
 #include <iostream>
+#include <map>
+#include <sstream>
 
 #include "commands.h"
 #include "consa/core/atomic_file.h"
 #include "consa/core/error.h"
 #include "consa/eval/sweep.h"
+#include "process.h"
 
 namespace consa::cli {
+
+namespace {
+
+// `argv` without the options in `drop` (as `--name value` or `--name=value`).
+std::vector<std::string> without_options(const std::vector<std::string>& argv, const std::vector<std::string>& drop) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    bool dropped = false;
+    for (const auto& name : drop) {
+      if (argv[i] == "--" + name) {
+        ++i;  // and its value
+        dropped = true;
+      } else if (argv[i].rfind("--" + name + "=", 0) == 0) {
+        dropped = true;
+      }
+    }
+    if (!dropped) out.push_back(argv[i]);
+  }
+  return out;
+}
+
+std::string this_executable() {
+  char self[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  CONSA_CHECK(n > 0, "consa sweep --devices: cannot find the running consa executable");
+  return std::string(self, static_cast<size_t>(n));
+}
+
+// --devices: the pairs not done yet run side by side, one per device, each as `consa sweep` of
+// that one pair with model.device set (its output in the pair's folder, sweep.log); then the
+// tables are written from every pair's eval.json, as a sequential sweep writes them.
+int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe, const SweepOptions& o,
+                     const std::vector<std::string>& devices) {
+  for (const auto& d : devices) parse_device(d);  // refuse a bad name before starting anything
+  CONSA_CHECK(!devices.empty(), "consa sweep: --devices: expected a list such as cuda:0,cuda:1");
+  struct Pair {
+    std::string method;
+    double target;
+  };
+  std::vector<Pair> pending;
+  for (const std::string& method : o.methods) {
+    if (method != "consa") parse_baseline_method(method);
+    for (double target : o.targets) {
+      const std::string dir = sweep_run_dir(o.out_dir, method, target);
+      if (std::filesystem::exists(std::filesystem::path(dir) / "eval.json"))
+        std::cout << "sweep: " << method << " at " << target << ": done earlier (" << dir << "/eval.json)\n";
+      else
+        pending.push_back({method, target});
+    }
+  }
+  std::filesystem::create_directories(o.out_dir);
+  const std::vector<std::string> base =
+      without_options(argv, {"devices", "methods", "targets", "out"});
+  std::map<pid_t, std::pair<size_t, std::string>> running;  // pid -> {pair, device}
+  std::vector<std::string> free_devices(devices.rbegin(), devices.rend());
+  size_t next = 0;
+  int failures = 0;
+  while (next < pending.size() || !running.empty()) {
+    while (next < pending.size() && !free_devices.empty()) {
+      const Pair& p = pending[next];
+      const std::string device = free_devices.back();
+      free_devices.pop_back();
+      const std::string dir = sweep_run_dir(o.out_dir, p.method, p.target);
+      std::filesystem::create_directories(dir);
+      std::vector<std::string> child = {this_executable()};  // then base: "sweep" and its arguments
+      child.insert(child.end(), base.begin(), base.end());
+      std::ostringstream target;
+      target << p.target;
+      for (const std::string& extra : std::vector<std::string>{"model.device=" + device, "--methods", p.method, "--targets", target.str(),
+                                       "--out", o.out_dir})
+        child.push_back(extra);
+      std::cout << "sweep: " << p.method << " at " << p.target << " on " << device << " -> " << dir << " (log: " << dir
+                << "/sweep.log)\n" << std::flush;
+      running[spawn_logged(child, dir + "/sweep.log")] = {next, device};
+      ++next;
+    }
+    int status = 0;
+    const pid_t done = ::waitpid(-1, &status, 0);
+    if (done < 0) break;
+    auto it = running.find(done);
+    if (it == running.end()) continue;
+    const Pair& p = pending[it->second.first];
+    free_devices.push_back(it->second.second);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ++failures;
+      std::cerr << "consa: error: sweep: " << p.method << " at " << p.target << " on " << it->second.second
+                << " failed; see " << sweep_run_dir(o.out_dir, p.method, p.target) << "/sweep.log\n";
+    }
+    running.erase(it);
+  }
+  write_sweep_tables(o);
+  std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << pending.size() - failures
+            << " run on " << devices.size() << " devices, " << o.methods.size() * o.targets.size() - pending.size()
+            << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md\n";
+  (void)recipe;
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
 
 int run_sweep(int argc, char** argv) {
   cxxopts::Options options("consa sweep",
@@ -24,6 +131,7 @@ int run_sweep(int argc, char** argv) {
       ("duo-l1", "duo: weight of sum(alpha)", cxxopts::value<double>()->default_value("0.05"))
       ("seed", "random: the draw; duo: sample order", cxxopts::value<uint64_t>()->default_value("0"))
       ("offset", "uniform: index of the first full-attention unit", cxxopts::value<int64_t>()->default_value("0"))
+      ("devices", "run pairs side by side, one per device (e.g. cuda:0,cuda:1; cpu,cpu for CPU cores)", cxxopts::value<std::string>())
       ("h,help", "show this help");
   // Evaluation flags, shared with consa eval.
   add_eval_options(options);
@@ -43,6 +151,9 @@ int run_sweep(int argc, char** argv) {
   o.baseline.duo_l1 = args["duo-l1"].as<double>();
   o.baseline.seed = args["seed"].as<uint64_t>();
   o.baseline.offset = args["offset"].as<int64_t>();
+  if (args.count("devices"))
+    return sweep_on_devices(std::vector<std::string>(argv, argv + argc), recipe, o,
+                            parse_name_list(args["devices"].as<std::string>()));
   const SweepSummary s = run_sweep(recipe, o, std::cout);
   std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << s.ran << " run, " << s.skipped
             << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md; plots: python3 "
