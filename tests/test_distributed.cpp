@@ -294,6 +294,13 @@ TEST_CASE("world 2 x micro-batch b equals world 1 x micro-batch 2b", "[distribut
     run_ok("train " + tiny_args(two, m.extra + " data.batch_size=4") + " --nproc-per-node 2");
     check_same_run(one, two, m.weights);
     CHECK(metrics(two).front()["world_size"] == 2);
+    if (m.weights) {
+      // The other commands read a distributed run like any other.
+      run_ok("export " + two + " --format hf --out " + two + "_hf");
+      CausalLM exported = load_pretrained(two + "_hf");
+      CHECK(Assignment::load(two + "_hf/assignment.json").achieved_sparsity() ==
+            Assignment::load(one + "/assignment.json").achieved_sparsity());
+    }
   }
 }
 
@@ -378,6 +385,9 @@ TEST_CASE("resuming with another world size: the same global batch continues, a 
   CHECK(run_consa("train " + tiny_args(root + "/sharded", full + " data.batch_size=8") + " --resume", &out, &err) == 1);
   CHECK_THAT(err, contains("sharded over 2 ranks; this job has world size 1"));
   CHECK(std::count(err.begin(), err.end(), '\n') == 1);
+  CHECK(run_consa("train " + tiny_args(root + "/sharded", full + " data.batch_size=4 distributed.bucket_mb=7") +
+                      " --nproc-per-node 2 --resume", &out, &err) == 1);
+  CHECK_THAT(err, contains("follow distributed.bucket_mb 25; this job has 7"));
   run_ok("train " + tiny_args(root + "/sharded", full + " data.batch_size=4") + " --nproc-per-node 2 --resume");
 }
 

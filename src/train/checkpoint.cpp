@@ -3,8 +3,9 @@
 // checkpoint.pt, written by rank 0, holds the weights, gates, lambdas, data position, RNG and,
 // unless the optimizer is sharded, the optimizer state. A sharded optimizer's state is saved by
 // every rank, before checkpoint.pt, to optimizer_shards/step<N>-rank<r>-of-<W>.pt (its fp32
-// masters and AdamW moments); checkpoint.pt then names step N and the world size, so a
-// checkpoint counts only once every shard and checkpoint.pt are complete. Older shards are
+// masters and AdamW moments); checkpoint.pt then names step N, the world size and the bucket size
+// (the shards' layout), so a checkpoint counts only once every shard and checkpoint.pt are
+// complete. Older shards are
 // removed after checkpoint.pt is replaced.
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
@@ -85,6 +86,7 @@ void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW&
     archive.write("distributed/world_size", at::tensor(world));
     archive.write("distributed/global_batch", at::tensor(r_.data.batch_size * r_.optimizer.accumulation * world));
     archive.write("distributed/sharded_optimizer", at::tensor(int64_t{sharded_ ? 1 : 0}));
+    archive.write("distributed/bucket_mb", at::tensor(r_.distributed.bucket_mb));  // the shards' layout
     const at::Tensor late_gate_grad = late_gate_gradient_.pending();
     if (late_gate_grad.defined()) archive.write("state/late_gate_grad", late_gate_grad);
     if (!sharded_) {
@@ -162,6 +164,11 @@ std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimiz
   CONSA_CHECK(!stored_sharded || (stored_world == world && shards), path, ": its optimizer state is sharded over ",
               stored_world, " ranks; this job has world size ", world,
               shards ? "" : " and no sharded optimizer", ": resume with ", stored_world, " ranks");
+  // Shards are slices of the gradient buckets, so their layout follows the bucket size.
+  const int64_t stored_bucket_mb = read_or("distributed/bucket_mb", r_.distributed.bucket_mb);
+  CONSA_CHECK(!stored_sharded || stored_bucket_mb == r_.distributed.bucket_mb, path,
+              ": its optimizer shards follow distributed.bucket_mb ", stored_bucket_mb, "; this job has ",
+              r_.distributed.bucket_mb, ": resume with distributed.bucket_mb=", stored_bucket_mb);
   CONSA_CHECK(stored_sharded || !shards, path,
               ": written without a sharded optimizer; resume with distributed.shard_optimizer=false");
   at::NoGradGuard no_grad;
