@@ -298,6 +298,7 @@ TEST_CASE("world 2 x micro-batch b equals world 1 x micro-batch 2b", "[distribut
       // The other commands read a distributed run like any other.
       run_ok("export " + two + " --format hf --out " + two + "_hf");
       CausalLM exported = load_pretrained(two + "_hf");
+      CHECK_THAT(read_text(two + "_hf/README.md"), contains("## The recipe that made it"));
       CHECK(Assignment::load(two + "_hf/assignment.json").achieved_sparsity() ==
             Assignment::load(one + "/assignment.json").achieved_sparsity());
     }

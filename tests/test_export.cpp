@@ -2,6 +2,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <iomanip>
+#include <sstream>
 #include <filesystem>
 
 #include "catch_compat.h"
@@ -297,6 +299,30 @@ TEST_CASE("no Hugging Face export declares a stock class that would run its layo
         } else {
           CHECK(declared == (all_sliding ? "MistralForCausalLM" : "MinistralForCausalLM"));
         }
+      }
+      // The model card states the layout, the class's loading line and the KV figures.
+      const std::string card = read_text(dir + "/README.md");
+      CHECK_THAT(card, contains("| granularity | " + std::string(gate_unit_name(k.unit)) + " |"));
+      CHECK_THAT(card, contains("| window, sinks | 6, " + std::to_string(k.sinks) + " |"));
+      CHECK_THAT(card, contains("| declared class | `" + declared + "` |"));
+      CHECK((card.find("trust_remote_code=True") != std::string::npos) == !k.per_layer);
+      {
+        // Closed form at 4096 tokens: full KV groups keep every position, sliding ones W + S.
+        int64_t positions = 0;
+        const Assignment stored = Assignment::load(dir + "/assignment.json");
+        for (int64_t l = 0; l < 3; ++l)
+          for (int64_t g = 0; g < 2; ++g) positions += stored.kv_head_full(l, g) ? 4096 : 6 + k.sinks;
+        std::ostringstream share;
+        share << std::fixed << std::setprecision(1) << 100.0 * positions / (3 * 2 * 4096.0) << "% |";
+        CHECK_THAT(card, contains("| 4096 | "));
+        CHECK_THAT(card, contains(share.str()));
+        std::string map;
+        for (int64_t l = 0; l < 3; ++l) {
+          map += "  " + std::to_string(l) + "  ";
+          for (bool f : stored.full[l]) map += f ? 'F' : 'S';
+          map += "\n";
+        }
+        CHECK_THAT(card, contains(map));
       }
       // consa itself reloads every class as the hybrid it describes.
       CausalLM reloaded = load_pretrained(dir);

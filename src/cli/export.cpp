@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/export/hf_export.h"
@@ -44,7 +45,11 @@ int run_export(int argc, char** argv) {
   const Assignment assignment = source_assignment(source, model, args.count("dtype") > 0);
   const std::string out = args["out"].as<std::string>();
   if (format == "hf") {
-    export_hf(model, assignment, out);
+    ModelCardSource card;
+    card.model = source.model_dir;
+    card.weights_checksum = assignment.weights_checksum.empty() ? weights_checksum(model) : assignment.weights_checksum;
+    if (!source.recipe_path.empty()) card.recipe_yaml = read_text_file(source.recipe_path);
+    export_hf(model, assignment, out, card);
   } else {
     TorchScriptOptions ts;
     ts.query_block = args["query-block"].as<int64_t>();

@@ -39,7 +39,7 @@ void write_remote_code(const std::string& dir, bool hybrid) {
 
 }  // namespace
 
-void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir) {
+void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir, const ModelCardSource& source) {
   ModelConfig config = model->config();
   std::vector<LayerHeadLayout> layouts;
   CausalLM work = hybrid_model_copy(model, assignment, &layouts);
@@ -69,6 +69,9 @@ void export_hf(CausalLM& model, const Assignment& assignment, const std::string&
   Assignment saved = permuted_assignment(assignment, layouts);
   saved.weights_checksum = weights_checksum(work);
   saved.save((fs::path(dir) / "assignment.json").string());
+  ModelCardSource card = source;
+  if (card.weights_checksum.empty()) card.weights_checksum = assignment.weights_checksum;
+  write_file_atomically((fs::path(dir) / "README.md").string(), model_card(saved, hf_class(config).architecture, card));
 }
 
 }  // namespace consa

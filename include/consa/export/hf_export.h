@@ -16,6 +16,7 @@
 #include <string>
 
 #include "consa/export/assignment.h"
+#include "consa/export/model_card.h"
 #include "consa/model/decoder.h"
 
 namespace consa {
@@ -23,6 +24,8 @@ namespace consa {
 // Whether transformers' per-layer layout expresses `assignment` exactly.
 bool expressible_per_layer(const Assignment& assignment);
 
-void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir);
+// Writes the export into `dir`, its README.md model card from `source` and the assignment.
+void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir,
+               const ModelCardSource& source = {});
 
 }  // namespace consa
