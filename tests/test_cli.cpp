@@ -263,3 +263,32 @@ TEST_CASE("consa bench decode reports every batch, context and sparsity with the
   CHECK(run_consa("bench decode --shape tiny --query-block -1 --device cpu", &out, &err) == 1);
   CHECK(err.find("--query-block must be >= 0") != std::string::npos);
 }
+
+TEST_CASE("bench decode --memory-budget decodes the most sequences whose weights and KV cache fit", "[cli]") {
+  const std::string dir = scratch_dir("memory-budget");
+  std::string out, err;
+  REQUIRE(run_consa("bench decode --shape tiny --device cpu --dtype float32 --contexts 64 --sparsity 0,1 --window 8 "
+                    "--decode-steps 2 --repeats 1 --graphs=false --memory-budget 1MiB --out " + dir + "/b.json",
+                    &out, &err) == 0);
+  const auto report = nlohmann::json::parse(read_text(dir + "/b.json"));
+  const int64_t layers = report["layers"], kv_heads = report["kv_heads"], head_dim = report["head_dim"];
+  const int64_t capacity = 64 + 2, budget = 1 << 20;
+  REQUIRE(report["results"].size() == 2);
+  for (const auto& row : report["results"]) {
+    // Closed form: a full-attention KV head keeps every position, a sliding one the window.
+    const int64_t positions = row["sparsity"] == 0 ? capacity : 8;
+    const int64_t per_sequence = layers * kv_heads * positions * 2 * head_dim * 4;
+    const int64_t weights = row["weight_bytes"], batch = row["batch"];
+    CHECK(row["kv_bytes_per_sequence"] == per_sequence);
+    CHECK(weights + batch * per_sequence <= budget);
+    CHECK(weights + (batch + 1) * per_sequence > budget);
+    CHECK(row["kv_bytes"] == batch * per_sequence);
+    CHECK(row["decode_tokens_per_s_per_kv_gib"].get<double>() > 0);
+  }
+  CHECK(run_consa("bench decode --shape tiny --device cpu --memory-budget 1MiB --batch 3", &out, &err) == 1);
+  CHECK_THAT(err, contains("--memory-budget chooses the batch"));
+  CHECK(run_consa("bench decode --shape tiny --device cpu --memory-budget 12parsecs", &out, &err) == 1);
+  CHECK_THAT(err, contains("--memory-budget: '12parsecs' has unit 'parsecs'"));
+  CHECK(run_consa("bench decode --shape tiny --device cpu --memory-budget 1KiB", &out, &err) == 1);
+  CHECK_THAT(err, contains("do not fit"));
+}

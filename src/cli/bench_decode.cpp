@@ -31,6 +31,32 @@ struct DecodeSettings {
 
 constexpr int64_t kTracedSteps = 8;
 
+// "100GiB", "512MiB", "2e9": a byte count; `option` names the flag in errors.
+int64_t parse_byte_size(const std::string& text, const std::string& option) {
+  size_t end = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &end);
+  } catch (const std::exception&) {
+    fail(option, ": '", text, "' is not a size; expected a number with an optional unit (B, KiB, MiB, GiB, TiB, KB, MB, GB)");
+  }
+  const std::string unit = text.substr(end);
+  const std::vector<std::pair<std::string, double>> units = {
+      {"", 1}, {"B", 1}, {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+      {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}};
+  for (const auto& [name, scale] : units)
+    if (unit == name) {
+      CONSA_CHECK(value > 0, option, ": '", text, "' must be > 0");
+      return static_cast<int64_t>(value * scale);
+    }
+  fail(option, ": '", text, "' has unit '", unit, "'; allowed: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB");
+}
+
+// The most sequences of `capacity` positions whose KV cache fits in `budget` beside the weights.
+int64_t sequences_within(int64_t budget, int64_t weight_bytes, int64_t kv_bytes_per_sequence) {
+  return budget > weight_bytes ? (budget - weight_bytes) / kv_bytes_per_sequence : 0;
+}
+
 // Prefill attends in blocks of queries, materialising fp32 scores of [batch, heads, block, keys]:
 // the export's 1024 up to batch 8, then fewer per block so that the scores stay within what
 // batch 8 needs (17 GB for Qwen3-0.6B at 32K keys).
@@ -134,6 +160,7 @@ int bench_decode(int argc, char** argv) {
       ("graphs", "also decode through a CUDA graph of decode_step (CUDA only)", cxxopts::value<bool>()->default_value("true"))
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "float32, bfloat16, float16", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("memory-budget", "serve at a fixed memory budget (e.g. 100GiB): per sparsity and context, decode the most sequences whose weights plus KV cache fit, instead of --batch", cxxopts::value<std::string>())
       ("trace", "write a Chrome trace (CUDA kernels and operators) of 8 more eager decode steps per row into this folder", cxxopts::value<std::string>())
       ("out", "write the results as JSON here", cxxopts::value<std::string>())
       ("h,help", "show this help");
@@ -155,6 +182,9 @@ int bench_decode(int argc, char** argv) {
   CONSA_CHECK(s.query_block >= 0, "--query-block must be >= 0 (0: chosen by batch)");
   CONSA_CHECK(std::all_of(batches.begin(), batches.end(), [](int64_t b) { return b > 0; }), "--batch: sizes must be > 0");
 
+  const int64_t budget = args.count("memory-budget") ? parse_byte_size(args["memory-budget"].as<std::string>(), "--memory-budget") : 0;
+  CONSA_CHECK(budget == 0 || args["batch"].has_default(), "--memory-budget chooses the batch: leave out --batch");
+
   at::NoGradGuard no_grad;
   CausalLM model = random_model(config, s.device, dtype);
   std::cout << "shape " << args["shape"].as<std::string>() << " (" << with_commas(model->parameter_count())
@@ -165,6 +195,30 @@ int bench_decode(int argc, char** argv) {
   for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity")) {
     const Assignment a = uniform_assignment(model, swa, rho);
     ScriptedLM scripted(build_scripted_model(model, a), a);
+    if (budget > 0) {
+      // Serving at a fixed memory budget: the batch follows from what the KV cache of one
+      // sequence costs at each context (weights plus KV cache; activations are not counted).
+      const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
+      const int64_t weight_bytes = model->parameter_count() * element;
+      for (double context_value : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
+        const int64_t context = static_cast<int64_t>(context_value);
+        const int64_t capacity = context + s.steps * (s.graphs && GraphedDecoder::supported(scripted) ? 2 : 1);
+        const auto [fa, sw] = a.kv_cache_bytes(capacity, element);
+        const int64_t batch = sequences_within(budget, weight_bytes, fa + sw);
+        CONSA_CHECK(batch > 0, "--memory-budget ", args["memory-budget"].as<std::string>(), ": the weights (", weight_bytes,
+                    " bytes) and one sequence's KV cache at ", context, " tokens (", fa + sw, " bytes) do not fit");
+        scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
+        nlohmann::json row = measure(scripted, rho, s, batch, context, config.vocab_size);
+        row["memory_budget_bytes"] = budget;
+        row["weight_bytes"] = weight_bytes;
+        row["kv_bytes_per_sequence"] = fa + sw;
+        row["decode_tokens_per_s_per_kv_gib"] =
+            row["decode_tokens_per_s"].get<double>() / (static_cast<double>((fa + sw) * batch) / (1 << 30));
+        print_row(row);
+        results.push_back(row);
+      }
+      continue;
+    }
     for (int64_t batch : batches) {
       scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
       {  // warm-up: first calls allocate and load kernels
@@ -184,7 +238,8 @@ int bench_decode(int argc, char** argv) {
   if (args.count("out")) {
     const nlohmann::json report = {{"shape", args["shape"].as<std::string>()}, {"device", s.device.str()},
                                    {"dtype", dtype_name(dtype)}, {"window", swa.window}, {"sinks", swa.sinks},
-                                   {"results", results}};
+                                   {"layers", config.num_layers}, {"kv_heads", config.num_kv_heads},
+                                   {"head_dim", config.head_dim}, {"results", results}};
     write_file_atomically(args["out"].as<std::string>(), report.dump(2) + "\n");
   }
   return 0;
