@@ -136,6 +136,29 @@ int wait_for(pid_t pid, double seconds) {
   return -1;
 }
 
+// Two ranks of `args` started by hand with torchrun's variables (rank r's stderr in
+// root/rank<r>.err), for killing or stopping one of them.
+std::vector<Child> start_two_ranks(const std::string& args, const std::string& root) {
+  const int port = free_local_port();
+  std::vector<Child> ranks;
+  for (int rank = 0; rank < 2; ++rank)
+    ranks.push_back(start_consa(args,
+                                {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", std::to_string(rank)},
+                                 {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}},
+                                root + "/rank" + std::to_string(rank) + ".err"));
+  return ranks;
+}
+
+int64_t last_logged_step(const std::string& dir);
+
+// Waits up to two minutes until `dir`'s metrics reach `step`; returns the last step logged.
+int64_t wait_until_logged(const std::string& dir, int64_t step) {
+  const auto started = std::chrono::steady_clock::now();
+  while (last_logged_step(dir) < step && std::chrono::steady_clock::now() - started < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  return last_logged_step(dir);
+}
+
 int64_t last_logged_step(const std::string& dir) {
   std::ifstream in(dir + "/metrics.jsonl");
   int64_t step = 0;
@@ -326,18 +349,10 @@ TEST_CASE("a killed rank stops the other within the timeout, and --resume finish
   run_ok("train " + tiny_args(root + "/whole", long_run) + " --nproc-per-node 2");
 
   const std::string dir = root + "/killed";
-  const int port = free_local_port();
-  std::vector<Child> ranks;
-  for (int rank = 0; rank < 2; ++rank)
-    ranks.push_back(start_consa("train " + tiny_args(dir, long_run),
-                                {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", std::to_string(rank)},
-                                 {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}},
-                                root + "/rank" + std::to_string(rank) + ".err"));
-  const auto started = std::chrono::steady_clock::now();
-  while (last_logged_step(dir) < 60 && std::chrono::steady_clock::now() - started < std::chrono::seconds(120))
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  REQUIRE(last_logged_step(dir) >= 60);
-  REQUIRE(last_logged_step(dir) < 300);
+  std::vector<Child> ranks = start_two_ranks("train " + tiny_args(dir, long_run), root);
+  const int64_t reached = wait_until_logged(dir, 60);
+  REQUIRE(reached >= 60);
+  REQUIRE(reached < 300);
   ::kill(ranks[1].pid, SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
   const int status = wait_for(ranks[0].pid, 45);
@@ -440,17 +455,8 @@ TEST_CASE("a hung rank stops the other after distributed.timeout_s", "[distribut
   const std::string root = scratch_dir("dp-hang");
   const std::string dir = root + "/run";
   const std::string args = "train " + tiny_args(dir, "train.steps=400 data.batch_size=4 distributed.timeout_s=4");
-  const int port = free_local_port();
-  std::vector<Child> ranks;
-  for (int rank = 0; rank < 2; ++rank)
-    ranks.push_back(start_consa(args,
-                                {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
-                                 {"MASTER_PORT", std::to_string(port)}},
-                                root + "/rank" + std::to_string(rank) + ".err"));
-  const auto started = std::chrono::steady_clock::now();
-  while (last_logged_step(dir) < 20 && std::chrono::steady_clock::now() - started < std::chrono::seconds(120))
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  REQUIRE(last_logged_step(dir) >= 20);
+  std::vector<Child> ranks = start_two_ranks(args, root);
+  REQUIRE(wait_until_logged(dir, 20) >= 20);
   ::kill(ranks[1].pid, SIGSTOP);  // alive, but answering nothing
   const auto stopped = std::chrono::steady_clock::now();
   const int status = wait_for(ranks[0].pid, 30);

@@ -5,10 +5,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <climits>
 #include <cstring>
+#include <initializer_list>
 
 #include "consa/core/error.h"
+#include "consa/core/executable.h"
 
 namespace consa::cli {
 
@@ -21,15 +22,16 @@ std::vector<char*> c_args(const std::vector<std::string>& argv) {
   return out;
 }
 
-// Forks; the child dups `child_end` onto `child_fd` and execs argv. Returns the child's pid.
-pid_t spawn(const std::vector<std::string>& argv, int child_fd, int child_end, int parent_end) {
+// Forks; the child dups `child_end` onto each of `child_fds`, closes `parent_end` (-1: none) and
+// execs argv. Returns the child's pid.
+pid_t spawn(const std::vector<std::string>& argv, std::initializer_list<int> child_fds, int child_end, int parent_end) {
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   CONSA_CHECK(pid >= 0, argv[0], ": cannot start: ", std::strerror(errno));
   if (pid == 0) {
-    ::dup2(child_end, child_fd);
+    for (int fd : child_fds) ::dup2(child_end, fd);
     ::close(child_end);
-    ::close(parent_end);
+    if (parent_end >= 0) ::close(parent_end);
     auto args = c_args(argv);
     ::execv(args[0], args.data());
     std::fprintf(stderr, "consa: error: %s: cannot run: %s\n", args[0], std::strerror(errno));
@@ -48,17 +50,14 @@ void wait_ok(pid_t pid, const std::string& name) {
 }  // namespace
 
 std::string sibling_program(const std::string& name) {
-  char self[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return name;
-  std::string exe(self, static_cast<size_t>(n));
+  const std::string exe = running_executable();
   return exe.substr(0, exe.rfind('/') + 1) + name;
 }
 
 std::string run_and_capture(const std::vector<std::string>& argv) {
   int fds[2];
   CONSA_CHECK(::pipe(fds) == 0, "pipe: ", std::strerror(errno));
-  const pid_t pid = spawn(argv, STDOUT_FILENO, fds[1], fds[0]);
+  const pid_t pid = spawn(argv, {STDOUT_FILENO}, fds[1], fds[0]);
   std::string out;
   char buffer[4096];
   for (ssize_t n; (n = ::read(fds[0], buffer, sizeof(buffer))) > 0;) out.append(buffer, static_cast<size_t>(n));
@@ -70,26 +69,13 @@ std::string run_and_capture(const std::vector<std::string>& argv) {
 pid_t spawn_logged(const std::vector<std::string>& argv, const std::string& log_path) {
   const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   CONSA_CHECK(log >= 0, log_path, ": cannot open for writing: ", std::strerror(errno));
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  CONSA_CHECK(pid >= 0, argv[0], ": cannot start: ", std::strerror(errno));
-  if (pid == 0) {
-    ::dup2(log, STDOUT_FILENO);
-    ::dup2(log, STDERR_FILENO);
-    ::close(log);
-    auto args = c_args(argv);
-    ::execv(args[0], args.data());
-    std::fprintf(stderr, "consa: error: %s: cannot run: %s\n", args[0], std::strerror(errno));
-    ::_exit(127);
-  }
-  ::close(log);
-  return pid;
+  return spawn(argv, {STDOUT_FILENO, STDERR_FILENO}, log, -1);
 }
 
 FeedProcess::FeedProcess(const std::vector<std::string>& argv) : name_(argv[0]) {
   int fds[2];
   CONSA_CHECK(::pipe(fds) == 0, "pipe: ", std::strerror(errno));
-  pid_ = spawn(argv, STDIN_FILENO, fds[0], fds[1]);
+  pid_ = spawn(argv, {STDIN_FILENO}, fds[0], fds[1]);
   input_ = ::fdopen(fds[1], "w");
 }
 

@@ -2,7 +2,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <climits>
 #include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
@@ -12,6 +11,7 @@
 #include "commands.h"
 #include "consa/core/atomic_file.h"
 #include "consa/core/error.h"
+#include "consa/core/executable.h"
 #include "consa/eval/sweep.h"
 #include "process.h"
 
@@ -35,13 +35,6 @@ std::vector<std::string> without_options(const std::vector<std::string>& argv, c
     if (!dropped) out.push_back(argv[i]);
   }
   return out;
-}
-
-std::string this_executable() {
-  char self[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  CONSA_CHECK(n > 0, "consa sweep --devices: cannot find the running consa executable");
-  return std::string(self, static_cast<size_t>(n));
 }
 
 // --devices: the pairs not done yet run side by side, one per device, each as `consa sweep` of
@@ -80,7 +73,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
       free_devices.pop_back();
       const std::string dir = sweep_run_dir(o.out_dir, p.method, p.target);
       std::filesystem::create_directories(dir);
-      std::vector<std::string> child = {this_executable()};  // then base: "sweep" and its arguments
+      std::vector<std::string> child = {running_executable()};  // then base: "sweep" and its arguments
       child.insert(child.end(), base.begin(), base.end());
       std::ostringstream target;
       target << p.target;

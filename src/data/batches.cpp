@@ -1,18 +1,14 @@
 #include "consa/data/batches.h"
 
 #include "consa/core/error.h"
+#include "consa/core/mix.h"
 
 namespace consa {
 
 namespace {
 
-// SplitMix64: a well-mixed hash of the sequence index, for the synthetic/shard choice.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+// The synthetic/shard choice hashes the sequence index.
+uint64_t mix(uint64_t x) { return splitmix64(x); }
 
 // Held-out synthetic samples come from a different seed, so they never repeat training ones.
 constexpr uint64_t kHeldoutSeedOffset = 0x5EEDF00Dull;

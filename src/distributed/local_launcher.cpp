@@ -9,23 +9,16 @@
 
 #include <cerrno>
 #include <chrono>
-#include <climits>
 #include <cstring>
 #include <iostream>
 #include <thread>
 
 #include "consa/core/error.h"
+#include "consa/core/executable.h"
 
 namespace consa::distributed {
 
 namespace {
-
-std::string this_executable() {
-  char self[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  CONSA_CHECK(n > 0, "--nproc-per-node: cannot find the running consa executable: ", std::strerror(errno));
-  return std::string(self, static_cast<size_t>(n));
-}
 
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
@@ -52,7 +45,7 @@ int free_local_port() {
 
 int launch_local_ranks(int nproc, const std::vector<std::string>& argv) {
   CONSA_CHECK(nproc >= 1, "--nproc-per-node: expected at least 1 rank, got ", nproc);
-  const std::string exe = this_executable();
+  const std::string exe = running_executable();
   const std::string port = std::getenv("MASTER_PORT") ? std::getenv("MASTER_PORT") : std::to_string(free_local_port());
   std::vector<std::string> args = argv;
   args[0] = exe;

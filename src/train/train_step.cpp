@@ -7,20 +7,13 @@
 
 #include "consa/core/device.h"
 #include "consa/core/error.h"
+#include "consa/core/mix.h"
 #include "consa/train/fused_adamw.h"
 #include "job.h"
 
 namespace consa::detail {
 
 namespace {
-
-// SplitMix64 finaliser: seeds of the per-rank, per-step gate noise.
-uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // The squared gradient norm of `tensors` (which may live on different devices: weights on the
 // GPU, gates on the CPU), on `device`. Reads nothing back.
@@ -113,7 +106,7 @@ at::Tensor LateGateGradient::finish_step(distributed::Communicator& comm, const 
 at::Generator& Job::gate_noise(int64_t global_step) {
   if (r_.distributed.gate_noise != "per_rank" || !comm_->has_group()) return generator_;
   step_generator_ = at::detail::createCPUGenerator(
-      mix64(r_.train.seed ^ mix64(static_cast<uint64_t>(comm_->rank()) * 0x100000001ull + static_cast<uint64_t>(global_step))));
+      splitmix64(r_.train.seed ^ splitmix64(static_cast<uint64_t>(comm_->rank()) * 0x100000001ull + static_cast<uint64_t>(global_step))));
   return step_generator_;
 }
 
