@@ -292,3 +292,12 @@ TEST_CASE("bench decode --memory-budget decodes the most sequences whose weights
   CHECK(run_consa("bench decode --shape tiny --device cpu --memory-budget 1KiB", &out, &err) == 1);
   CHECK_THAT(err, contains("do not fit"));
 }
+
+TEST_CASE("overrides: lists with commas reach the recipe whole, empty values are refused", "[cli]") {
+  std::string out, err;
+  const std::string recipe = std::string(CONSA_SOURCE_DIR) + "/recipes/tiny_cpu.yaml";
+  REQUIRE(run_consa("validate " + recipe + " data.synthetic_tasks=[passkey,associative_recall,multi_key_needle]", &out, &err) == 0);
+  CHECK_THAT(out, contains("synthetic_tasks: [passkey, associative_recall, multi_key_needle]"));
+  CHECK(run_consa("validate " + recipe + " train.steps=", &out, &err) == 1);
+  CHECK_THAT(err, contains("override 'train.steps=': no value after '='"));
+}

@@ -65,9 +65,14 @@ TEST_CASE("recipe errors name the file, the key path and what is allowed", "[tra
   CHECK_THROWS_WITH(load_recipe(path, {"optimizer.lr=fast"}), contains("optimizer.lr: expected a number, got 'fast'"));
   CHECK_THROWS_WITH(load_recipe(path, {"gates.unit=group"}),
                     contains("gates.unit: 'group' is not allowed; allowed: layer, kv_head, head"));
-  CHECK_THROWS_WITH(load_recipe(path, {"model.path="}), contains("model.path: required"));
+  CHECK_THROWS_WITH(load_recipe(path, {"model.path="}), contains("override 'model.path=': no value after '='"));
+  CHECK_THROWS_WITH(load_recipe(path, {"train.steps="}), contains("override 'train.steps=': no value after '='"));
   CHECK_THROWS_WITH(load_recipe(path, {"nonsense"}), contains("expected key.sub=value"));
   CHECK_THROWS_WITH(load_recipe(dir + "/nope.yaml"), contains("nope.yaml: recipe not found"));
+  write_text(dir + "/twice.yaml", "model: {path: m}\ntrain:\n  steps: 5\n  steps: 9\n");
+  CHECK_THROWS_WITH(load_recipe(dir + "/twice.yaml"), contains("twice.yaml: key 'train.steps' appears twice"));
+  write_text(dir + "/twice_top.yaml", "train: {steps: 5}\ntrain: {steps: 9}\n");
+  CHECK_THROWS_WITH(load_recipe(dir + "/twice_top.yaml"), contains("key 'train' appears twice"));
   write_text(dir + "/bad.yaml", "model: [unclosed\n");
   CHECK_THROWS_WITH(load_recipe(dir + "/bad.yaml"), contains("bad.yaml: not valid YAML"));
   // Overrides reach nested keys and may add sections the file leaves out.

@@ -4,7 +4,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
-#include <cxxopts.hpp>
 #include <iomanip>
 #include <iostream>
 #include <optional>

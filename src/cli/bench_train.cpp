@@ -3,7 +3,6 @@
 // (stage 2) training at several sequence lengths, on random weights of a real model's shape.
 #include <ATen/core/grad_mode.h>
 
-#include <cxxopts.hpp>
 #include <iomanip>
 #include <iostream>
 #include <sstream>

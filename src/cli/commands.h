@@ -3,6 +3,14 @@
 // subcommand) and returns the process exit code; errors are thrown as consa::Error.
 #include <ATen/ATen.h>
 
+// The consa command's lists on the command line (a recipe's overrides) are split by the shell
+// alone: an override's value may hold commas, as YAML lists do
+// (data.synthetic_tasks=[passkey,associative_recall]); comma lists are string options parsed
+// by parse_name_list. Every file of the command includes cxxopts through this header.
+#ifdef CXXOPTS_HPP_INCLUDED
+#error "include commands.h before cxxopts.hpp: the command's cxxopts needs CXXOPTS_VECTOR_DELIMITER"
+#endif
+#define CXXOPTS_VECTOR_DELIMITER '\x1f'
 #include <cxxopts.hpp>
 
 #include <ostream>

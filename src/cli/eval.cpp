@@ -2,7 +2,6 @@
 // consa assign METHOD MODEL_DIR: a baseline allocator's assignment.json.
 #include <ATen/core/grad_mode.h>
 
-#include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
 

@@ -1,5 +1,4 @@
 // consa export RUN_DIR|MODEL_DIR --format hf|torchscript --out PATH
-#include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
 

@@ -3,7 +3,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
-#include <cxxopts.hpp>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>

@@ -2,7 +2,6 @@
 // checkpoint (for pretraining with train.mode: dense, or for tests and benchmarks).
 #include <ATen/core/grad_mode.h>
 
-#include <cxxopts.hpp>
 #include <iostream>
 
 #include "commands.h"

@@ -1,7 +1,6 @@
 // consa inspect MODEL_DIR [--prompt-ids 1,2,3] | consa inspect ASSIGNMENT.json
 #include <ATen/core/grad_mode.h>
 
-#include <cxxopts.hpp>
 #include <iostream>
 
 #include "commands.h"

@@ -2,7 +2,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
 #include <map>

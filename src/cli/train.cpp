@@ -1,6 +1,5 @@
 // consa train RECIPE [key.sub=value ...] [--resume] [--stop-after N] [--nproc-per-node N]
 // consa validate RECIPE [key.sub=value ...]
-#include <cxxopts.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>

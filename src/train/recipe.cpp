@@ -20,6 +20,15 @@ class Section {
       : node_(std::move(node)), path_(std::move(path)), file_(std::move(file)) {
     CONSA_CHECK(!node_ || node_.IsNull() || node_.IsMap(), file_, ": ", path_.empty() ? "the recipe" : path_,
                 " must be a mapping of keys");
+    if (!node_ || !node_.IsMap()) return;
+    // YAML reads a repeated key silently, keeping the first: refuse it before anything is read.
+    std::vector<std::string> seen;
+    for (const auto& item : node_) {
+      const std::string key = item.first.as<std::string>();
+      CONSA_CHECK(std::find(seen.begin(), seen.end(), key) == seen.end(), file_, ": key '", where(key),
+                  "' appears twice; keep one");
+      seen.push_back(key);
+    }
   }
 
   Section child(const std::string& key) {
@@ -129,6 +138,9 @@ void apply_override(YAML::Node& root, const std::string& override, const std::st
   const size_t eq = override.find('=');
   CONSA_CHECK(eq != std::string::npos && eq > 0, "override '", override, "': expected key.sub=value");
   const std::string path = override.substr(0, eq), value = override.substr(eq + 1);
+  // An empty value would read as YAML null, that is the key's default: never what was meant.
+  CONSA_CHECK(value.find_first_not_of(" \t") != std::string::npos, "override '", override, "': no value after '='; expected ",
+              path, "=VALUE");
   std::vector<std::string> parts;
   std::stringstream in(path);
   for (std::string part; std::getline(in, part, '.');) {
