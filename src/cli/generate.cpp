@@ -180,8 +180,7 @@ int run_generate(int argc, char** argv) {
   if (detokenizer) detokenizer->finish();
   std::cout << std::endl;
 
-  const int64_t dense_bytes = a.num_layers * a.num_kv_heads * capacity * 2 * a.head_dim *
-                              static_cast<int64_t>(c10::elementSize(model.dtype()));
+  const int64_t dense_bytes = a.dense_kv_cache_bytes(capacity, static_cast<int64_t>(c10::elementSize(model.dtype())));
   std::cerr << std::fixed << std::setprecision(1) << "prefill " << prompt.size() << " tokens in " << prefill_s * 1e3
             << " ms (" << prompt.size() / std::max(prefill_s, 1e-9) << " tokens/s); decode " << generated
             << " tokens in " << decode_s * 1e3 << " ms (" << std::max<int64_t>(generated - 1, 0) / std::max(decode_s, 1e-9)

@@ -153,8 +153,7 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
     }
   for (int64_t length : o.lengths) {
     auto [fa, swa] = layout.kv_cache_bytes(length, o.bytes_per_element);
-    r.kv_cache.push_back({length, fa, swa,
-                          layout.num_layers * layout.num_kv_heads * length * 2 * layout.head_dim * o.bytes_per_element});
+    r.kv_cache.push_back({length, fa, swa, layout.dense_kv_cache_bytes(length, o.bytes_per_element)});
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;

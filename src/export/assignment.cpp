@@ -95,7 +95,7 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
             {"bytes_per_element", bytes_per_element},
             {"full_attention_bytes", fa},
             {"sliding_window_bytes", sw},
-            {"dense_bytes", num_layers * num_kv_heads * kv_context * 2 * head_dim * bytes_per_element}}}};
+            {"dense_bytes", dense_kv_cache_bytes(kv_context, bytes_per_element)}}}};
 }
 
 Assignment Assignment::from_json(const json& j, const std::string& source) {
@@ -245,7 +245,7 @@ std::string weights_checksum(CausalLM& model) {
 
 void print_assignment(std::ostream& out, const Assignment& a, const std::string& source, int64_t kv_context) {
   auto [fa, sw] = a.kv_cache_bytes(kv_context, 2);
-  const double dense = static_cast<double>(a.num_layers * a.num_kv_heads * kv_context * 2 * a.head_dim * 2);
+  const double dense = static_cast<double>(a.dense_kv_cache_bytes(kv_context, 2));
   auto mib = [](double b) { return b / (1024.0 * 1024.0); };
   int64_t swa_units = 0, total = 0;
   for (const auto& l : a.full)

@@ -46,7 +46,7 @@ std::string model_card(const Assignment& a, const std::string& architecture, con
   md << "## KV cache per sequence (bf16)\n\n| context | this model | dense | share |\n| --- | --- | --- | --- |\n";
   for (int64_t context : {4096, 32768, 131072}) {
     const auto [fa, swa] = a.kv_cache_bytes(context, 2);
-    const double dense = static_cast<double>(a.num_layers * a.num_kv_heads * context * 2 * a.head_dim * 2);
+    const double dense = static_cast<double>(a.dense_kv_cache_bytes(context, 2));
     md << "| " << context << " | " << gib(static_cast<double>(fa + swa)) << " | " << gib(dense) << " | "
        << std::fixed << std::setprecision(1) << 100.0 * static_cast<double>(fa + swa) / dense << "% |\n";
     md.unsetf(std::ios::fixed);

@@ -50,6 +50,10 @@ struct Assignment {
   // KV-cache bytes for one sequence of `context` tokens: {full-attention part, SWA part}.
   // FA KV heads hold `context` positions; SWA ones min(context, window + sinks).
   std::pair<int64_t, int64_t> kv_cache_bytes(int64_t context, int64_t bytes_per_element) const;
+  // The same model's KV-cache bytes with full attention everywhere.
+  int64_t dense_kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
+    return num_layers * num_kv_heads * context * 2 * head_dim * bytes_per_element;
+  }
 
   nlohmann::json to_json(int64_t kv_context, int64_t bytes_per_element) const;
   static Assignment from_json(const nlohmann::json& j, const std::string& source);
