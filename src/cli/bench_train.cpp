@@ -122,9 +122,12 @@ struct TrainBenchResult {
 TrainBenchResult time_training(CausalLM& model, const std::string& shape, const TrainBenchSettings& s,
                                BenchMode mode, int64_t length, int64_t batch,
                                const std::shared_ptr<distributed::Communicator>& comm) {
-  // Every mode starts from plain spans: all full attention, or the hard assignment.
-  remove_gates(model);
-  uniform_assignment(model, s.swa, mode == BenchMode::Hard ? s.sparsity : 0.0).apply(model);
+  // Every timed run starts from plain spans: all full attention, or the hard assignment.
+  auto plain_spans = [&]() {
+    remove_gates(model);
+    uniform_assignment(model, s.swa, mode == BenchMode::Hard ? s.sparsity : 0.0).apply(model);
+  };
+  plain_spans();
   TrainBenchResult result;
   result.flops = step_flops(model, batch, length);
   const int stage = mode == BenchMode::Gated || mode == BenchMode::GatesOnly ? 1 : 2;
@@ -145,8 +148,7 @@ TrainBenchResult time_training(CausalLM& model, const std::string& shape, const 
       result.single_rank_step_seconds = median(repeats);
     }
     comm->barrier("the single-rank reference step");
-    remove_gates(model);
-    uniform_assignment(model, s.swa, mode == BenchMode::Hard ? s.sparsity : 0.0).apply(model);
+    plain_spans();
   }
   {
     TrainStepper stepper(bench_recipe(s, mode, length, batch), model, stage, comm);

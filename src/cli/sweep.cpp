@@ -39,8 +39,7 @@ std::vector<std::string> without_options(const std::vector<std::string>& argv, c
 // --devices: the pairs not done yet run side by side, one per device, each as `consa sweep` of
 // that one pair with model.device set (its output in the pair's folder, sweep.log); then the
 // tables are written from every pair's eval.json, as a sequential sweep writes them.
-int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe, const SweepOptions& o,
-                     const std::vector<std::string>& devices) {
+int sweep_on_devices(const std::vector<std::string>& argv, const SweepOptions& o, const std::vector<std::string>& devices) {
   for (const auto& d : devices) parse_device(d);  // refuse a bad name before starting anything
   CONSA_CHECK(!devices.empty(), "consa sweep: --devices: expected a list such as cuda:0,cuda:1");
   struct Pair {
@@ -102,7 +101,6 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
   std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << pending.size() - failures
             << " run on " << devices.size() << " devices, " << o.methods.size() * o.targets.size() - pending.size()
             << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md\n";
-  (void)recipe;
   return failures == 0 ? 0 : 1;
 }
 
@@ -144,8 +142,7 @@ int run_sweep(int argc, char** argv) {
   o.baseline.seed = args["seed"].as<uint64_t>();
   o.baseline.offset = args["offset"].as<int64_t>();
   if (args.count("devices"))
-    return sweep_on_devices(std::vector<std::string>(argv, argv + argc), recipe, o,
-                            parse_name_list(args["devices"].as<std::string>()));
+    return sweep_on_devices(std::vector<std::string>(argv, argv + argc), o, parse_name_list(args["devices"].as<std::string>()));
   const SweepSummary s = run_sweep(recipe, o, std::cout);
   std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << s.ran << " run, " << s.skipped
             << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md; plots: python3 "

@@ -136,14 +136,23 @@ void Communicator::Pending::wait() {
   }
 }
 
+Communicator::Pending Communicator::guarded(const std::string& what, const std::function<Pending()>& launch) {
+  try {
+    return launch();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception&) {
+    collective_failed(what);
+  }
+}
+
 Communicator::Pending Communicator::all_reduce_sum(at::Tensor& tensor, const std::string& what) {
   if (!state_) return {};
-  std::vector<at::Tensor> tensors{tensor};
-  try {
-    return started(hold(state_->group->allreduce(tensors)), "all-reduce of " + what);
-  } catch (const std::exception&) {
-    collective_failed("all-reduce of " + what);
-  }
+  const std::string name = "all-reduce of " + what;
+  return guarded(name, [&]() {
+    std::vector<at::Tensor> tensors{tensor};
+    return started(hold(state_->group->allreduce(tensors)), name);
+  });
 }
 
 Communicator::Pending Communicator::reduce_scatter_sum(at::Tensor& shard, at::Tensor& full, const std::string& what) {
@@ -153,19 +162,15 @@ Communicator::Pending Communicator::reduce_scatter_sum(at::Tensor& shard, at::Te
     shard.copy_(full);
     return {};
   }
-  try {
-    if (backend_ == "nccl") return started(hold(state_->group->_reduce_scatter_base(shard, full)), "reduce-scatter of " + what);
+  const std::string name = "reduce-scatter of " + what;
+  return guarded(name, [&]() -> Pending {
+    if (backend_ == "nccl") return started(hold(state_->group->_reduce_scatter_base(shard, full)), name);
     // Gloo: the whole sum, then this rank's slice.
     std::vector<at::Tensor> tensors{full};
-    auto work = state_->group->allreduce(tensors);
-    work->wait(timeout_);
+    state_->group->allreduce(tensors)->wait(timeout_);
     shard.copy_(full.narrow(0, rank_ * shard.numel(), shard.numel()));
     return {};
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception&) {
-    collective_failed("reduce-scatter of " + what);
-  }
+  });
 }
 
 Communicator::Pending Communicator::all_gather(at::Tensor& full, at::Tensor& shard, const std::string& what) {
@@ -175,32 +180,15 @@ Communicator::Pending Communicator::all_gather(at::Tensor& full, at::Tensor& sha
     full.copy_(shard);
     return {};
   }
-  try {
-    if (backend_ == "nccl") return started(hold(state_->group->_allgather_base(full, shard)), "all-gather of " + what);
+  const std::string name = "all-gather of " + what;
+  return guarded(name, [&]() -> Pending {
+    if (backend_ == "nccl") return started(hold(state_->group->_allgather_base(full, shard)), name);
     std::vector<std::vector<at::Tensor>> outputs(1);
     for (int64_t r = 0; r < world_size_; ++r) outputs[0].push_back(full.narrow(0, r * shard.numel(), shard.numel()));
     std::vector<at::Tensor> inputs{shard};
-    auto work = state_->group->allgather(outputs, inputs);
-    work->wait(timeout_);
+    state_->group->allgather(outputs, inputs)->wait(timeout_);
     return {};
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception&) {
-    collective_failed("all-gather of " + what);
-  }
-}
-
-void Communicator::broadcast(at::Tensor& tensor, int64_t root, const std::string& what) {
-  if (!state_) return;
-  std::vector<at::Tensor> tensors{tensor};
-  c10d::BroadcastOptions options;
-  options.rootRank = root;
-  try {
-    auto work = state_->group->broadcast(tensors, options);
-    work->wait(timeout_);
-  } catch (const std::exception&) {
-    collective_failed("broadcast of " + what);
-  }
+  });
 }
 
 void Communicator::barrier(const std::string& what) {
@@ -215,21 +203,6 @@ double Communicator::sum(double value, const std::string& what) {
   if (!state_) return value;
   at::Tensor t = at::full({1}, value, at::TensorOptions().dtype(at::kDouble).device(device_));
   all_reduce_sum(t, what).wait();
-  return t.item<double>();
-}
-
-double Communicator::max(double value, const std::string& what) {
-  if (!state_) return value;
-  at::Tensor t = at::full({1}, value, at::TensorOptions().dtype(at::kDouble).device(device_));
-  std::vector<at::Tensor> tensors{t};
-  c10d::AllreduceOptions options;
-  options.reduceOp = c10d::ReduceOp::MAX;
-  try {
-    auto work = state_->group->allreduce(tensors, options);
-    work->wait(timeout_);
-  } catch (const std::exception&) {
-    collective_failed("maximum of " + what);
-  }
   return t.item<double>();
 }
 

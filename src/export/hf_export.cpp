@@ -63,7 +63,8 @@ void export_hf(CausalLM& model, const Assignment& assignment, const std::string&
     config.hybrid_sinks = assignment.swa.sinks;
     std::fill(config.layer_window.begin(), config.layer_window.end(), 0);
   }
-  write_remote_code(dir, hf_class(config).architecture == kHybridArchitecture);
+  const std::string declared = hf_class(config).architecture;
+  write_remote_code(dir, declared == kHybridArchitecture);
   save_pretrained(work, dir, 4ull << 30, &config);
   // assignment.json describes the weights as stored.
   Assignment saved = permuted_assignment(assignment, layouts);
@@ -71,7 +72,7 @@ void export_hf(CausalLM& model, const Assignment& assignment, const std::string&
   saved.save((fs::path(dir) / "assignment.json").string());
   ModelCardSource card = source;
   if (card.weights_checksum.empty()) card.weights_checksum = assignment.weights_checksum;
-  write_file_atomically((fs::path(dir) / "README.md").string(), model_card(saved, hf_class(config).architecture, card));
+  write_file_atomically((fs::path(dir) / "README.md").string(), model_card(saved, declared, card));
 }
 
 }  // namespace consa

@@ -44,8 +44,10 @@ json Job::metrics_record(const StepStats& stats) const {
   return record;
 }
 
+std::string Job::shard_dir() const { return (fs::path(dir_) / "optimizer_shards").string(); }
+
 std::string Job::shard_path(int64_t step, int64_t rank, int64_t world) const {
-  return (fs::path(dir_) / "optimizer_shards" /
+  return (fs::path(shard_dir()) /
           ("step" + std::to_string(step) + "-rank" + std::to_string(rank) + "-of-" + std::to_string(world) + ".pt"))
       .string();
 }
@@ -61,7 +63,7 @@ void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW&
     shard.write("state/global_step", at::tensor(global_step_));
     shard.write("state/world_size", at::tensor(world));
     std::error_code ignored;
-    fs::create_directories(fs::path(shard_path(global_step_, rank, world)).parent_path(), ignored);
+    fs::create_directories(shard_dir(), ignored);
     AtomicFileWriter out(shard_path(global_step_, rank, world));
     shard.save_to(out.stream());
     out.commit();
@@ -104,7 +106,7 @@ void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW&
     const std::string keep = fs::path(shard_path(global_step_, rank, world)).filename().string();
     const std::string suffix = "-rank" + std::to_string(rank) + "-of-";
     std::error_code ignored;
-    for (const auto& entry : fs::directory_iterator(fs::path(shard_path(0, rank, world)).parent_path(), ignored)) {
+    for (const auto& entry : fs::directory_iterator(shard_dir(), ignored)) {
       const std::string name = entry.path().filename().string();
       if (name != keep && name.find(suffix) != std::string::npos) fs::remove(entry.path(), ignored);
     }

@@ -87,7 +87,6 @@ class Job {
   // clip scale back at once) and for the collectives of a multi-rank job.
   StepStats step(int stage, int64_t step_in_stage, torch::optim::AdamW& optimizer, const BatchStream& data);
   BatchStream training_data() const;
-  int64_t tokens_per_step() const { return tokens_per_step_; }  // over all ranks
   // Seconds the last step waited for gradient collectives after its backward.
   double exposed_communication_seconds() const { return buckets_ ? buckets_->exposed_seconds() : 0.0; }
 
@@ -128,6 +127,7 @@ class Job {
   void write_gates_json(const TrainOutcome& outcome);
   bool weights_trained() const { return r_.train.mode == "full" || r_.recover.steps > 0; }
   std::string checkpoint_path() const { return (std::filesystem::path(dir_) / "checkpoint.pt").string(); }
+  std::string shard_dir() const;
   std::string shard_path(int64_t step, int64_t rank, int64_t world) const;
   // This step's hard-concrete draw source: the run's generator, or with
   // distributed.gate_noise per_rank one derived from (seed, rank, step), which needs no state.

@@ -49,15 +49,15 @@ at::Device main_device(const std::vector<at::Tensor>& tensors) {
   return at::kCPU;
 }
 
-// Global gradient-norm clipping. `sharded` holds this rank's slices of tensors split over ranks
-// (their squared norm is summed over ranks), `replicated` tensors every rank holds whole. The
-// norm and the scale stay on the weights' device, so nothing is read back unless some gradients
-// live elsewhere (stage 1's gates without overlapped updates), which then need the scale on the
-// host.
-void clip_global_grad_norm(const std::vector<at::Tensor>& sharded, const std::vector<at::Tensor>& replicated,
-                           double max_norm, distributed::ShardedWeights* shards) {
+// Global gradient-norm clipping over `replicated` tensors, which every rank holds whole, and
+// this rank's slices of the sharded weights, if any (their squared norm is summed over ranks).
+// The norm and the scale stay on the weights' device, so nothing is read back unless some
+// gradients live elsewhere (stage 1's gates without overlapped updates), which then need the
+// scale on the host.
+void clip_global_grad_norm(const std::vector<at::Tensor>& replicated, double max_norm,
+                           distributed::ShardedWeights* shards) {
   std::vector<at::Tensor> all = replicated;
-  all.insert(all.end(), sharded.begin(), sharded.end());
+  if (shards) all.insert(all.end(), shards->masters().begin(), shards->masters().end());
   const at::Device device = main_device(all);
   at::Tensor total_sq = squared_norm(replicated, device);
   if (shards) total_sq = total_sq + to_device_async(shards->squared_gradient_norm(), device);
@@ -178,25 +178,19 @@ std::unique_ptr<torch::optim::AdamW> Job::make_optimizer(bool stage1) {
 }
 
 void Job::clip_gradients(bool stage1, bool train_weights, bool late_gates) {
-  std::vector<at::Tensor> weights = train_weights ? optimized_weights() : std::vector<at::Tensor>{};
   const double max_norm = r_.optimizer.grad_clip;
-  std::vector<at::Tensor> no_tensors;
-  auto clip_weights = [&](std::vector<at::Tensor> replicated_extra) {
-    if (sharded_) {
-      clip_global_grad_norm(weights, replicated_extra, max_norm, sharded_.get());
-    } else {
-      std::vector<at::Tensor> replicated = weights;
-      replicated.insert(replicated.end(), replicated_extra.begin(), replicated_extra.end());
-      clip_global_grad_norm(no_tensors, replicated, max_norm, nullptr);
-    }
-  };
+  // Whole on every rank: the weights unless they are sharded, then the gates in a joint norm.
+  std::vector<at::Tensor> replicated;
+  if (train_weights && !sharded_) replicated = optimized_weights();
+  distributed::ShardedWeights* shards = train_weights ? sharded_.get() : nullptr;
   if (late_gates) {
     // Weights on the device and gates on the host clip separately: a joint norm would bring
     // the scale back to the host.
-    if (train_weights) clip_weights({});
-    clip_global_grad_norm(no_tensors, {gates_->log_alpha}, max_norm, nullptr);
+    if (train_weights) clip_global_grad_norm(replicated, max_norm, shards);
+    clip_global_grad_norm({gates_->log_alpha}, max_norm, nullptr);
   } else {
-    clip_weights(stage1 ? std::vector<at::Tensor>{gates_->log_alpha} : std::vector<at::Tensor>{});
+    if (stage1) replicated.push_back(gates_->log_alpha);
+    clip_global_grad_norm(replicated, max_norm, shards);
   }
 }
 

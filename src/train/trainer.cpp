@@ -116,7 +116,7 @@ TrainOutcome Job::run() {
   if (main) {
     fs::create_directories(dir_);
     // A run started afresh keeps no optimizer shards of the one it replaces.
-    if (!control_.resume) fs::remove_all(fs::path(dir_) / "optimizer_shards");
+    if (!control_.resume) fs::remove_all(shard_dir());
     AtomicFileWriter out((fs::path(dir_) / "recipe.yaml").string());
     out.stream() << recipe_to_yaml(original_);
     out.commit();

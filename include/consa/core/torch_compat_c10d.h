@@ -26,14 +26,13 @@ using CollectiveGroup = c10d::Backend;
 using CollectiveGroup = c10d::ProcessGroup;
 #endif
 
+// Which backends' headers this build has: CMake sets these where it found them.
 #ifndef CONSA_C10D_GLOO
 #define CONSA_C10D_GLOO 0
 #endif
 #ifndef CONSA_C10D_NCCL
 #define CONSA_C10D_NCCL 0
 #endif
-constexpr bool gloo_compiled() { return CONSA_C10D_GLOO; }
-constexpr bool nccl_compiled() { return CONSA_C10D_NCCL; }
 
 // A TCPStore at host:port: the server when `is_server`, a client otherwise. With `world_size`
 // > 0 every rank registers and the server waits for all of them; 0 joins a store that another

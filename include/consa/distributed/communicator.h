@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -57,12 +58,10 @@ class Communicator {
   Pending reduce_scatter_sum(at::Tensor& shard, at::Tensor& full, const std::string& what);
   // Every rank's `shard` [n] into `full` [world * n], in rank order.
   Pending all_gather(at::Tensor& full, at::Tensor& shard, const std::string& what);
-  void broadcast(at::Tensor& tensor, int64_t root, const std::string& what);
   void barrier(const std::string& what);
 
-  // Blocking conveniences for host values: the sum and the maximum over ranks.
+  // A blocking convenience for host values: the sum over ranks.
   double sum(double value, const std::string& what);
-  double max(double value, const std::string& what);
   // A host or device tensor averaged over ranks in place (copied through device() if needed).
   void average(at::Tensor& tensor, const std::string& what);
 
@@ -72,6 +71,9 @@ class Communicator {
  private:
   std::string failure_context() const;  // a peer's reported failure, if any
   Pending started(std::shared_ptr<void> work, const std::string& what) const;
+  // Runs `launch` (which starts a collective, or runs it to the end), turning a backend's
+  // exception into collective_failed(what).
+  Pending guarded(const std::string& what, const std::function<Pending()>& launch);
   // Inside a catch block: the one-line error for the collective whose exception is in flight.
   [[noreturn]] void collective_failed(const std::string& what) const;
 
