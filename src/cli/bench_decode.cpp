@@ -25,6 +25,7 @@ struct DecodeSettings {
   int64_t steps = 32, repeats = 3;
   bool graphs = true;     // also decode through a CUDA graph of decode_step, where supported
   int64_t query_block = 0;  // prefill's queries per attention block (0: query_block_for(batch))
+  int64_t prefill_chunk = 0;  // prefill in extend calls of this many positions (0: the whole context in one)
   std::string trace_dir;  // when set: a Chrome trace of kTracedSteps more eager steps per row
 };
 
@@ -51,6 +52,11 @@ int64_t parse_byte_size(const std::string& text, const std::string& option) {
   fail(option, ": '", text, "' has unit '", unit, "'; allowed: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB");
 }
 
+// With --memory-budget: positions per prefill call (all sequences), and query rows per attention
+// block (all sequences): 2048 rows of fp32 scores over 32K keys are 4.3 GB at Qwen3-0.6B's 16 heads.
+constexpr int64_t kBudgetPrefillTokens = 65536;
+constexpr int64_t kBudgetScoreRows = 2048;
+
 // The most sequences of `capacity` positions whose KV cache fits in `budget` beside the weights.
 int64_t sequences_within(int64_t budget, int64_t weight_bytes, int64_t kv_bytes_per_sequence) {
   return budget > weight_bytes ? (budget - weight_bytes) / kv_bytes_per_sequence : 0;
@@ -74,6 +80,15 @@ double median_step_seconds(int64_t steps, at::Tensor& token, at::Device device, 
   return median(seconds);
 }
 
+// First calls allocate and load kernels: a short prefill and a few steps before anything is timed.
+void warm_up(ScriptedLM& scripted, at::Device device, int64_t batch, int64_t vocab) {
+  const auto ids = at::TensorOptions().dtype(at::kLong).device(device);
+  ScriptedLM::Cache warm = scripted.new_cache(batch, 260);
+  scripted.extend(at::randint(0, vocab, {batch, 256}, ids), warm, true);
+  for (int i = 0; i < 3; ++i) scripted.extend(at::zeros({batch, 1}, ids), warm, true);
+  wait_for_device(device);
+}
+
 // One row: prefill `context` tokens (median of repeats), then eager decode steps through extend,
 // then (with graphs) as many through a CUDA graph, in the same cache.
 nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s, int64_t batch, int64_t context,
@@ -91,7 +106,9 @@ nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s
     cache = scripted.new_cache(batch, capacity);
     wait_for_device(s.device);
     const auto start = Clock::now();
-    scripted.extend(prompt, *cache, true);
+    const int64_t chunk = s.prefill_chunk > 0 ? s.prefill_chunk : context;
+    for (int64_t begin = 0; begin < context; begin += chunk)
+      scripted.extend(prompt.slice(1, begin, std::min(context, begin + chunk)), *cache, true);
     wait_for_device(s.device);
     prefill_s.push_back(seconds_since(start));
   }
@@ -100,6 +117,7 @@ nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s
       median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return scripted.extend(t, *cache, true); });
   nlohmann::json row = {{"sparsity", rho}, {"batch", batch}, {"context", context},
                         {"query_block", scripted.module().attr("query_block").toInt()},
+                        {"prefill_chunk", s.prefill_chunk > 0 ? std::min(s.prefill_chunk, context) : context},
                         {"prefill_tokens_per_s", batch * context / median(prefill_s)},
                         {"prefill_seconds", prefill_s}, {"decode_eager_ms_per_step", 1e3 * eager_s}};
   double decode_s = eager_s;
@@ -159,6 +177,7 @@ int bench_decode(int argc, char** argv) {
       ("graphs", "also decode through a CUDA graph of decode_step (CUDA only)", cxxopts::value<bool>()->default_value("true"))
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "float32, bfloat16, float16", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("prefill-chunk", "prefill in extend calls of this many positions (0: the whole context, or with --memory-budget as many as keep batch x chunk <= 64K)", cxxopts::value<int64_t>()->default_value("0"))
       ("memory-budget", "serve at a fixed memory budget (e.g. 100GiB): per sparsity and context, decode the most sequences whose weights plus KV cache fit, instead of --batch", cxxopts::value<std::string>())
       ("trace", "write a Chrome trace (CUDA kernels and operators) of 8 more eager decode steps per row into this folder", cxxopts::value<std::string>())
       ("out", "write the results as JSON here", cxxopts::value<std::string>())
@@ -171,6 +190,7 @@ int bench_decode(int argc, char** argv) {
   const ModelConfig config = shape_config(args["shape"].as<std::string>());
   const AttentionSpan swa = AttentionSpan::sliding(args["window"].as<int64_t>(), args["sinks"].as<int64_t>());
   s.steps = args["decode-steps"].as<int64_t>();
+  s.prefill_chunk = args["prefill-chunk"].as<int64_t>();
   s.repeats = args["repeats"].as<int64_t>();
   s.graphs = args["graphs"].as<bool>();
   s.query_block = args["query-block"].as<int64_t>();
@@ -178,6 +198,7 @@ int bench_decode(int argc, char** argv) {
   std::vector<int64_t> batches;
   for (double b : parse_number_list(args["batch"].as<std::string>(), "--batch")) batches.push_back(static_cast<int64_t>(b));
   CONSA_CHECK(s.steps > 0 && s.repeats > 0, "--decode-steps and --repeats must be > 0");
+  CONSA_CHECK(s.prefill_chunk >= 0, "--prefill-chunk must be >= 0 (0: chosen by batch)");
   CONSA_CHECK(s.query_block >= 0, "--query-block must be >= 0 (0: chosen by batch)");
   CONSA_CHECK(std::all_of(batches.begin(), batches.end(), [](int64_t b) { return b > 0; }), "--batch: sizes must be > 0");
 
@@ -206,8 +227,13 @@ int bench_decode(int argc, char** argv) {
         const int64_t batch = sequences_within(budget, weight_bytes, fa + sw);
         CONSA_CHECK(batch > 0, "--memory-budget ", args["memory-budget"].as<std::string>(), ": the weights (", weight_bytes,
                     " bytes) and one sequence's KV cache at ", context, " tokens (", fa + sw, " bytes) do not fit");
-        scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
-        nlohmann::json row = measure(scripted, rho, s, batch, context, config.vocab_size);
+        // The budget already holds most of the device: prefill in chunks of positions and in
+        // small query blocks, so that activations and scores stay a few GB beside the cache.
+        scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : std::max<int64_t>(16, kBudgetScoreRows / batch));
+        DecodeSettings chunked = s;
+        chunked.prefill_chunk = s.prefill_chunk > 0 ? s.prefill_chunk : std::max<int64_t>(256, kBudgetPrefillTokens / batch);
+        warm_up(scripted, s.device, std::min<int64_t>(batch, 8), config.vocab_size);
+        nlohmann::json row = measure(scripted, rho, chunked, batch, context, config.vocab_size);
         row["memory_budget_bytes"] = budget;
         row["weight_bytes"] = weight_bytes;
         row["kv_bytes_per_sequence"] = fa + sw;
@@ -220,13 +246,7 @@ int bench_decode(int argc, char** argv) {
     }
     for (int64_t batch : batches) {
       scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
-      {  // warm-up: first calls allocate and load kernels
-        const auto ids = at::TensorOptions().dtype(at::kLong).device(s.device);
-        ScriptedLM::Cache warm = scripted.new_cache(batch, 260);
-        scripted.extend(at::randint(0, config.vocab_size, {batch, 256}, ids), warm, true);
-        for (int i = 0; i < 3; ++i) scripted.extend(at::zeros({batch, 1}, ids), warm, true);
-        wait_for_device(s.device);
-      }
+      warm_up(scripted, s.device, batch, config.vocab_size);
       for (double context : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
         nlohmann::json row = measure(scripted, rho, s, batch, static_cast<int64_t>(context), config.vocab_size);
         print_row(row);

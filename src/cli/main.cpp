@@ -53,10 +53,15 @@ void print_usage(std::ostream& out) {
   for (const auto& c : kCommands) out << "  " << c.name << std::string(10 - std::strlen(c.name), ' ') << c.summary << "\n";
 }
 
-// First line of a LibTorch error, without its C++ backtrace.
+// One line of a LibTorch error, without its C++ backtrace: the first, except for errors raised
+// inside a TorchScript export, whose first line only says that one happened; their cause is the
+// last line ("RuntimeError: CUDA out of memory ...").
 std::string first_line(const char* text) {
   std::string s(text);
-  return s.substr(0, s.find('\n'));
+  const std::string first = s.substr(0, s.find('\n'));
+  if (first.find("TorchScript interpreter") == std::string::npos) return first;
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return "in the exported TorchScript model: " + s.substr(s.rfind('\n') + 1);
 }
 
 }  // namespace
