@@ -12,6 +12,25 @@ find_package(yaml-cpp REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 
+# tokenizer.json support (src/tokenizer/): Oniguruma, the regex engine Hugging Face tokenizers
+# uses, and utf8proc for Unicode normalization (Debian: libonig-dev, libutf8proc-dev). Optional:
+# without them consa builds and refuses tokenizer.json files, saying what is missing. Found by
+# header and library rather than pkg-config, so that an unpacked package prefix works as well.
+find_path(CONSA_ONIG_INCLUDE_DIR oniguruma.h)
+find_library(CONSA_ONIG_LIBRARY onig)
+find_path(CONSA_UTF8PROC_INCLUDE_DIR utf8proc.h)
+find_library(CONSA_UTF8PROC_LIBRARY utf8proc)
+set(CONSA_WITH_TOKENIZER_JSON OFF)
+if(CONSA_ONIG_INCLUDE_DIR AND CONSA_ONIG_LIBRARY AND CONSA_UTF8PROC_INCLUDE_DIR AND CONSA_UTF8PROC_LIBRARY)
+  set(CONSA_WITH_TOKENIZER_JSON ON)
+endif()
+# Compressed corpora for consa tokenize: gzip (zlib) and zstd, both optional in the same way.
+find_package(ZLIB)
+find_path(CONSA_ZSTD_INCLUDE_DIR zstd.h)
+find_library(CONSA_ZSTD_LIBRARY zstd)
+message(STATUS "consa: tokenizer.json: ${CONSA_WITH_TOKENIZER_JSON}, gzip input: ${ZLIB_FOUND}, "
+               "zstd input: ${CONSA_ZSTD_LIBRARY}")
+
 # LibTorch's own flags (e.g. the C++11 ABI setting of pip builds).
 set(CMAKE_CXX_FLAGS "${CMAKE_CXX_FLAGS} ${TORCH_CXX_FLAGS}")
 

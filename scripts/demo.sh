@@ -34,8 +34,8 @@ done
 
 echo
 echo "== 3/3  export the ConSA model and decode a passkey prompt through its KV cache"
-$CONSA export runs/demo/sweep/consa_t0.5 --format torchscript --out runs/demo/consa.ts
-$CONSA export runs/demo/sweep/consa_t0.5 --format hf --out runs/demo/consa_hf
+$CONSA export runs/demo/sweep/consa_t0.5 --format torchscript --out runs/demo/consa.ts --overwrite
+$CONSA export runs/demo/sweep/consa_t0.5 --format hf --out runs/demo/consa_hf --overwrite
 $CONSA generate runs/demo/consa.ts --synthetic passkey --length 128 --value-digits 4 --min-distance 40 \
   --max-new-tokens 4 --device "$DEVICE"
 echo

@@ -39,6 +39,14 @@ TEST_CASE("consa init writes a random model that dense training then trains", "[
   for (int64_t l = 0; l < 2; ++l) CHECK(trained->attention(l).group_spans[0].is_full());
   CHECK(run_consa("init --out " + dir + "/x --arch gpt2", &out, &err) == 1);
   CHECK_THAT(err, contains("--arch 'gpt2' is not supported; supported: llama, mistral, qwen2, qwen3"));
+  // One overwrite policy: an existing --out is refused unless --overwrite, and left as it was.
+  const std::string config_before = read_text(dir + "/init/config.json");
+  CHECK(run_consa("init --out " + dir + "/init --arch qwen3 --vocab 40 --hidden 32 --layers 1", &out, &err) == 1);
+  CHECK_THAT(err, contains("--out " + dir + "/init: exists; pass --overwrite to replace it"));
+  CHECK(read_text(dir + "/init/config.json") == config_before);
+  REQUIRE(run_consa("init --out " + dir + "/init --arch qwen3 --vocab 40 --hidden 32 --intermediate 48 --layers 1 "
+                    "--heads 2 --kv-heads 1 --overwrite", &out, &err) == 0);
+  CHECK(read_text(dir + "/init/config.json") != config_before);
 }
 
 TEST_CASE("consa inspect summarises a checkpoint and predicts next tokens", "[cli]") {
@@ -81,7 +89,7 @@ TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train 
   REQUIRE(run_consa("tokenize --train-tokenizer --input " + dir + "/corpus.txt --tokenizer " + dir +
                         "/spm/tok.model --vocab-size 24 --eos 39 --output " + dir + "/train.tok",
                     &out, &err) == 0);
-  CHECK_THAT(out, contains("from 300 lines"));
+  CHECK_THAT(out, contains("from 300 documents"));
   consa::TokenShard shard = consa::TokenShard::open(dir + "/train.tok");
   // Lines i and i + 8 are the same text, so their token runs between end-of-line ids match.
   std::vector<std::vector<int64_t>> lines(1);
@@ -108,6 +116,7 @@ TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train 
   const std::string tok = dir + "/spm/tok.model";
   REQUIRE(run_consa("tokenize --tokenizer " + tok + " --encode 'gamma alpha beta'", &out, &err) == 0);
   std::string prompt_ids = out.substr(0, out.find('\n'));
+  std::replace(prompt_ids.begin(), prompt_ids.end(), ' ', ',');  // --encode prints ids separated by spaces
   const std::string model_dir = dir + "/vocab24";  // a random model over the tokenizer's 24 ids
   {
     consa::CausalLM model(tiny_config(2, 4, 2, 8, 24), at::TensorOptions().dtype(at::kFloat));
@@ -127,7 +136,7 @@ TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train 
   CHECK(!decoded.empty());
 
   CHECK(run_consa("tokenize --input " + dir + "/missing.txt --tokenizer x.model", &out, &err) == 1);
-  CHECK_THAT(err, contains("missing.txt: cannot read input text"));
+  CHECK_THAT(err, contains("missing.txt: no such input file"));
 }
 
 TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
@@ -187,10 +196,19 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
   CHECK_THAT(err, contains("uniform.json: made for weights"));
   CHECK(run_consa("assign widest " + fixture("qwen3_norm") + " --out x.json", &out, &err) == 1);
   CHECK_THAT(err, contains("unknown baseline method 'widest'; supported: uniform, random, attention-span, duo"));
+  // The run's own directory is never an export target, with or without --overwrite.
+  const std::string assignment_before = read_text(dir + "/assignment.json");
+  CHECK(run_consa("export " + dir + " --format hf --out " + dir + " --overwrite", &out, &err) == 1);
+  CHECK_THAT(err, contains(": is a training run's directory; write the output elsewhere"));
+  CHECK(read_text(dir + "/assignment.json") == assignment_before);
+  CHECK(run_consa("export " + dir + " --format torchscript --out " + dir + "/model.ts", &out, &err) == 1);
+  CHECK_THAT(err, contains("model.ts: exists; pass --overwrite"));
+  CHECK(run_consa("eval " + dir + " --samples 1 --out /proc/consa-eval.json", &out, &err) == 1);
+  CHECK_THAT(err, contains("--out /proc/consa-eval.json: its folder is not writable"));
   CHECK(run_consa("export " + dir + " --format onnx --out " + dir + "/x", &out, &err) == 1);
   CHECK_THAT(err, contains("--format 'onnx' is not available; supported: hf, torchscript"));
   CHECK(run_consa("generate " + dir + "/model.ts --prompt hello", &out, &err) == 1);
-  CHECK_THAT(err, contains("--prompt needs a sentencepiece --tokenizer"));
+  CHECK_THAT(err, contains("--prompt needs a --tokenizer"));
 }
 
 TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli]") {
@@ -201,6 +219,15 @@ TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli
   CHECK(run_consa(std::string("validate ") + CONSA_SOURCE_DIR + "/recipes/tiny_cpu.yaml gates.window=-1", &out, &err) == 1);
   CHECK_THAT(err, contains("gates.window: must be in [1, inf], got -1"));
   CHECK(lines(err) == 1);
+  // What train would refuse at step 1, validate refuses too: a sequence too short for the
+  // window and the needles, and a data.tokenizer that is not there.
+  const std::string tiny = std::string(CONSA_SOURCE_DIR) + "/recipes/tiny_cpu.yaml model.path=" + fixture("qwen3_norm");
+  REQUIRE(run_consa("validate " + tiny, &out, &err) == 0);
+  CHECK_THAT(out, contains("# data.synthetic_tasks: a sample of each fits seq_len 48"));
+  CHECK(run_consa("validate " + tiny + " data.seq_len=12", &out, &err) == 1);
+  CHECK_THAT(err, contains("seq_len 12 is too short for min_distance 9"));
+  CHECK(run_consa("validate " + tiny + " data.tokenizer=/nonexistent/tok", &out, &err) == 1);
+  CHECK_THAT(err, contains("/nonexistent/tok: no such file or directory"));
 }
 
 TEST_CASE("consa bench train times every mode and counts model FLOPs in closed form", "[cli]") {

@@ -96,6 +96,23 @@ TEST_CASE("rope given as rope_theta + rope_scaling equals rope_parameters", "[co
   CHECK(rope_inv_freq(a.rope, 16).equal(rope_inv_freq(b.rope, 16)));
 }
 
+TEST_CASE("rope_parameters and rope_scaling together: rope_scaling wins, as in transformers 5", "[config]") {
+  json both = llama_config();
+  both.erase("rope_theta");
+  both["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 500000.0}};
+  both["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4.0}};
+  const ModelConfig c = parse_hf_config(both, "both");
+  CHECK(c.rope.type == "linear");
+  CHECK(c.rope.factor == 4.0);
+  CHECK(c.rope.theta == 500000.0);  // no theta in rope_scaling: rope_parameters' (no top-level rope_theta)
+  both["rope_theta"] = 10000.0;
+  CHECK(parse_hf_config(both, "both").rope.theta == 10000.0);
+  // A null rope_scaling beside rope_parameters (what consa and transformers 5 write) changes nothing.
+  both["rope_scaling"] = nullptr;
+  CHECK(parse_hf_config(both, "both").rope.type == "default");
+  CHECK(parse_hf_config(both, "both").rope.theta == 500000.0);
+}
+
 TEST_CASE("llama3 inverse frequencies follow the closed form", "[config]") {
   RopeConfig rope;
   rope.type = "llama3";

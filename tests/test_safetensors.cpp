@@ -139,11 +139,26 @@ TEST_CASE("malformed safetensors files are refused with a one-line error", "[saf
     header.replace(header.find("[12,14]"), 7, "[12,99]");
     expect_refused(with_header(header), "tensor 'c': data_offsets [12, 99) are out of range");
   }
-  SECTION("byte size does not match shape x dtype") {
+  // kHeader with tensor a's shape replaced (its data_offsets stay [0,8]).
+  const auto with_a_shape = [](const std::string& shape) {
     std::string header = kHeader;
     const std::string a_entry = R"("shape":[2],"data_offsets":[0,8])";
-    header.replace(header.find(a_entry), a_entry.size(), R"("shape":[3],"data_offsets":[0,8])");
-    expect_refused(with_header(header), "tensor 'a': data_offsets span 8 bytes but shape [3] x F32 needs 12");
+    header.replace(header.find(a_entry), a_entry.size(), "\"shape\":" + shape + ",\"data_offsets\":[0,8]");
+    return with_header(header);
+  };
+  SECTION("byte size does not match shape x dtype") {
+    expect_refused(with_a_shape("[3]"), "tensor 'a': data_offsets span 8 bytes but shape [3] x F32 needs 12");
+  }
+  SECTION("a shape whose element count overflows 64 bits") {
+    // 2^32 * 2^32 * 4 elements wrap to 0 in unchecked arithmetic, which would "match" [0,0).
+    expect_refused(with_a_shape("[4294967296,4294967296,4]"),
+                   "tensor 'a': shape [4294967296, 4294967296]... has more elements than 64 bits");
+  }
+  SECTION("a shape whose byte count overflows 64 bits") {
+    expect_refused(with_a_shape("[4611686018427387904]"), "is more bytes than 64 bits can count");
+  }
+  SECTION("a dimension beyond int64") {
+    expect_refused(with_a_shape("[18446744073709551615]"), "non-negative integers below 2^63");
   }
   SECTION("unknown dtype") {
     std::string header = kHeader;

@@ -6,6 +6,9 @@
 #include "catch_compat.h"
 #include "consa/core/error.h"
 #include "consa/data/synthetic.h"
+#include "consa/data/text_tasks.h"
+#include "consa/tokenizer/tokenizer.h"
+#include "helpers.h"
 
 using namespace consa;
 using namespace consa_test;
@@ -93,4 +96,47 @@ TEST_CASE("impossible synthetic settings are refused", "[synthetic]") {
   tiny.vocab_size = 20;
   CHECK_THROWS_WITH(make_synthetic_sample(SyntheticTask::Passkey, tiny, 0), contains("need at least 30 token ids"));
   CHECK_THROWS_WITH(parse_synthetic_task("needle"), contains("supported: passkey, multi_key_needle, associative_recall"));
+}
+
+TEST_CASE("text tasks: the question's answer is found again in the decoded text, beyond the distance", "[synthetic]") {
+  // An independent reading: decode the whole sample to text, find the question, and look the
+  // answer up in the context by the sentence that names it.
+  const auto text = load_text_tasks(fixture("tokenizers/llama3_style"), "", "data.tokenizer");
+  const Tokenizer& tok = text->tokenizer();
+  for (SyntheticTask task : {SyntheticTask::Passkey, SyntheticTask::MultiKeyNeedle, SyntheticTask::AssociativeRecall}) {
+    for (int64_t i = 0; i < 6; ++i) {
+      SyntheticOptions o = options(400, 120);
+      o.vocab_size = tok.vocab_size();
+      o.text = text;
+      const SyntheticSample s = make_synthetic_sample(task, o, i);
+      INFO(synthetic_task_name(task) << " sample " << i);
+      REQUIRE(static_cast<int64_t>(s.tokens.size()) == 400);
+      REQUIRE(std::vector<int64_t>(s.tokens.begin() + s.answer_start, s.tokens.end()) == s.answer);
+      const std::string answer = tok.decode(s.answer);
+      REQUIRE(answer.size() >= 2);
+      CHECK(answer[0] == ' ');
+      const std::string context = tok.decode(std::vector<int64_t>(s.tokens.begin(), s.tokens.begin() + s.answer_start));
+      const size_t question = context.rfind("\nWhat is ");
+      REQUIRE(question != std::string::npos);
+      // The question names what it asks for; the context's sentence for it holds the answer.
+      std::string sentence = "The pass key is";
+      if (task != SyntheticTask::Passkey) {
+        const std::string lead = task == SyntheticTask::MultiKeyNeedle ? "The special magic number for " : "The value of ";
+        const size_t name = context.find(task == SyntheticTask::MultiKeyNeedle ? "for " : "of ", question) + 3;
+        const std::string key = context.substr(name + (context[name] == ' '), context.find('?', name) - name - (context[name] == ' '));
+        sentence = lead + key + (task == SyntheticTask::MultiKeyNeedle ? " is:" : " is");
+      }
+      const size_t found = context.find(sentence + answer);
+      CHECK(found < question);
+      // The value's tokens sit at value_position, at least min_distance before the answer.
+      CHECK(std::vector<int64_t>(s.tokens.begin() + s.value_position, s.tokens.begin() + s.value_position + s.answer.size()) ==
+            s.answer);
+      CHECK(s.answer_start - s.value_position >= 120);
+    }
+  }
+  SyntheticOptions o = options(40, 10);
+  o.vocab_size = tok.vocab_size();
+  o.text = text;
+  CHECK_THROWS_WITH(make_synthetic_sample(SyntheticTask::Passkey, o, 0), contains("seq_len 40 is too short"));
+  CHECK_THROWS_WITH(load_text_tasks(fixture("tokenizers/missing"), "", "data.tokenizer"), contains("no such file"));
 }

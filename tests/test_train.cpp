@@ -7,6 +7,7 @@
 #include "catch_compat.h"
 #include "consa/core/error.h"
 #include "consa/data/batches.h"
+#include "consa/data/token_shards.h"
 #include "consa/gate/hard_concrete.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/fused_adamw.h"
@@ -91,7 +92,7 @@ TEST_CASE("token shards round-trip and bad shards are refused", "[train]") {
   const std::string dir = scratch_dir("shard");
   std::vector<int64_t> small = {1, 2, 65535, 7};
   write_token_shard(dir + "/a.tok", small);
-  CHECK(fs::file_size(dir + "/a.tok") == 24 + 4 * 2);  // uint16 when every id fits
+  CHECK(fs::file_size(dir + "/a.tok") == 32 + 4 * 2 + 2 * 8);  // uint16 when every id fits; one document
   TokenShard a = TokenShard::open(dir + "/a.tok");
   std::vector<int64_t> back(4);
   a.read(0, 4, back.data());
@@ -102,7 +103,8 @@ TEST_CASE("token shards round-trip and bad shards are refused", "[train]") {
   CHECK_THROWS_WITH(TokenShard::open(dir + "/c.tok"), contains(dir + "/c.tok: not a consa token shard"));
   std::string truncated = read_text(dir + "/a.tok");
   write_text(dir + "/d.tok", truncated.substr(0, truncated.size() - 1));
-  CHECK_THROWS_WITH(TokenShard::open(dir + "/d.tok"), contains("header says 4 tokens of 2 bytes but the file holds 7"));
+  CHECK_THROWS_WITH(TokenShard::open(dir + "/d.tok"),
+                    contains("header says 4 tokens of 2 bytes and 1 documents (1 + 1 offsets of 8 bytes) but the file holds 23"));
 }
 
 TEST_CASE("batches pack shards deterministically and keep held-out windows apart", "[train]") {

@@ -1,10 +1,13 @@
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "commands.h"
 #include "consa/core/dtype.h"
@@ -43,24 +46,21 @@ void wait_for_device(at::Device device) {
   if (device.is_cuda()) at::zeros({1}, at::TensorOptions().device(device)).cpu();  // a one-element copy waits for the stream
 }
 
-std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& option) {
-  std::vector<int64_t> ids;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    size_t used = 0;
-    long long value = -1;
-    try {
-      value = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    CONSA_CHECK(used == item.size() && !item.empty() && value >= 0, option, ": '", item,
-                "' is not a token id; expected comma-separated non-negative integers like 1,2,3");
-    ids.push_back(value);
-  }
-  CONSA_CHECK(!ids.empty(), option, ": expected at least one token id");
-  return ids;
+void check_output_path(const std::string& path, bool overwrite, const std::string& option) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  CONSA_CHECK(!(fs::is_directory(p) && (fs::exists(p / "checkpoint.pt") || fs::exists(p / "recipe.yaml"))), option, " ",
+              path, ": is a training run's directory; write the output elsewhere (e.g. ", (p / "export").string(), ")");
+  const bool taken = fs::is_directory(p) ? !fs::is_empty(p) : fs::exists(p);
+  CONSA_CHECK(!taken || overwrite, option, " ", path, ": exists; pass --overwrite to replace it");
+  // Writable means a file can be made there (root passes access() checks where that fails).
+  fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  while (!fs::exists(parent) && parent.has_parent_path() && parent != parent.parent_path()) parent = parent.parent_path();
+  std::string probe = (parent / ".consa-write-test-XXXXXX").string();
+  const int fd = ::mkstemp(probe.data());
+  CONSA_CHECK(fd >= 0, option, " ", path, ": its folder is not writable");
+  ::close(fd);
+  ::unlink(probe.c_str());
 }
 
 ModelSource resolve_model_source(const std::string& path, const std::string& assignment_option) {

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "consa/data/text_tasks.h"
 #include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
@@ -26,9 +27,12 @@ void add_eval_options(cxxopts::Options& options) {
       ("depths", "key depths in [0, 1]", cxxopts::value<std::string>()->default_value("0.1,0.5,0.9"))
       ("samples", "samples per (task, length, depth)", cxxopts::value<int64_t>()->default_value("8"))
       ("first-id", "synthetic token layout's first id (default: the recipe's, else 0)", cxxopts::value<int64_t>())
+      ("tokenizer", "retrieval tasks as text in this tokenizer.json's tokens (default: the recipe's data.tokenizer)",
+       cxxopts::value<std::string>())
       ("value-digits", "digits per value (default: the recipe's, else 5)", cxxopts::value<int64_t>())
       ("min-distance", "key-to-query distance (default: window + sinks + 1)", cxxopts::value<int64_t>()->default_value("0"))
-      ("data", "token shard(s) for held-out perplexity, comma-separated (default: a run's recipe data)", cxxopts::value<std::string>())
+      ("data", "consa token shards or Megatron datasets (PREFIX) for held-out perplexity, comma-separated "
+               "(default: a run's recipe data; raw token files through --recipe)", cxxopts::value<std::string>())
       ("seq-len", "perplexity window length with --data", cxxopts::value<int64_t>()->default_value("512"))
       ("heldout-batches", "perplexity batches", cxxopts::value<int64_t>()->default_value("4"));
 }
@@ -56,11 +60,17 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
     o.num_needles = recipe->data.num_needles;
     o.perplexity_data = recipe->data;
   }
+  // Text tasks through the model's tokenizer: --tokenizer, else the recipe's data.tokenizer.
+  const std::string tokenizer = args.count("tokenizer") ? args["tokenizer"].as<std::string>()
+                                : recipe ? recipe->data.tokenizer : std::string();
+  if (!tokenizer.empty())
+    o.text = load_text_tasks(tokenizer, recipe && !args.count("tokenizer") ? recipe->data.filler : std::string(),
+                             args.count("tokenizer") ? "--tokenizer" : "data.tokenizer");
   if (args.count("first-id")) o.first_id = args["first-id"].as<int64_t>();
   if (args.count("value-digits")) o.value_digits = args["value-digits"].as<int64_t>();
   if (args.count("data")) {
     DataOptions d;
-    d.shards = parse_name_list(args["data"].as<std::string>());
+    for (const auto& path : parse_name_list(args["data"].as<std::string>())) d.shards.emplace_back(path);
     d.synthetic_ratio = 0;
     d.seq_len = args["seq-len"].as<int64_t>();
     d.batch_size = 4;
@@ -93,6 +103,8 @@ int run_eval(int argc, char** argv) {
   CONSA_CHECK(args.count("source"), "consa eval: missing RUN_DIR, MODEL_DIR or MODEL.ts (see consa eval --help)");
   const std::string path = args["source"].as<std::string>();
   const at::Device device = parse_device(args["device"].as<std::string>());
+  // An unwritable --out fails now, not after the whole evaluation (an existing report is replaced).
+  if (args.count("out")) check_output_path(args["out"].as<std::string>(), true, "--out");
   at::NoGradGuard no_grad;
 
   EvalReport report;

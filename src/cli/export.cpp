@@ -26,6 +26,7 @@ int run_export(int argc, char** argv) {
       ("assignment", "assignment.json to apply instead of the source's own", cxxopts::value<std::string>())
       ("dtype", "weights dtype of the export: float32, bfloat16, float16 (default: as stored)", cxxopts::value<std::string>())
       ("query-block", "torchscript: queries per attention block in prefill", cxxopts::value<int64_t>()->default_value("1024"))
+      ("overwrite", "replace an existing --out")
       ("h,help", "show this help");
   options.parse_positional({"source"});
   cxxopts::ParseResult args;
@@ -35,6 +36,8 @@ int run_export(int argc, char** argv) {
   const std::string format = args["format"].as<std::string>();
   CONSA_CHECK(format == "hf" || format == "torchscript", "consa export: --format '", format,
               "' is not available; supported: hf, torchscript");
+  const std::string out = args["out"].as<std::string>();
+  check_output_path(out, args.count("overwrite") > 0, "--out");
   const ModelSource source =
       resolve_model_source(args["source"].as<std::string>(), args.count("assignment") ? args["assignment"].as<std::string>() : "");
 
@@ -42,7 +45,6 @@ int run_export(int argc, char** argv) {
   if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   CausalLM model = load_pretrained(source.model_dir, load);
   const Assignment assignment = source_assignment(source, model, args.count("dtype") > 0);
-  const std::string out = args["out"].as<std::string>();
   if (format == "hf") {
     ModelCardSource card;
     card.model = source.model_dir;

@@ -9,6 +9,8 @@
 #include <memory>
 
 #include "commands.h"
+#include "consa/data/text_tasks.h"
+#include "consa/tokenizer/tokenizer.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/data/synthetic.h"
@@ -64,9 +66,9 @@ int run_generate(int argc, char** argv) {
   options.positional_help("MODEL.ts|MODEL_DIR");
   options.add_options()
       ("model", "a consa TorchScript export or a Hugging Face checkpoint directory", cxxopts::value<std::string>())
-      ("prompt", "prompt text, tokenized with --tokenizer (sentencepiece)", cxxopts::value<std::string>())
-      ("tokenizer", "sentencepiece tokenizer.model (default: MODEL_DIR/tokenizer.model)", cxxopts::value<std::string>())
-      ("prompt-ids", "prompt as comma-separated token ids", cxxopts::value<std::string>())
+      ("prompt", "prompt text, tokenized with --tokenizer", cxxopts::value<std::string>())
+      ("tokenizer", "tokenizer.json, tokenizer.model or a directory with one (default: MODEL_DIR's)", cxxopts::value<std::string>())
+      ("prompt-ids", "prompt as token ids (1,2,3 or '1 2 3')", cxxopts::value<std::string>())
       ("synthetic", "prompt: a retrieval sample up to its answer (passkey, multi_key_needle, associative_recall); "
                     "prints the expected answer", cxxopts::value<std::string>())
       ("length", "--synthetic: sample length", cxxopts::value<int64_t>()->default_value("128"))
@@ -95,21 +97,23 @@ int run_generate(int argc, char** argv) {
   CONSA_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1], got ", top_p);
   const std::string model_path = args["model"].as<std::string>();
 
+  // The model's own tokenizer (tokenizer.json or tokenizer.model beside its weights), unless given.
   std::string tokenizer;
-  if (args.count("tokenizer")) tokenizer = args["tokenizer"].as<std::string>();
-  else if (fs::is_regular_file(fs::path(model_path) / "tokenizer.model"))
-    tokenizer = (fs::path(model_path) / "tokenizer.model").string();
-  if (tokenizer.size()) CONSA_CHECK(fs::is_regular_file(tokenizer), "--tokenizer ", tokenizer, ": no such file");
+  if (args.count("tokenizer")) tokenizer = consa::resolve_tokenizer_file(args["tokenizer"].as<std::string>());
+  else if (fs::is_directory(model_path))
+    for (const char* name : {"tokenizer.json", "tokenizer.model"})
+      if (tokenizer.empty() && fs::is_regular_file(fs::path(model_path) / name)) tokenizer = (fs::path(model_path) / name).string();
   const std::string tokenizer_program = sibling_program("consa-tokenize");
 
   std::vector<int64_t> prompt;
   if (args.count("prompt")) {
-    CONSA_CHECK(!tokenizer.empty(), "--prompt needs a sentencepiece --tokenizer (or use --prompt-ids)");
+    CONSA_CHECK(!tokenizer.empty(), "--prompt needs a --tokenizer (tokenizer.json, tokenizer.model or a model directory), "
+                "or tokenize yourself and use --prompt-ids");
     std::string ids = run_and_capture({tokenizer_program, "--tokenizer", tokenizer, "--encode", args["prompt"].as<std::string>()});
     while (!ids.empty() && (ids.back() == '\n' || ids.back() == '\r')) ids.pop_back();
-    prompt = parse_token_ids(ids, "--prompt (tokenized)");
+    prompt = consa::parse_token_ids(ids, "--prompt (tokenized)");
   } else if (args.count("prompt-ids")) {
-    prompt = parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids");
+    prompt = consa::parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids");
   }
 
   at::NoGradGuard no_grad;
@@ -123,12 +127,16 @@ int run_generate(int argc, char** argv) {
     s.num_needles = 2;
     s.min_distance = args["min-distance"].as<int64_t>();
     s.seed = 424242;  // apart from training and evaluation streams
+    // With a tokenizer.json the sample is text in its tokens (consa/data/text_tasks.h).
+    const bool text = tokenizer.size() > 5 && tokenizer.compare(tokenizer.size() - 5, 5, ".json") == 0;
+    if (text) s.text = load_text_tasks(tokenizer, "", "--tokenizer");
     const SyntheticSample sample =
         make_synthetic_sample(parse_synthetic_task(args["synthetic"].as<std::string>()), s, args["sample"].as<int64_t>());
     prompt.assign(sample.tokens.begin(), sample.tokens.begin() + sample.answer_start);
     std::cerr << "prompt " << prompt.size() << " tokens of " << args["synthetic"].as<std::string>()
               << "; the key sits at position " << sample.value_position << ", expected answer:";
     for (int64_t id : sample.answer) std::cerr << " " << id;
+    if (text) std::cerr << " ('" << s.text->tokenizer().decode(sample.answer) << "')";
     std::cerr << "\n";
   }
   for (int64_t id : prompt)

@@ -28,10 +28,12 @@ int run_init(int argc, char** argv) {
       ("tie-embeddings", "share the input embedding with the output head")
       ("std", "initialisation standard deviation", cxxopts::value<double>()->default_value("0.02"))
       ("seed", "initialisation seed", cxxopts::value<uint64_t>()->default_value("0"))
+      ("overwrite", "replace an existing --out")
       ("h,help", "show this help");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
   CONSA_CHECK(args.count("out"), "consa init: --out DIR is required");
+  check_output_path(args["out"].as<std::string>(), args.count("overwrite") > 0, "--out");
   const std::string arch = args["arch"].as<std::string>();
   const std::map<std::string, Architecture> archs = {{"llama", Architecture::Llama}, {"mistral", Architecture::Mistral},
                                                      {"qwen2", Architecture::Qwen2}, {"qwen3", Architecture::Qwen3}};

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "consa/tokenizer/tokenizer.h"
 #include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
@@ -44,7 +45,7 @@ int run_inspect(int argc, char** argv) {
   if (args.count("prompt-ids")) {
     const int64_t top = args["top"].as<int64_t>();
     CONSA_CHECK(top > 0, "--top must be > 0, got ", top);
-    const std::vector<int64_t> prompt = parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids");
+    const std::vector<int64_t> prompt = consa::parse_token_ids(args["prompt-ids"].as<std::string>(), "--prompt-ids");
     print_next_tokens(std::cout, model, prompt, top);
     if (args.count("logits-out")) {
       at::NoGradGuard no_grad;

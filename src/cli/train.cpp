@@ -2,11 +2,17 @@
 // consa validate RECIPE [key.sub=value ...]
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 
 #include "commands.h"
+#include "consa/data/batches.h"
+#include "consa/data/text_tasks.h"
+#include "consa/tokenizer/tokenizer.h"
 #include "consa/core/error.h"
+#include "consa/data/token_sources.h"
 #include "consa/distributed/local_launcher.h"
+#include "consa/load/hf_config.h"
 #include "consa/train/trainer.h"
 
 namespace consa::cli {
@@ -112,7 +118,34 @@ int run_validate(int argc, char** argv) {
   if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "validate");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
-  std::cout << recipe_to_yaml(recipe) << "# " << ra.path << ": ok\n";
+  // Open every data source, so that format errors show before a run; ids are checked against the
+  // model's vocabulary when its config.json is at hand.
+  const bool have_config = std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json");
+  const int64_t vocab = have_config ? read_hf_config(recipe.model.path).vocab_size : -1;
+  std::string sources;
+  for (size_t i = 0; i < recipe.data.shards.size(); ++i) {
+    auto source = open_token_source(recipe.data.shards[i]);
+    if (vocab > 0) source->check_vocabulary(vocab);
+    sources += "# data.shards[" + std::to_string(i) + "]: " + source->describe() +
+               (vocab > 0 ? ", ids within the vocabulary of " + std::to_string(vocab) : "") + "\n";
+  }
+  // One sample of every synthetic task at the recipe's length and distance, as training draws
+  // them: a sequence too short for the window and the needles fails here, not at step 1.
+  if (recipe.data.synthetic_ratio > 0 && vocab > 0) {
+    SyntheticOptions s;
+    s.seq_len = recipe.data.seq_len;
+    s.vocab_size = vocab;
+    s.value_digits = recipe.data.value_digits;
+    s.num_needles = recipe.data.num_needles;
+    s.min_distance = distance_beyond(recipe.gates.swa, recipe.data.min_distance);
+    if (!recipe.data.tokenizer.empty()) s.text = load_text_tasks(recipe.data.tokenizer, recipe.data.filler, "data.tokenizer");
+    for (SyntheticTask task : recipe.data.synthetic_tasks) make_synthetic_sample(task, s, 0);
+    sources += std::string("# data.synthetic_tasks: a sample of each fits seq_len ") + std::to_string(s.seq_len) +
+               (s.text ? " as text in " + s.text->tokenizer().source() + "'s tokens" : std::string()) + "\n";
+  } else if (!recipe.data.tokenizer.empty()) {
+    load_text_tasks(recipe.data.tokenizer, recipe.data.filler, "data.tokenizer");
+  }
+  std::cout << recipe_to_yaml(recipe) << sources << "# " << ra.path << ": ok\n";
   return 0;
 }
 

@@ -1,6 +1,7 @@
 #include "consa/data/batches.h"
 
 #include "consa/core/error.h"
+#include "consa/data/text_tasks.h"
 #include "consa/core/mix.h"
 
 namespace consa {
@@ -23,17 +24,16 @@ BatchStream::BatchStream(const DataOptions& options, int64_t vocab_size, int64_t
   synthetic_.num_needles = options.num_needles;
   synthetic_.min_distance = min_distance;
   synthetic_.seed = options.seed + (split == Split::Heldout ? kHeldoutSeedOffset : 0);
+  if (!options.tokenizer.empty()) synthetic_.text = load_text_tasks(options.tokenizer, options.filler, "data.tokenizer");
 
   int64_t tokens = 0;
-  for (const auto& path : options.shards) {
-    shards_.push_back(TokenShard::open(path));
-    const int64_t max_id = shards_.back().max_token();
-    CONSA_CHECK(max_id < vocab_size, path, ": token id ", max_id, " is outside the model's vocabulary of ",
-                vocab_size);
-    tokens += shards_.back().size();
+  for (const auto& spec : options.shards) {
+    sources_.push_back(open_token_source(spec));
+    sources_.back()->check_vocabulary(vocab_size);
+    tokens += sources_.back()->size();
   }
   total_windows_ = tokens / options.seq_len;
-  if (!shards_.empty()) {
+  if (!sources_.empty()) {
     heldout_windows_ = std::min(options.heldout_batches * options.batch_size, total_windows_ / 2);
     CONSA_CHECK(total_windows_ - heldout_windows_ >= 1, "data.shards: ", tokens, " tokens make no training window of ",
                 options.seq_len, " tokens");
@@ -44,13 +44,14 @@ BatchStream::BatchStream(const DataOptions& options, int64_t vocab_size, int64_t
 
 void BatchStream::read_window(int64_t window, int64_t* out) const {
   int64_t offset = window * options_.seq_len, need = options_.seq_len;
-  for (const auto& shard : shards_) {
-    if (offset >= shard.size()) {
-      offset -= shard.size();
+  for (const auto& source : sources_) {
+    const int64_t size = source->size();
+    if (offset >= size) {
+      offset -= size;
       continue;
     }
-    const int64_t n = std::min(need, shard.size() - offset);
-    shard.read(offset, n, out);
+    const int64_t n = std::min(need, size - offset);
+    source->read(offset, n, out);
     out += n;
     need -= n;
     offset = 0;
@@ -62,7 +63,7 @@ void BatchStream::fill_sequence(int64_t sequence, int64_t* tokens, float* mask) 
   const int64_t len = options_.seq_len;
   const uint64_t h = mix(options_.seed * 1315423911ull + static_cast<uint64_t>(sequence) +
                          (split_ == Split::Heldout ? kHeldoutSeedOffset : 0));
-  const bool synthetic = shards_.empty() || options_.synthetic_ratio >= 1.0 ||
+  const bool synthetic = sources_.empty() || options_.synthetic_ratio >= 1.0 ||
                          (static_cast<double>(h >> 11) / 9007199254740992.0) < options_.synthetic_ratio;
   if (synthetic) {
     const SyntheticTask task = options_.synthetic_tasks[mix(h) % options_.synthetic_tasks.size()];

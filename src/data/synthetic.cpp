@@ -5,6 +5,7 @@
 
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
+#include "consa/data/text_tasks.h"
 
 namespace consa {
 
@@ -73,6 +74,7 @@ void check_fits(bool fits, const SyntheticOptions& o, SyntheticTask task) {
 }  // namespace
 
 SyntheticSample make_synthetic_sample(SyntheticTask task, const SyntheticOptions& o, int64_t index) {
+  if (o.text) return o.text->sample(task, o, index);
   CONSA_CHECK(o.vocab_size - o.first_id >= 14 + kMinFillerIds, "synthetic tasks need at least ",
               14 + kMinFillerIds, " token ids from first_id ", o.first_id, ", vocab_size is ", o.vocab_size);
   CONSA_CHECK(o.value_digits > 0 && o.num_needles > 0 && o.min_distance >= 0 && o.depth <= 1.0,

@@ -132,6 +132,7 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
         s.min_distance = distance_beyond(layout.swa, o.min_distance);
         s.depth = depth;
         s.seed = o.seed;
+        s.text = o.text;
         std::vector<SyntheticSample> samples;
         std::vector<int64_t> flat;
         for (int64_t i = 0; i < o.samples; ++i) {

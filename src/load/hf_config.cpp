@@ -107,12 +107,25 @@ Architecture parse_architecture(const ConfigReader& r) {
        supported_architectures(), ", ", kMinistral.class_name, ", ", kHybridArchitecture);
 }
 
-// RoPE from either `rope_parameters` (newer files) or `rope_theta` + `rope_scaling`.
+// RoPE from either `rope_parameters` (newer files) or `rope_theta` + `rope_scaling`. A file with
+// both and a non-null `rope_scaling` means what transformers 5 makes of it: `rope_scaling` wins,
+// its theta taken from `rope_scaling`, else `rope_theta`, else `rope_parameters`.
 RopeConfig parse_rope(const ConfigReader& r) {
   RopeConfig rope;
   json params = json::object();
   std::string where;
-  if (r.has("rope_parameters")) {
+  const bool scaling_wins = r.has("rope_parameters") && r.has("rope_scaling") && !r.at("rope_scaling").is_null();
+  if (scaling_wins) {
+    params = r.at("rope_scaling");
+    CONSA_CHECK(params.is_object(), r.source(), ": 'rope_scaling' must be an object or null");
+    where = "rope_scaling";
+    if (!params.contains("rope_theta")) {
+      const json& p = r.at("rope_parameters");
+      params["rope_theta"] = r.has("rope_theta") ? json(r.number("rope_theta", rope.theta))
+                             : (p.is_object() && p.contains("rope_theta")) ? p.at("rope_theta")
+                                                                           : json(rope.theta);
+    }
+  } else if (r.has("rope_parameters")) {
     params = r.at("rope_parameters");
     where = "rope_parameters";
     CONSA_CHECK(params.is_object(), r.source(), ": 'rope_parameters' must be an object");

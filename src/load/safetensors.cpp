@@ -8,6 +8,7 @@
 
 #include "consa/core/atomic_file.h"
 #include "consa/core/mapped_file.h"
+#include "consa/core/checked_math.h"
 #include "consa/core/error.h"
 
 namespace consa {
@@ -106,10 +107,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     CONSA_CHECK(shape.is_array(), where, ": shape must be an array of non-negative integers");
     uint64_t numel = 1;
     for (const auto& dim : shape) {
-      CONSA_CHECK(dim.is_number_unsigned() || (dim.is_number_integer() && dim.get<int64_t>() >= 0),
-                  where, ": shape must be an array of non-negative integers");
+      CONSA_CHECK((dim.is_number_unsigned() && fits_int64(dim.get<uint64_t>())) ||
+                      (dim.is_number_integer() && dim.get<int64_t>() >= 0),
+                  where, ": shape must be an array of non-negative integers below 2^63");
       rec.shape.push_back(dim.get<int64_t>());
-      numel *= static_cast<uint64_t>(rec.shape.back());
+      CONSA_CHECK(checked_multiply(numel, static_cast<uint64_t>(rec.shape.back()), &numel), where, ": shape ",
+                  format_shape(rec.shape), "... has more elements than 64 bits can count");
     }
 
     const auto& offsets = entry["data_offsets"];
@@ -121,7 +124,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     CONSA_CHECK(rec.begin <= rec.end && rec.end <= data_size, where, ": data_offsets [", rec.begin,
                 ", ", rec.end, ") are out of range of the ", data_size,
                 "-byte data section (truncated file?)");
-    const uint64_t expected = numel * c10::elementSize(rec.dtype);
+    uint64_t expected = 0;
+    CONSA_CHECK(checked_multiply(numel, c10::elementSize(rec.dtype), &expected), where, ": shape ",
+                format_shape(rec.shape), " x ", dtype, " is more bytes than 64 bits can count");
     CONSA_CHECK(rec.end - rec.begin == expected, where, ": data_offsets span ", rec.end - rec.begin,
                 " bytes but shape ", format_shape(rec.shape), " x ", dtype, " needs ", expected);
     file.records_.emplace(name, std::move(rec));

@@ -100,6 +100,9 @@ class Section {
     return out;
   }
 
+  // The value of `key` as it stands (undefined when absent), for entries of their own shape.
+  YAML::Node value(const std::string& key) { return get(key); }
+
   void finish() const {
     if (!node_ || !node_.IsMap()) return;
     for (const auto& item : node_) {
@@ -133,6 +136,41 @@ class Section {
 };
 
 constexpr double kInf = 1e300;
+
+// data.shards: each entry a path (format auto) or {path, format, dtype}.
+std::vector<TokenSourceSpec> parse_token_sources(Section& data) {
+  const std::string key = data.where("shards");
+  YAML::Node list = data.value("shards");
+  if (!list) return {};
+  CONSA_CHECK(list.IsSequence(), data.file(), ": ", key, ": expected a list of paths or {path, format, dtype} mappings");
+  std::vector<TokenSourceSpec> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node item = list[i];
+    const std::string where = key + "[" + std::to_string(i) + "]";
+    if (item.IsScalar()) {
+      CONSA_CHECK(!item.Scalar().empty(), data.file(), ": ", where, ": empty path");
+      out.emplace_back(item.Scalar());
+      continue;
+    }
+    CONSA_CHECK(item.IsMap(), data.file(), ": ", where, ": expected a path or a mapping {path, format, dtype}");
+    Section entry(item, where, data.file());
+    TokenSourceSpec spec;
+    spec.path = entry.text("path", "");
+    CONSA_CHECK(!spec.path.empty(), data.file(), ": ", where, ".path: required");
+    spec.format = parse_token_format(entry.text("format", "auto", {"auto", "consa", "megatron", "raw"}));
+    const std::string dtype = entry.text("dtype", "", {"uint16", "uint32"});
+    entry.finish();
+    if (spec.format == TokenFormat::Raw) {
+      CONSA_CHECK(!dtype.empty(), data.file(), ": ", where, ".dtype: required for format raw; allowed: uint16, uint32");
+      spec.bytes_per_token = dtype == "uint16" ? 2 : 4;
+    } else {
+      CONSA_CHECK(dtype.empty(), data.file(), ": ", where, ".dtype: only format raw takes a dtype (",
+                  token_format_name(spec.format), " files record their own)");
+    }
+    out.push_back(spec);
+  }
+  return out;
+}
 
 void apply_override(YAML::Node& root, const std::string& override, const std::string& file) {
   const size_t eq = override.find('=');
@@ -210,7 +248,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.data.seq_len = data.integer("seq_len", r.data.seq_len, 8);
   r.data.batch_size = data.integer("batch_size", r.data.batch_size, 1);
   r.data.heldout_batches = data.integer("heldout_batches", r.data.heldout_batches, 0);
-  r.data.shards = data.texts("shards", {});
+  r.data.shards = parse_token_sources(data);
   r.data.synthetic_ratio = data.number("synthetic_ratio", r.data.synthetic_ratio, 0.0, 1.0);
   r.data.synthetic_tasks.clear();
   for (const auto& t : data.texts("synthetic_tasks", {"passkey"})) r.data.synthetic_tasks.push_back(parse_synthetic_task(t));
@@ -218,7 +256,11 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.data.value_digits = data.integer("value_digits", r.data.value_digits, 1);
   r.data.num_needles = data.integer("num_needles", r.data.num_needles, 1);
   r.data.seed = static_cast<uint64_t>(data.integer("seed", 0, 0));
+  r.data.tokenizer = data.text("tokenizer", "");
+  r.data.filler = data.text("filler", "");
   data.finish();
+  CONSA_CHECK(r.data.filler.empty() || !r.data.tokenizer.empty(), file,
+              ": data.filler: the haystack text of text tasks needs data.tokenizer");
   CONSA_CHECK(r.data.synthetic_ratio >= 1.0 || !r.data.shards.empty(), file,
               ": data.shards: required when data.synthetic_ratio < 1 (the rest of the data comes from shards)");
   CONSA_CHECK(r.data.synthetic_ratio <= 0.0 || !r.data.synthetic_tasks.empty(), file,
@@ -315,12 +357,26 @@ std::string recipe_to_yaml(const Recipe& r) {
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "seq_len" << YAML::Value
       << r.data.seq_len << YAML::Key << "batch_size" << YAML::Value << r.data.batch_size << YAML::Key
       << "heldout_batches" << YAML::Value << r.data.heldout_batches << YAML::Key << "shards" << YAML::Value
-      << YAML::Flow << r.data.shards << YAML::Key << "synthetic_ratio" << YAML::Value << r.data.synthetic_ratio
+      << YAML::Flow << YAML::BeginSeq;
+  // An auto entry stays a plain path; the others keep their format, so a resumed run reads the same files.
+  for (const TokenSourceSpec& s : r.data.shards) {
+    if (s.format == TokenFormat::Auto && s.bytes_per_token == 0) {
+      out << s.path;
+      continue;
+    }
+    out << YAML::BeginMap << YAML::Key << "path" << YAML::Value << s.path << YAML::Key << "format" << YAML::Value
+        << token_format_name(s.format);
+    if (s.format == TokenFormat::Raw)
+      out << YAML::Key << "dtype" << YAML::Value << (s.bytes_per_token == 2 ? "uint16" : "uint32");
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::Key << "synthetic_ratio" << YAML::Value << r.data.synthetic_ratio
       << YAML::Key << "synthetic_tasks" << YAML::Value << YAML::Flow << YAML::BeginSeq;
   for (SyntheticTask t : r.data.synthetic_tasks) out << synthetic_task_name(t);
   out << YAML::EndSeq << YAML::Key << "min_distance" << YAML::Value << r.data.min_distance << YAML::Key
       << "value_digits" << YAML::Value << r.data.value_digits << YAML::Key << "num_needles" << YAML::Value
-      << r.data.num_needles << YAML::Key << "seed" << YAML::Value << r.data.seed << YAML::EndMap;
+      << r.data.num_needles << YAML::Key << "seed" << YAML::Value << r.data.seed << YAML::Key << "tokenizer"
+      << YAML::Value << r.data.tokenizer << YAML::Key << "filler" << YAML::Value << r.data.filler << YAML::EndMap;
   out << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap << YAML::Key << "lr" << YAML::Value
       << r.optimizer.lr << YAML::Key << "gate_lr" << YAML::Value << r.optimizer.gate_lr << YAML::Key << "lambda_lr"
       << YAML::Value << r.optimizer.lambda_lr << YAML::Key << "weight_decay" << YAML::Value

@@ -4,12 +4,13 @@
 // (options, split, i), so a run resumes exactly from a cursor.
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "consa/attention/attention.h"
 #include "consa/data/synthetic.h"
-#include "consa/data/token_shards.h"
+#include "consa/data/token_sources.h"
 
 namespace consa {
 
@@ -17,13 +18,18 @@ struct DataOptions {
   int64_t seq_len = 512;
   int64_t batch_size = 8;
   int64_t heldout_batches = 4;           // evaluation batches, never trained on
-  std::vector<std::string> shards;       // token shards, packed end to end into seq_len windows
+  // Pre-tokenized corpora (consa shards, Megatron datasets, raw token files), packed end to end
+  // into seq_len windows in this order.
+  std::vector<TokenSourceSpec> shards;
   std::vector<SyntheticTask> synthetic_tasks = {SyntheticTask::Passkey};
   double synthetic_ratio = 1.0;          // fraction of sequences drawn from synthetic tasks
   int64_t min_distance = 0;              // key-to-query distance; 0: the gate window + 1
   int64_t value_digits = 5;
   int64_t num_needles = 4;
   uint64_t seed = 0;
+  // With a tokenizer.json: the synthetic tasks as text in its tokens (consa/data/text_tasks.h),
+  // haystack from `filler` (a text file, one sentence per line; empty: built-in sentences).
+  std::string tokenizer, filler;
 };
 
 struct Batch {
@@ -60,7 +66,7 @@ class BatchStream {
   DataOptions options_;
   SyntheticOptions synthetic_;
   Split split_;
-  std::vector<TokenShard> shards_;
+  std::vector<std::shared_ptr<const TokenSource>> sources_;
   int64_t total_windows_ = 0, heldout_windows_ = 0;
   int64_t cursor_ = 0;
 };

@@ -13,10 +13,13 @@
 // multi_key_needle    ... KEY k VALUE d1..dn ... (m needles)   QUERY k ANSWER d1..dn
 // associative_recall  k1 v1 k2 v2 ... (pairs fill the context) QUERY kj ANSWER vj
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace consa {
+
+class TextTasks;
 
 enum class SyntheticTask { Passkey, MultiKeyNeedle, AssociativeRecall };
 SyntheticTask parse_synthetic_task(const std::string& name);  // passkey | multi_key_needle | associative_recall
@@ -31,6 +34,9 @@ struct SyntheticOptions {
   int64_t min_distance = 0;   // tokens from the queried value to the query, at least
   double depth = -1.0;        // where the queried value sits in [0, 1] of its allowed range; < 0: random
   uint64_t seed = 0;
+  // With a tokenizer (data.tokenizer): the tasks as text in its tokens (consa/data/text_tasks.h);
+  // first_id is then unused.
+  std::shared_ptr<const TextTasks> text;
 };
 
 struct SyntheticSample {

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <ostream>
@@ -29,6 +30,7 @@ struct EvalOptions {
   std::vector<double> depths = {0.1, 0.5, 0.9};
   int64_t samples = 8;        // per (task, length, depth) cell
   int64_t first_id = 0;       // synthetic token layout (consa/data/synthetic.h)
+  std::shared_ptr<const TextTasks> text;  // set: the tasks as text in the model's tokens
   int64_t value_digits = 5;
   int64_t num_needles = 4;
   int64_t min_distance = 0;   // key-to-query distance; 0: the layout's window + sinks + 1
