@@ -11,13 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-DEPS=/tmp/consa-deps
-if [ ! -f /usr/include/oniguruma.h ] || [ ! -f /usr/include/utf8proc.h ]; then
-  mkdir -p "$DEPS"
-  for f in .debs/*.deb; do dpkg -x "$f" "$DEPS"; done
-fi
+source scripts/gpu_deps.sh
 PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu-tok -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX;$DEPS/usr" \
+cmake -S . -B build-gpu-tok -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX;$CONSA_DEPS_PREFIX" \
   -DCONSA_BUILD_TESTS=OFF >/tmp/consa-tok-configure.log 2>&1 || { tail -30 /tmp/consa-tok-configure.log; exit 1; }
 grep "consa: tokenizer.json" /tmp/consa-tok-configure.log
 cmake --build build-gpu-tok --target consa-tokenize -j"$(nproc)" >/tmp/consa-tok-build.log 2>&1 ||

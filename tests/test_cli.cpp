@@ -134,6 +134,11 @@ TEST_CASE("consa tokenize trains a tokenizer and writes shards that consa train 
                     &out, &err) == 0);
   CHECK(out == decoded + "\n");
   CHECK(!decoded.empty());
+  // A cache that cannot fit is refused before it is allocated.
+  CHECK(run_consa("generate " + model_dir + " --prompt-ids 1,2 --max-new-tokens 10000000000", &out, &err) == 1);
+  CHECK_THAT(err, contains("--max-new-tokens 10000000000: a KV cache of 10000000002 positions needs"));
+  CHECK(run_consa("generate " + model_dir + " --prompt-ids 1,2 --max-new-tokens 100000000000000", &out, &err) == 1);
+  CHECK_THAT(err, contains("positions are more than any KV cache here can hold"));
 
   CHECK(run_consa("tokenize --input " + dir + "/missing.txt --tokenizer x.model", &out, &err) == 1);
   CHECK_THAT(err, contains("missing.txt: no such input file"));
@@ -193,7 +198,7 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
   REQUIRE(run_consa("eval " + fixture("qwen3_norm") + " --assignment " + dir + "/uniform.json" + eval_flags, &out, &err) == 0);
   CHECK_THAT(out, contains("layout       uniform, kv_head units"));
   CHECK(run_consa("eval " + fixture("llama_gqa") + " --assignment " + dir + "/uniform.json", &out, &err) == 1);
-  CHECK_THAT(err, contains("uniform.json: made for weights"));
+  CHECK_THAT(err, contains("uniform.json: made for 2 layers x 4/2 heads x 24 but the model has 2 x 4/2 x 16"));
   CHECK(run_consa("assign widest " + fixture("qwen3_norm") + " --out x.json", &out, &err) == 1);
   CHECK_THAT(err, contains("unknown baseline method 'widest'; supported: uniform, random, attention-span, duo"));
   // The run's own directory is never an export target, with or without --overwrite.

@@ -11,6 +11,7 @@
 #include "consa/export/assignment.h"
 #include "consa/export/hf_export.h"
 #include "consa/export/hybrid_layout.h"
+#include "consa/export/torchscript_export.h"
 #include "consa/load/hf_config.h"
 #include "consa/load/pretrained.h"
 #include "helpers.h"
@@ -134,7 +135,12 @@ TEST_CASE("applying an assignment equals the per-group spans and the 0/1 gates",
   g->apply(model, (g->log_alpha > 0).to(at::kFloat));  // the gated path with hard 0/1 gates
   CHECK(max_abs_diff(model->forward(ids), by_spans) < 1e-5);
   CausalLM other(tiny_config(3, 4, 2, 8), at::TensorOptions());
-  CHECK_THROWS_WITH(a.apply(other), contains("does not fit this model"));
+  CHECK_THROWS_WITH(a.apply(other), contains("made for 2 layers x 4/2 heads x 8 but the model has 3 x 4/2 x 8"));
+  // Exports check first: a layer too many or too few is refused, not read past the end.
+  const std::string dir = consa_test::scratch_dir("export-misfit");
+  CHECK_THROWS_WITH(export_hf(other, a, dir + "/hf", ModelCardSource{}), contains("but the model has 3"));
+  CHECK_THROWS_WITH(export_torchscript(other, a, dir + "/m.ts", TorchScriptOptions{}), contains("but the model has 3"));
+  CHECK_FALSE(std::filesystem::exists(dir + "/hf"));
 }
 
 TEST_CASE("permuting heads together with their spans leaves the model's output unchanged", "[export]") {

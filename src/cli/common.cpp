@@ -86,6 +86,7 @@ ModelSource resolve_model_source(const std::string& path, const std::string& ass
 Assignment source_assignment(const ModelSource& source, CausalLM& model, bool dtype_converted) {
   if (source.assignment_path.empty()) return declared_assignment(model, source.model_dir);
   Assignment a = Assignment::load(source.assignment_path);
+  a.check_fits(model->config(), source.assignment_path);
   // Checksums are over the stored weights; a dtype conversion alters them, so check those.
   CausalLM checked = dtype_converted ? load_pretrained(source.model_dir) : model;
   const std::string checksum = weights_checksum(checked);

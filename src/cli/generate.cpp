@@ -8,6 +8,8 @@
 #include <iostream>
 #include <memory>
 
+#include <unistd.h>
+
 #include "commands.h"
 #include "consa/data/text_tasks.h"
 #include "consa/tokenizer/tokenizer.h"
@@ -148,6 +150,15 @@ int run_generate(int argc, char** argv) {
   std::cerr.unsetf(std::ios::fixed);
 
   const int64_t capacity = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(max_new, 1);
+  CONSA_CHECK(capacity < (int64_t{1} << 36), "--max-new-tokens ", max_new, ": ", capacity,
+              " positions are more than any KV cache here can hold (at most 2^36)");
+  if (model.device().is_cpu()) {  // refused before allocating, not by the allocator mid-way
+    const auto [fa, sw] = a.kv_cache_bytes(capacity, static_cast<int64_t>(c10::elementSize(model.dtype())));
+    const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    CONSA_CHECK(static_cast<double>(fa + sw) <= ram / 2, "--max-new-tokens ", max_new, ": a KV cache of ", capacity,
+                " positions needs ", fa + sw, " bytes, more than half of this machine's ", static_cast<int64_t>(ram),
+                " bytes of memory");
+  }
   ScriptedLM::Cache cache = model.new_cache(1, capacity);
   auto gen = at::detail::createCPUGenerator(args["seed"].as<uint64_t>());
   std::unique_ptr<FeedProcess> detokenizer;

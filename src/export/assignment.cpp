@@ -156,12 +156,16 @@ Assignment Assignment::load(const std::string& path) {
   return from_json(j, path);
 }
 
-void Assignment::apply(CausalLM& model) const {
-  const ModelConfig& c = model->config();
+void Assignment::check_fits(const ModelConfig& c, const std::string& source) const {
   CONSA_CHECK(c.num_layers == num_layers && c.num_heads == num_heads && c.num_kv_heads == num_kv_heads &&
-                  c.head_dim == head_dim,
-              "assignment for ", num_layers, " layers x ", num_heads, "/", num_kv_heads, " heads x ", head_dim,
-              " does not fit this model (", c.num_layers, " x ", c.num_heads, "/", c.num_kv_heads, " x ", c.head_dim, ")");
+                  c.head_dim == head_dim && static_cast<int64_t>(full.size()) == num_layers,
+              source.empty() ? std::string("assignment") : source, ": made for ", num_layers, " layers x ", num_heads,
+              "/", num_kv_heads, " heads x ", head_dim, " but the model has ", c.num_layers, " x ", c.num_heads, "/",
+              c.num_kv_heads, " x ", c.head_dim);
+}
+
+void Assignment::apply(CausalLM& model) const {
+  check_fits(model->config(), "");
   for (int64_t l = 0; l < num_layers; ++l) {
     SelfAttentionImpl& attn = model->attention(l);
     if (unit == GateUnit::Head) {

@@ -41,6 +41,7 @@ void write_remote_code(const std::string& dir, bool hybrid) {
 
 void export_hf(CausalLM& model, const Assignment& assignment, const std::string& dir, const ModelCardSource& source) {
   ModelConfig config = model->config();
+  assignment.check_fits(config, "");
   std::vector<LayerHeadLayout> layouts;
   CausalLM work = hybrid_model_copy(model, assignment, &layouts);
   config.hybrid_full_kv_heads.clear();

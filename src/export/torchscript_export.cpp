@@ -370,6 +370,7 @@ Module build_scripted_model(CausalLM& model, const Assignment& assignment, const
 
 void export_torchscript(CausalLM& model, const Assignment& assignment, const std::string& path,
                         const TorchScriptOptions& options) {
+  assignment.check_fits(model->config(), "");
   Module module = build_scripted_model(model, assignment, options);
   std::vector<LayerHeadLayout> layouts;
   for (int64_t l = 0; l < model->num_layers(); ++l) layouts.push_back(hybrid_layout(assignment, l));

@@ -60,6 +60,10 @@ struct Assignment {
   void save(const std::string& path, int64_t kv_context = 4096, int64_t bytes_per_element = 2) const;
   static Assignment load(const std::string& path);
 
+  // The one compatibility check of an assignment with a model, before anything uses it: layers,
+  // query and KV heads and head_dim must be the model's. `source` names the file in the error.
+  void check_fits(const ModelConfig& config, const std::string& source) const;
+
   // Sets each layer's per-KV-group spans (layer and kv_head units), or its per-head fa_weight
   // of 0/1 (head units), so `model` computes with this assignment.
   void apply(CausalLM& model) const;
