@@ -153,6 +153,13 @@ TEST_CASE("text passkey through a tokenizer.json: a recipe trains on it, eval sc
                     &out, &err) == 0);
   CHECK_THAT(err, contains("expected answer:"));
   CHECK_THAT(err, contains("('"));
+  // A refused job changes nothing in the output directory: a --resume whose model is missing
+  // keeps the run's recipe.yaml, and a fresh run refused at load leaves no directory behind.
+  const std::string recipe_before = read_text(dir + "/run/recipe.yaml");
+  CHECK(run_consa("train " + dir + "/recipe.yaml --resume model.path=" + dir + "/missing", &out, &err) == 1);
+  CHECK(read_text(dir + "/run/recipe.yaml") == recipe_before);
+  CHECK(run_consa("train " + dir + "/recipe.yaml model.path=" + dir + "/missing output.dir=" + dir + "/run3", &out, &err) == 1);
+  CHECK_FALSE(std::filesystem::exists(dir + "/run3"));
   // sentencepiece models cannot render text tasks in process: refused, naming the key.
   write_text(dir + "/spm.yaml", "model: {path: " + model_dir + "}\ndata: {seq_len: 160, tokenizer: " + dir +
                                     "/tok.model}\noutput: {dir: " + dir + "/run2}\n");

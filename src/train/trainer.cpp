@@ -111,16 +111,8 @@ TrainOutcome Job::run() {
   CONSA_CHECK(control_.resume || control_.overwrite || !fs::exists(checkpoint_path()), dir_,
               ": holds an earlier run (checkpoint.pt); pass --resume to continue it, --overwrite to replace it, "
               "or choose another output.dir");
-  // Every rank has checked the directory before rank 0 writes into it.
-  comm_->barrier("the output directory check");
-  if (main) {
-    fs::create_directories(dir_);
-    // A run started afresh keeps no optimizer shards of the one it replaces.
-    if (!control_.resume) fs::remove_all(shard_dir());
-    AtomicFileWriter out((fs::path(dir_) / "recipe.yaml").string());
-    out.stream() << recipe_to_yaml(original_);
-    out.commit();
-  }
+  // Everything that can refuse the job (models, data, the checkpoint to resume) runs before the
+  // output directory is made or its recipe.yaml rewritten: a refused job changes nothing there.
   prepare();
   BatchStream data = training_data();
   auto optimizer = make_optimizer(/*stage1=*/true);
@@ -130,6 +122,16 @@ TrainOutcome Job::run() {
   if (control_.resume) {
     std::tie(stage, start) = load_checkpoint(optimizer.get());
     if (main) std::cerr << "resuming " << checkpoint_path() << " at stage " << stage << " step " << start << "\n";
+  }
+  // Every rank has checked the job before rank 0 writes into the directory.
+  comm_->barrier("the output directory check");
+  if (main) {
+    fs::create_directories(dir_);
+    // A run started afresh keeps no optimizer shards of the one it replaces.
+    if (!control_.resume) fs::remove_all(shard_dir());
+    AtomicFileWriter out((fs::path(dir_) / "recipe.yaml").string());
+    out.stream() << recipe_to_yaml(original_);
+    out.commit();
   }
   const int64_t total_steps = r_.train.steps + r_.recover.steps;
   if (main)
