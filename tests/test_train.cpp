@@ -191,6 +191,34 @@ TEST_CASE("learning-rate schedule", "[train]") {
   CHECK(lr_multiplier("constant", 0, 100, 110) == 1.0);
 }
 
+TEST_CASE("resuming with a recipe that changes the math is refused naming the keys; more steps are fine", "[train]") {
+  const std::string dir = scratch_dir("resume-changed");
+  const std::string recipe = write_recipe(dir,
+                                          "gates: {window: 4}\n"
+                                          "data: {seq_len: 24, batch_size: 2, heldout_batches: 1, value_digits: 2}\n"
+                                          "train: {steps: 6, log_every: 1, checkpoint_every: 3}\n");
+  const std::vector<std::string> out = {"output.dir=" + dir + "/run"};
+  TrainControl first;
+  first.stop_after = 3;
+  REQUIRE_FALSE(run_training(load_recipe(recipe, out), first).finished);
+  TrainControl resume;
+  resume.resume = true;
+  for (const std::string& change : {std::string("constraint.target=0.75"), std::string("gates.window=6"),
+                                    std::string("data.seed=7")}) {
+    INFO(change);
+    std::vector<std::string> changed = out;
+    changed.push_back(change);
+    const std::string key = change.substr(0, change.find('='));
+    CHECK_THROWS_WITH(run_training(load_recipe(recipe, changed), resume),
+                      contains("the recipe changed since this checkpoint (" + key) && contains("may change on --resume"));
+  }
+  std::vector<std::string> longer = out;
+  longer.push_back("train.steps=8");
+  const TrainOutcome done = run_training(load_recipe(recipe, longer), resume);
+  CHECK(done.finished);
+  CHECK(done.global_step == 8);
+}
+
 TEST_CASE("a resumed run produces the same metrics as an uninterrupted one", "[train]") {
   const std::string dir = scratch_dir("resume");
   const std::string recipe = write_recipe(dir,

@@ -7,6 +7,8 @@
 // (the shards' layout), so a checkpoint counts only once every shard and checkpoint.pt are
 // complete. Older shards are
 // removed after checkpoint.pt is replaced.
+#include <map>
+#include <sstream>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
@@ -89,6 +91,9 @@ void Job::save_checkpoint(int stage, int64_t step_in_stage, torch::optim::AdamW&
     archive.write("distributed/global_batch", at::tensor(r_.data.batch_size * r_.optimizer.accumulation * world));
     archive.write("distributed/sharded_optimizer", at::tensor(int64_t{sharded_ ? 1 : 0}));
     archive.write("distributed/bucket_mb", at::tensor(r_.distributed.bucket_mb));  // the shards' layout
+    std::string fingerprint;
+    for (const auto& [key, value] : resume_fingerprint(original_)) fingerprint += key + "=" + value + "\n";
+    archive.write("recipe/fingerprint", c10::IValue(fingerprint));
     const at::Tensor late_gate_grad = late_gate_gradient_.pending();
     if (late_gate_grad.defined()) archive.write("state/late_gate_grad", late_gate_grad);
     if (!sharded_) {
@@ -151,6 +156,26 @@ std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimiz
     at::Tensor t;
     return archive.try_read(key, t) ? t.item<int64_t>() : fallback;
   };
+  // The recipe's keys that change the math must be those the checkpoint was written with.
+  c10::IValue stored_fingerprint;
+  if (archive.try_read("recipe/fingerprint", stored_fingerprint)) {
+    std::map<std::string, std::string> stored;
+    std::istringstream lines(stored_fingerprint.toStringRef());
+    for (std::string line; std::getline(lines, line);)
+      if (const size_t eq = line.find('='); eq != std::string::npos) stored[line.substr(0, eq)] = line.substr(eq + 1);
+    const auto now = resume_fingerprint(original_);
+    std::string changed;
+    for (const auto& [key, value] : now) {
+      const auto it = stored.find(key);
+      const std::string before = it == stored.end() ? "(unset)" : it->second;
+      if (before != value) changed += (changed.empty() ? "" : ", ") + key + " " + before + " -> " + value;
+    }
+    std::string free_keys;
+    for (const char* const* k = kResumeFreeKeys; *k; ++k) free_keys += (free_keys.empty() ? "" : ", ") + std::string(*k);
+    CONSA_CHECK(changed.empty(), path, ": the recipe changed since this checkpoint (", changed,
+                "); resuming would mix two runs. Only these keys may change on --resume: ", free_keys,
+                ". Start afresh with --overwrite or another output.dir");
+  }
   // The data order depends on the global batch alone, so a job of another world size resumes
   // exactly when its global batch is the same, unless optimizer state is split by rank.
   const int64_t world = comm_->world_size();

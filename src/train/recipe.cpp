@@ -407,4 +407,25 @@ std::string recipe_to_yaml(const Recipe& r) {
   return std::string(out.c_str()) + "\n";
 }
 
+// data.batch_size, optimizer.accumulation and the sharding keys have checks of their own at
+// resume (the global batch, the optimizer shards' layout), which allow a change of world size.
+const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "train.steps", "train.log_every",
+                                       "train.keep_prob_every", "train.checkpoint_every", "train.gradient_checkpointing",
+                                       "recover.steps", "export.rule", "export.kv_context", "output.dir",
+                                       "data.batch_size", "optimizer.accumulation", "distributed.shard_optimizer",
+                                       "distributed.bucket_mb", "distributed.backend", "distributed.timeout_s", nullptr};
+
+std::map<std::string, std::string> resume_fingerprint(const Recipe& recipe) {
+  std::map<std::string, std::string> keys;
+  const YAML::Node root = YAML::Load(recipe_to_yaml(recipe));
+  for (const auto& section : root)
+    for (const auto& entry : section.second) {
+      YAML::Emitter value;
+      value << YAML::Flow << entry.second;
+      keys[section.first.as<std::string>() + "." + entry.first.as<std::string>()] = value.c_str();
+    }
+  for (const char* const* k = kResumeFreeKeys; *k; ++k) keys.erase(*k);
+  return keys;
+}
+
 }  // namespace consa

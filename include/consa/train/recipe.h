@@ -3,6 +3,7 @@
 // torchtune-style `key.sub=value` overrides. Every key is documented in docs/recipes.md with its
 // default; unknown keys, wrong types and out-of-range values are errors naming the file, the key
 // path and what is allowed.
+#include <map>
 #include <string>
 #include <vector>
 
@@ -90,5 +91,13 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
 
 // The resolved recipe as YAML (every key, defaults filled in).
 std::string recipe_to_yaml(const Recipe& recipe);
+
+// What a checkpoint remembers of the recipe that wrote it: every resolved key as "section.key"
+// -> value, except those that may change when a run resumes (kResumeFreeKeys). A resume whose
+// fingerprint differs would mix two runs into one result, and is refused naming the keys.
+std::map<std::string, std::string> resume_fingerprint(const Recipe& recipe);
+// The keys that may change on --resume: more steps, logging and checkpoint intervals, where it
+// runs (device, attention kernels, collectives' backend and timeout) and how it exports.
+extern const char* const kResumeFreeKeys[];
 
 }  // namespace consa
