@@ -199,6 +199,15 @@ TEST_CASE("consa inspect prints an assignment as a layer x unit map", "[cli]") {
   CHECK_THAT(out, contains("layout       uniform, kv_head units"));
   CHECK(run_consa("eval " + fixture("llama_gqa") + " --assignment " + dir + "/uniform.json", &out, &err) == 1);
   CHECK_THAT(err, contains("uniform.json: made for 2 layers x 4/2 heads x 24 but the model has 2 x 4/2 x 16"));
+  // assign runs the model as the recipe says, or as the flags override it, and says which.
+  const std::string tiny_recipe = std::string(CONSA_SOURCE_DIR) + "/recipes/tiny_cpu.yaml";
+  REQUIRE(run_consa("assign uniform " + fixture("qwen3_norm") + " --recipe " + tiny_recipe + " --out " + dir + "/u2.json",
+                    &out, &err) == 0);
+  CHECK_THAT(err, contains("model on cpu in float32 (the recipe)"));
+  REQUIRE(run_consa("assign uniform " + fixture("qwen3_norm") + " --recipe " + tiny_recipe + " --dtype bfloat16 --out " +
+                        dir + "/u3.json",
+                    &out, &err) == 0);
+  CHECK_THAT(err, contains("model on cpu in bfloat16 (flags over the recipe)"));
   CHECK(run_consa("assign widest " + fixture("qwen3_norm") + " --out x.json", &out, &err) == 1);
   CHECK_THAT(err, contains("unknown baseline method 'widest'; supported: uniform, random, attention-span, duo"));
   // The run's own directory is never an export target, with or without --overwrite.

@@ -16,6 +16,7 @@
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/recipe.h"
+#include "consa/train/trainer.h"
 
 namespace consa::cli {
 namespace fs = std::filesystem;
@@ -170,7 +171,8 @@ int run_assign(int argc, char** argv) {
       ("seed", "random: the draw; duo: sample order", cxxopts::value<uint64_t>()->default_value("0"))
       ("steps", "duo: optimisation steps", cxxopts::value<int64_t>()->default_value("200"))
       ("duo-l1", "duo: weight of sum(alpha)", cxxopts::value<double>()->default_value("0.05"))
-      ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
+      ("device", "cpu, cuda or cuda:N (default: the recipe's model.device, else cpu)", cxxopts::value<std::string>())
+      ("dtype", "float32, bfloat16, float16 (default: the recipe's model.dtype, else the stored one)", cxxopts::value<std::string>())
       ("out", "assignment.json to write", cxxopts::value<std::string>())
       ("h,help", "show this help");
   options.parse_positional({"method", "model"});
@@ -180,8 +182,15 @@ int run_assign(int argc, char** argv) {
   CONSA_CHECK(args.count("out"), "consa assign: --out FILE is required");
   const BaselineMethod method = parse_baseline_method(args["method"].as<std::string>());
   BaselineOptions o;
+  check_output_path(args["out"].as<std::string>(), true, "--out");  // before any work
+  // The model runs where and as the recipe says (device, dtype, attention kernels), unless
+  // --device or --dtype say otherwise; the line printed below names what was used.
+  LoadOptions load;
+  std::string load_from = "defaults";
   if (args.count("recipe")) {
     const Recipe recipe = load_recipe(args["recipe"].as<std::string>());
+    load = model_load_options(recipe);
+    load_from = "the recipe";
     o.unit = recipe.gates.unit;
     o.swa = recipe.gates.swa;
     o.target = recipe.constraint.target;
@@ -199,9 +208,11 @@ int run_assign(int argc, char** argv) {
   o.seed = args["seed"].as<uint64_t>();
   o.duo_steps = args["steps"].as<int64_t>();
   o.duo_l1 = args["duo-l1"].as<double>();
-  LoadOptions load;
-  load.device = parse_device(args["device"].as<std::string>());
+  if (args.count("device")) load.device = parse_device(args["device"].as<std::string>());
+  if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   CausalLM model = load_pretrained(args["model"].as<std::string>(), load);
+  std::cerr << "model on " << load.device.str() << " in " << dtype_name(model->dtype()) << " ("
+            << (args.count("device") || args.count("dtype") ? "flags over " + load_from : load_from) << ")\n";
   Assignment a = make_baseline(method, model, o, [&](int64_t step, double loss, double mean_alpha) {
     if (step % 50 == 0 || step == o.duo_steps)
       std::cerr << "duo step " << step << "/" << o.duo_steps << "  distill " << loss << "  mean alpha " << mean_alpha << "\n";
