@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "consa/core/output_path.h"
 #include "consa/eval/evaluate.h"
 #include "consa/export/assignment.h"
 #include "consa/train/recipe.h"
@@ -59,11 +60,6 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
 // Parses argv with `options`; prints the help and returns false when --help was given.
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args);
 at::Device parse_device(const std::string& name);
-// The one overwrite policy of commands that write (export, init, tokenize's shards, eval's
-// report): a path that exists is refused unless `overwrite` (--overwrite) is given, and a
-// training run's own directory (checkpoint.pt or recipe.yaml in it) is never written into.
-// Called before any work, so that nothing runs only to fail at the end.
-void check_output_path(const std::string& path, bool overwrite, const std::string& option);
 
 // Returns once the work queued on `device` has finished (for timing); immediate on the CPU.
 void wait_for_device(at::Device device);

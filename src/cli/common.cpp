@@ -1,13 +1,10 @@
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
-
-#include <unistd.h>
 
 #include "commands.h"
 #include "consa/core/dtype.h"
@@ -44,23 +41,6 @@ at::Device parse_device(const std::string& name) {
 
 void wait_for_device(at::Device device) {
   if (device.is_cuda()) at::zeros({1}, at::TensorOptions().device(device)).cpu();  // a one-element copy waits for the stream
-}
-
-void check_output_path(const std::string& path, bool overwrite, const std::string& option) {
-  namespace fs = std::filesystem;
-  const fs::path p(path);
-  CONSA_CHECK(!(fs::is_directory(p) && (fs::exists(p / "checkpoint.pt") || fs::exists(p / "recipe.yaml"))), option, " ",
-              path, ": is a training run's directory; write the output elsewhere (e.g. ", (p / "export").string(), ")");
-  const bool taken = fs::is_directory(p) ? !fs::is_empty(p) : fs::exists(p);
-  CONSA_CHECK(!taken || overwrite, option, " ", path, ": exists; pass --overwrite to replace it");
-  // Writable means a file can be made there (root passes access() checks where that fails).
-  fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  while (!fs::exists(parent) && parent.has_parent_path() && parent != parent.parent_path()) parent = parent.parent_path();
-  std::string probe = (parent / ".consa-write-test-XXXXXX").string();
-  const int fd = ::mkstemp(probe.data());
-  CONSA_CHECK(fd >= 0, option, " ", path, ": its folder is not writable");
-  ::close(fd);
-  ::unlink(probe.c_str());
 }
 
 ModelSource resolve_model_source(const std::string& path, const std::string& assignment_option) {

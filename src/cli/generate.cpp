@@ -15,6 +15,7 @@
 #include "consa/tokenizer/tokenizer.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 #include "consa/data/synthetic.h"
 #include "consa/export/torchscript_export.h"
 #include "consa/load/pretrained.h"
@@ -130,7 +131,7 @@ int run_generate(int argc, char** argv) {
     s.min_distance = args["min-distance"].as<int64_t>();
     s.seed = 424242;  // apart from training and evaluation streams
     // With a tokenizer.json the sample is text in its tokens (consa/data/text_tasks.h).
-    const bool text = tokenizer.size() > 5 && tokenizer.compare(tokenizer.size() - 5, 5, ".json") == 0;
+    const bool text = ends_with(tokenizer, ".json");
     if (text) s.text = load_text_tasks(tokenizer, "", "--tokenizer");
     const SyntheticSample sample =
         make_synthetic_sample(parse_synthetic_task(args["synthetic"].as<std::string>()), s, args["sample"].as<int64_t>());

@@ -8,6 +8,7 @@
 #include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 #include "consa/export/assignment.h"
 #include "consa/load/pretrained.h"
 
@@ -36,7 +37,7 @@ int run_inspect(int argc, char** argv) {
   load.attention = parse_attention_impl(args["attention"].as<std::string>());
   if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   const std::string dir = args["model"].as<std::string>();
-  if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, ".json") == 0) {
+  if (ends_with(dir, ".json")) {
     print_assignment(std::cout, Assignment::load(dir), dir, args["kv-context"].as<int64_t>());
     return 0;
   }

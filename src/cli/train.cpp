@@ -132,13 +132,7 @@ int run_validate(int argc, char** argv) {
   // One sample of every synthetic task at the recipe's length and distance, as training draws
   // them: a sequence too short for the window and the needles fails here, not at step 1.
   if (recipe.data.synthetic_ratio > 0 && vocab > 0) {
-    SyntheticOptions s;
-    s.seq_len = recipe.data.seq_len;
-    s.vocab_size = vocab;
-    s.value_digits = recipe.data.value_digits;
-    s.num_needles = recipe.data.num_needles;
-    s.min_distance = distance_beyond(recipe.gates.swa, recipe.data.min_distance);
-    if (!recipe.data.tokenizer.empty()) s.text = load_text_tasks(recipe.data.tokenizer, recipe.data.filler, "data.tokenizer");
+    const SyntheticOptions s = synthetic_options(recipe.data, vocab, distance_beyond(recipe.gates.swa, recipe.data.min_distance));
     for (SyntheticTask task : recipe.data.synthetic_tasks) make_synthetic_sample(task, s, 0);
     sources += std::string("# data.synthetic_tasks: a sample of each fits seq_len ") + std::to_string(s.seq_len) +
                (s.text ? " as text in " + s.text->tokenizer().source() + "'s tokens" : std::string()) + "\n";

@@ -16,15 +16,21 @@ constexpr uint64_t kHeldoutSeedOffset = 0x5EEDF00Dull;
 
 }  // namespace
 
+SyntheticOptions synthetic_options(const DataOptions& data, int64_t vocab_size, int64_t min_distance) {
+  SyntheticOptions s;
+  s.seq_len = data.seq_len;
+  s.vocab_size = vocab_size;
+  s.value_digits = data.value_digits;
+  s.num_needles = data.num_needles;
+  s.min_distance = min_distance;
+  s.seed = data.seed;
+  if (!data.tokenizer.empty()) s.text = load_text_tasks(data.tokenizer, data.filler, "data.tokenizer");
+  return s;
+}
+
 BatchStream::BatchStream(const DataOptions& options, int64_t vocab_size, int64_t min_distance, Split split)
-    : options_(options), split_(split) {
-  synthetic_.seq_len = options.seq_len;
-  synthetic_.vocab_size = vocab_size;
-  synthetic_.value_digits = options.value_digits;
-  synthetic_.num_needles = options.num_needles;
-  synthetic_.min_distance = min_distance;
-  synthetic_.seed = options.seed + (split == Split::Heldout ? kHeldoutSeedOffset : 0);
-  if (!options.tokenizer.empty()) synthetic_.text = load_text_tasks(options.tokenizer, options.filler, "data.tokenizer");
+    : options_(options), synthetic_(synthetic_options(options, vocab_size, min_distance)), split_(split) {
+  if (split == Split::Heldout) synthetic_.seed += kHeldoutSeedOffset;
 
   int64_t tokens = 0;
   for (const auto& spec : options.shards) {

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 #include "consa/tokenizer/tokenizer.h"
 
 namespace consa {
@@ -198,7 +199,7 @@ SyntheticSample TextTasks::sample(SyntheticTask task, const SyntheticOptions& o,
 std::shared_ptr<const TextTasks> load_text_tasks(const std::string& tokenizer_path, const std::string& filler_path,
                                                  const std::string& option) {
   const std::string file = resolve_tokenizer_file(tokenizer_path);
-  CONSA_CHECK(file.size() > 5 && file.compare(file.size() - 5, 5, ".json") == 0, option, ": ", file,
+  CONSA_CHECK(ends_with(file, ".json"), option, ": ", file,
               ": text tasks need a tokenizer.json (sentencepiece models are read only by consa tokenize)");
   return std::make_shared<const TextTasks>(std::shared_ptr<const Tokenizer>(load_tokenizer_json(file)), filler_path);
 }

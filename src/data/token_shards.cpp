@@ -60,8 +60,7 @@ TokenShard TokenShard::open(const std::string& path) {
                     (shard.version_ == 1 || (documents < UINT64_MAX &&
                                              checked_multiply(documents + 1, uint64_t{8}, &offset_bytes))) &&
                     checked_add(head, token_bytes, &expected) &&
-                    checked_add(expected, offset_bytes, &expected) && count <= INT64_MAX &&
-                    documents <= INT64_MAX;
+                    checked_add(expected, offset_bytes, &expected) && fits_int64(count) && fits_int64(documents);
   if (shard.version_ == 1) {
     CONSA_CHECK(fits && size == expected, path, ": header says ", count, " tokens of ", shard.bytes_per_token_,
                 " bytes but the file holds ", size - head, " bytes after the header");

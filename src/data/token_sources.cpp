@@ -7,6 +7,7 @@
 
 #include "consa/core/checked_math.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 #include "consa/core/mapped_file.h"
 #include "consa/data/token_shards.h"
 
@@ -24,9 +25,6 @@ T read_le(const uint8_t* p) {
   return static_cast<T>(v);
 }
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
 
 bool is_file(const std::string& path) {
   std::error_code ec;
@@ -122,13 +120,13 @@ class MegatronSource : public TokenSource {
                 ", expected 1 (uint8), 2 (int8), 3 (int16), 4 (int32), 5 (int64) or 8 (uint16)");
     const uint64_t sequences = read_le<uint64_t>(p + 18), entries = read_le<uint64_t>(p + 26);
     // The counts come from the file: every size derived from them is checked arithmetic.
-    uint64_t table = 0, doc_bytes = 0, expected = 0;
-    const bool fits = sequences <= INT64_MAX && entries <= INT64_MAX &&
+    uint64_t table = 0, doc_bytes = 0, expected = 0, with_modes = 0;  // with_modes: multimodal indexes' int8 per sequence
+    const bool fits = fits_int64(sequences) && fits_int64(entries) &&
                       checked_multiply(sequences, uint64_t{12}, &table) &&
                       checked_multiply(entries, uint64_t{8}, &doc_bytes) &&
                       checked_add(table, doc_bytes, &expected) &&
-                      checked_add(expected, kHeaderBytes, &expected) && expected + sequences >= expected;
-    CONSA_CHECK(fits && (size == expected || size == expected + sequences), idx_path_, ": header says ", sequences,
+                      checked_add(expected, kHeaderBytes, &expected) && checked_add(expected, sequences, &with_modes);
+    CONSA_CHECK(fits && (size == expected || size == with_modes), idx_path_, ": header says ", sequences,
                 " sequences and ", entries, " document indices, ",
                 fits ? "which take " + std::to_string(expected) + " bytes" : std::string("more than a file holds"),
                 ", but the file holds ", size, " bytes");

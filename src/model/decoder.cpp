@@ -9,6 +9,7 @@
 
 #include "consa/core/device.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 
 namespace consa {
 
@@ -262,9 +263,9 @@ void init_random_weights(CausalLM& model, double std, uint64_t seed) {
     const std::string& name = item.key();
     at::Tensor p = item.value();
     at::Tensor value;
-    if (name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0) {
+    if (ends_with(name, "norm.weight")) {
       value = at::ones(p.sizes(), at::kFloat);
-    } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+    } else if (ends_with(name, "bias")) {
       value = at::zeros(p.sizes(), at::kFloat);
     } else {
       value = at::normal(0.0, std, p.sizes(), gen);

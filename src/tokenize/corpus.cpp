@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 
 #if defined(CONSA_WITH_ZLIB)
 #include <zlib.h>
@@ -23,10 +24,6 @@ namespace consa::tokenize {
 namespace fs = std::filesystem;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 bool has_glob_characters(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 

@@ -17,6 +17,8 @@
 
 #include "consa/core/byte_size.h"
 #include "consa/core/error.h"
+#include "consa/core/output_path.h"
+#include "consa/core/strings.h"
 #include "consa/data/token_shards.h"
 #include "consa/train/progress.h"
 #include "corpus.h"
@@ -24,6 +26,7 @@
 
 namespace {
 
+using consa::ends_with;
 using consa::fail;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -53,8 +56,7 @@ int run_codec(const cxxopts::ParseResult& args, const consa::Tokenizer& tokenize
     ids.insert(ids.end(), more.begin(), more.end());
     const std::string text = tokenizer.decode(ids, true);
     // A trailing U+FFFD may be half a character still to come: wait for it.
-    const std::string stable = text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0
-                                   ? text.substr(0, text.size() - 3) : text;
+    const std::string stable = ends_with(text, "\xEF\xBF\xBD") ? text.substr(0, text.size() - 3) : text;
     if (stable.size() > shown.size() && stable.compare(0, shown.size(), shown) == 0) std::cout << stable.substr(shown.size());
     shown = stable;
     std::cout.flush();
@@ -64,8 +66,8 @@ int run_codec(const cxxopts::ParseResult& args, const consa::Tokenizer& tokenize
 
 void train_sentencepiece(const std::vector<std::string>& inputs, const std::string& model, const cxxopts::ParseResult& args) {
   const std::string suffix = ".model";
-  CONSA_CHECK(model.size() > suffix.size() && model.compare(model.size() - suffix.size(), suffix.size(), suffix) == 0,
-              "--tokenizer ", model, ": a trained tokenizer's path must end in .model");
+  CONSA_CHECK(model.size() > suffix.size() && ends_with(model, suffix), "--tokenizer ", model,
+              ": a trained tokenizer's path must end in .model");
   const auto folder = fs::path(model).parent_path();
   if (!folder.empty()) fs::create_directories(folder);
   std::ostringstream spec;
@@ -217,14 +219,10 @@ int run(int argc, char** argv) {
 
   const std::string output = args["output"].as<std::string>();
   const int64_t shard_bytes = args.count("shard-size") ? consa::parse_byte_size(args["shard-size"].as<std::string>(), "--shard-size") : 0;
-  if (!args.count("overwrite")) {
-    CONSA_CHECK(!fs::exists(output), "--output ", output, ": exists; pass --overwrite to replace it");
-    CONSA_CHECK(shard_bytes == 0 || !fs::exists(shard_path(output, 0)), "--output ", shard_path(output, 0),
-                ": exists; pass --overwrite to replace the shards");
-  }
+  consa::check_output_path(output, args.count("overwrite") > 0, "--output");
+  if (shard_bytes > 0) consa::check_output_path(shard_path(output, 0), args.count("overwrite") > 0, "--output");
   const int eos_option = args["eos"].as<int>();
   const std::optional<int64_t> eos = eos_option >= 0 ? std::optional<int64_t>(eos_option) : tokenizer->eos_id();
-  const int64_t bytes_per_token = tokenizer->vocab_size() <= 0x10000 ? 2 : 4;
 
   consa::tokenize::CorpusReader reader(inputs, form);
   ByteProgress progress(consa::tokenize::total_bytes(inputs));
@@ -243,16 +241,12 @@ int run(int argc, char** argv) {
   // Batches of about 64 MB of text: large enough for every thread, small enough to stream.
   constexpr int64_t kBatchBytes = 64 << 20;
   std::vector<std::string> docs;
-  std::vector<int64_t> ids;
   while (reader.next(docs, kBatchBytes)) {
     std::vector<std::string_view> views(docs.begin(), docs.end());
     const auto encoded = tokenizer->encode_all(views, args["threads"].as<int>());
     for (const auto& doc : encoded) {
-      ids.clear();
-      if (tokenizer->adds_bos() && tokenizer->bos_id()) ids.push_back(*tokenizer->bos_id());
-      ids.insert(ids.end(), doc.begin(), doc.end());
-      if (eos) ids.push_back(*eos);
-      if (!shard || (shard_bytes > 0 && shard->tokens() > 0 && (shard->tokens() + static_cast<int64_t>(ids.size())) * bytes_per_token > shard_bytes)) {
+      const std::vector<int64_t> ids = tokenizer->document_ids(doc, eos);
+      if (!shard || (shard_bytes > 0 && shard->tokens() > 0 && (shard->tokens() + static_cast<int64_t>(ids.size())) * shard->bytes_per_token() > shard_bytes)) {
         close_shard();
         open_shard();
       }

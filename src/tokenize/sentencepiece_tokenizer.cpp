@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 
 namespace consa::tokenize {
 
@@ -61,10 +62,6 @@ class SentencepieceTokenizer : public Tokenizer {
  private:
   sentencepiece::SentencePieceProcessor sp_;
 };
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 }  // namespace
 

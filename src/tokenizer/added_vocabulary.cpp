@@ -6,12 +6,17 @@ namespace consa {
 
 namespace {
 
-// The code point that ends text[0, end) (valid UTF-8).
-char32_t last_char(std::string_view text, size_t end) {
+// Where the code point that ends text[0, end) starts (valid UTF-8, end > 0).
+size_t last_char_start(std::string_view text, size_t end) {
   size_t i = end - 1;
   while (i > 0 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) --i;
+  return i;
+}
+
+// The code point that ends text[0, end).
+char32_t last_char(std::string_view text, size_t end) {
   int n;
-  return unicode::decode_at(text, i, &n);
+  return unicode::decode_at(text, last_char_start(text, end), &n);
 }
 
 }  // namespace
@@ -69,13 +74,7 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<TextPiece>& out
       }
     }
     if (token.lstrip) {
-      size_t s = start;
-      while (s > done && unicode::is_whitespace(last_char(text, s))) {
-        size_t i = s - 1;
-        while (i > 0 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) --i;
-        s = i;
-      }
-      start = s;
+      while (start > done && unicode::is_whitespace(last_char(text, start))) start = last_char_start(text, start);
     }
     if (token.rstrip) {
       int n;

@@ -85,12 +85,12 @@ class WorkerPool {
 
 }  // namespace
 
-std::vector<int64_t> Tokenizer::encode_document(std::string_view text) const {
+std::vector<int64_t> Tokenizer::document_ids(const std::vector<int64_t>& body, std::optional<int64_t> eos) const {
   std::vector<int64_t> ids;
+  ids.reserve(body.size() + 2);
   if (adds_bos_ && bos_id_) ids.push_back(*bos_id_);
-  const std::vector<int64_t> body = encode(text, false);
   ids.insert(ids.end(), body.begin(), body.end());
-  if (eos_id_) ids.push_back(*eos_id_);
+  if (eos) ids.push_back(*eos);
   return ids;
 }
 

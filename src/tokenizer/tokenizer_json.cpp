@@ -121,6 +121,20 @@ std::string text_of(const json& j, const std::string& where) {
   return j.get<std::string>();
 }
 
+// Calls `step` on every step of one part of the pipeline (normalizer, pre_tokenizer, decoder,
+// post_processor) in order, a "Sequence" flattened through its list under `list_key`. A null
+// part has no steps.
+using StepVisitor = std::function<void(const json& step, const std::string& kind, const std::string& where)>;
+void visit_steps(const json& part, const char* list_key, const std::string& where, const StepVisitor& visit,
+                 bool top = true) {
+  if (top && part.is_null()) return;
+  const std::string kind = text_of(member(part, "type", where), where + ".type");
+  if (kind != "Sequence") return visit(part, kind, where);
+  const json& list = member(part, list_key, where);
+  for (size_t i = 0; i < list.size(); ++i)
+    visit_steps(list[i], list_key, where + "." + list_key + "[" + std::to_string(i) + "]", visit, false);
+}
+
 // A token named in tokenizer_config.json: a string, or an AddedToken object with "content".
 std::optional<std::string> config_token(const json& config, const char* key) {
   if (!config.contains(key) || config.at(key).is_null()) return std::nullopt;
@@ -244,19 +258,14 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const json& spec, const json& confi
   }
 
   // The normalizer.
-  std::function<void(const json&, const std::string&)> add_normalizer = [&](const json& n, const std::string& where) {
-    if (n.is_null()) return;
-    const std::string kind = text_of(member(n, "type", where), where + ".type");
-    if (kind == "Sequence") {
-      const json& list = member(n, "normalizers", where);
-      for (size_t i = 0; i < list.size(); ++i) add_normalizer(list[i], where + ".normalizers[" + std::to_string(i) + "]");
-    } else if (kind == "NFC") normalizers_.push_back(unicode::Form::NFC);
-    else if (kind == "NFD") normalizers_.push_back(unicode::Form::NFD);
-    else if (kind == "NFKC") normalizers_.push_back(unicode::Form::NFKC);
-    else if (kind == "NFKD") normalizers_.push_back(unicode::Form::NFKD);
-    else fail(where, ": normalizer '", kind, "' is not supported (", kSupported, ")");
-  };
-  add_normalizer(spec.value("normalizer", json()), file + ": normalizer");
+  visit_steps(spec.value("normalizer", json()), "normalizers", file + ": normalizer",
+              [&](const json&, const std::string& kind, const std::string& where) {
+                if (kind == "NFC") normalizers_.push_back(unicode::Form::NFC);
+                else if (kind == "NFD") normalizers_.push_back(unicode::Form::NFD);
+                else if (kind == "NFKC") normalizers_.push_back(unicode::Form::NFKC);
+                else if (kind == "NFKD") normalizers_.push_back(unicode::Form::NFKD);
+                else fail(where, ": normalizer '", kind, "' is not supported (", kSupported, ")");
+              });
   // Normalized added tokens are matched in normalized text, so in their normalized spelling.
   for (AddedToken& t : normalized)
     for (unicode::Form f : normalizers_) t.content = unicode::normalize(t.content, f);
@@ -266,13 +275,9 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const json& spec, const json& confi
   // The pre-tokenizers. A byte-level BPE needs ByteLevel among them: it is what makes every
   // byte a symbol of the model.
   bool byte_level = false;
-  std::function<void(const json&, const std::string&)> add_pre = [&](const json& p, const std::string& where) {
-    if (p.is_null()) return;
-    const std::string kind = text_of(member(p, "type", where), where + ".type");
-    if (kind == "Sequence") {
-      const json& list = member(p, "pretokenizers", where);
-      for (size_t i = 0; i < list.size(); ++i) add_pre(list[i], where + ".pretokenizers[" + std::to_string(i) + "]");
-    } else if (kind == "Split") {
+  visit_steps(spec.value("pre_tokenizer", json()), "pretokenizers", file + ": pre_tokenizer",
+              [&](const json& p, const std::string& kind, const std::string& where) {
+    if (kind == "Split") {
       const json& pattern = member(p, "pattern", where);
       std::string regex;
       if (pattern.contains("Regex")) regex = text_of(pattern.at("Regex"), where + ".pattern.Regex");
@@ -294,36 +299,21 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const json& spec, const json& confi
     } else {
       fail(where, ": pre-tokenizer '", kind, "' is not supported (", kSupported, ")");
     }
-  };
-  add_pre(spec.value("pre_tokenizer", json()), file + ": pre_tokenizer");
+  });
   CONSA_CHECK(byte_level, file, ": pre_tokenizer has no ByteLevel step: only byte-level BPE tokenizers are supported (",
               kSupported, ")");
 
   // The decoder.
-  const json decoder = spec.value("decoder", json());
-  if (!decoder.is_null()) {
-    std::function<void(const json&, const std::string&)> add_decoder = [&](const json& d, const std::string& where) {
-      const std::string kind = text_of(member(d, "type", where), where + ".type");
-      if (kind == "Sequence") {
-        const json& list = member(d, "decoders", where);
-        for (size_t i = 0; i < list.size(); ++i) add_decoder(list[i], where + ".decoders[" + std::to_string(i) + "]");
-      } else if (kind == "ByteLevel") {
-        byte_level_decoder_ = true;
-      } else {
-        fail(where, ": decoder '", kind, "' is not supported (", kSupported, ")");
-      }
-    };
-    add_decoder(decoder, file + ": decoder");
-  }
+  visit_steps(spec.value("decoder", json()), "decoders", file + ": decoder",
+              [&](const json&, const std::string& kind, const std::string& where) {
+                if (kind == "ByteLevel") byte_level_decoder_ = true;
+                else fail(where, ": decoder '", kind, "' is not supported (", kSupported, ")");
+              });
 
   // The post-processor: what encode(add_special_tokens) puts around the text.
-  std::function<void(const json&, const std::string&)> add_post = [&](const json& p, const std::string& where) {
-    if (p.is_null()) return;
-    const std::string kind = text_of(member(p, "type", where), where + ".type");
-    if (kind == "Sequence") {
-      const json& list = member(p, "processors", where);
-      for (size_t i = 0; i < list.size(); ++i) add_post(list[i], where + ".processors[" + std::to_string(i) + "]");
-    } else if (kind == "ByteLevel") {
+  visit_steps(spec.value("post_processor", json()), "processors", file + ": post_processor",
+              [&](const json& p, const std::string& kind, const std::string& where) {
+    if (kind == "ByteLevel") {
       // Offsets only.
     } else if (kind == "TemplateProcessing") {
       const json& single = member(p, "single", where);
@@ -341,8 +331,7 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const json& spec, const json& confi
     } else {
       fail(where, ": post-processor '", kind, "' is not supported (", kSupported, ")");
     }
-  };
-  add_post(spec.value("post_processor", json()), file + ": post_processor");
+  });
 
   // BOS/EOS: tokenizer_config.json's, else the template's leading token as BOS.
   const std::string config_where = (fs::path(file).parent_path() / "tokenizer_config.json").string();

@@ -154,6 +154,7 @@ class Job {
   std::vector<at::Tensor> master_weights_;  // fp32 copies when weights train in bf16 (unsharded), else empty
   LateGateGradient late_gate_gradient_;  // stage 1 with train.overlap_gate_updates
   std::unique_ptr<MetricsLog> log_;  // rank 0 only
+  std::unique_ptr<BatchStream> heldout_;  // opened on first use: sources scanned, tokenizer read once
   int64_t next_sequence_ = 0;        // the first training sequence of the next step (all ranks)
   int64_t global_step_ = 0;          // steps done across both stages
   at::Tensor nonfinite_;             // count of non-finite losses since the last check

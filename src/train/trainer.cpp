@@ -95,11 +95,11 @@ std::unique_ptr<torch::optim::AdamW> Job::begin_recovery() {
 double Job::heldout_ce() {
   if (r_.data.heldout_batches == 0) return -1;
   at::NoGradGuard no_grad;
-  BatchStream heldout(r_.data, model_->config().vocab_size, min_distance(), Split::Heldout);
+  if (!heldout_) heldout_ = std::make_unique<BatchStream>(r_.data, model_->config().vocab_size, min_distance(), Split::Heldout);
   // Each rank evaluates every world-th batch; the mean is over all of them.
   double total = 0;
   for (int64_t i = comm_->rank(); i < r_.data.heldout_batches; i += comm_->world_size()) {
-    Batch b = heldout.batch_at(i);
+    Batch b = heldout_->batch_at(i);
     at::Tensor tokens = b.tokens.to(model_->device());
     total += next_token_cross_entropy(model_->forward(tokens), tokens, b.ce_mask).item<double>();
   }

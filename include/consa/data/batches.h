@@ -45,6 +45,10 @@ inline int64_t distance_beyond(const AttentionSpan& swa, int64_t configured) {
   return configured > 0 ? configured : swa.window + swa.sinks + 1;
 }
 
+// The synthetic tasks' options of `data` (its text tasks loaded when data.tokenizer is set), with
+// keys `min_distance` tokens before their query: what a training stream samples from.
+SyntheticOptions synthetic_options(const DataOptions& data, int64_t vocab_size, int64_t min_distance);
+
 class BatchStream {
  public:
   // `min_distance` is the resolved key-to-query distance for synthetic tasks.

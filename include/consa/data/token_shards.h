@@ -71,6 +71,7 @@ class TokenShardWriter {
   void add_document(const int64_t* ids, int64_t n);
   int64_t tokens() const { return tokens_; }
   int64_t documents() const { return static_cast<int64_t>(starts_.size()); }
+  int bytes_per_token() const { return static_cast<int>(width_); }
   void commit();  // writes the offsets and the header, then renames the file into place
 
  private:

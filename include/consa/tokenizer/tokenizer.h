@@ -35,7 +35,9 @@ class Tokenizer {
   bool adds_bos() const { return adds_bos_; }
 
   // A training document: [BOS when the model adds one] ids [EOS when there is one].
-  std::vector<int64_t> encode_document(std::string_view text) const;
+  std::vector<int64_t> encode_document(std::string_view text) const { return document_ids(encode(text), eos_id_); }
+  // [BOS when the model adds one] `body` [`eos` when given]: a document's ids around its text's.
+  std::vector<int64_t> document_ids(const std::vector<int64_t>& body, std::optional<int64_t> eos) const;
 
   // encode(text) of every one of `texts`, in order, on `threads` threads (0: every core).
   std::vector<std::vector<int64_t>> encode_all(const std::vector<std::string_view>& texts, int threads = 0) const;
