@@ -138,5 +138,8 @@ TEST_CASE("text tasks: the question's answer is found again in the decoded text,
   o.vocab_size = tok.vocab_size();
   o.text = text;
   CHECK_THROWS_WITH(make_synthetic_sample(SyntheticTask::Passkey, o, 0), contains("seq_len 40 is too short"));
+  o.seq_len = 4000;
+  o.num_needles = 41;  // more needles than key words would repeat a key, and the question would be ambiguous
+  CHECK_THROWS_WITH(make_synthetic_sample(SyntheticTask::MultiKeyNeedle, o, 0), contains("num_needles 41 is more than its 40"));
   CHECK_THROWS_WITH(load_text_tasks(fixture("tokenizers/missing"), "", "data.tokenizer"), contains("no such file"));
 }

@@ -71,6 +71,8 @@ SyntheticSample TextTasks::sample(SyntheticTask task, const SyntheticOptions& o,
 
   // The needles, and which one is asked for.
   const int64_t count = task == SyntheticTask::MultiKeyNeedle ? o.num_needles : 1;
+  CONSA_CHECK(count <= kKeyWordCount, "text task multi_key_needle: num_needles ", count, " is more than its ",
+              kKeyWordCount, " distinct key words");
   std::vector<int64_t> word_order(kKeyWordCount);
   for (int64_t i = 0; i < kKeyWordCount; ++i) word_order[i] = i;
   std::shuffle(word_order.begin(), word_order.end(), rng);
