@@ -409,11 +409,13 @@ TEST_CASE("resuming with another world size: the same global batch continues, a 
 
 TEST_CASE("a NaN loss stops every rank together and writes no checkpoint", "[distributed]") {
   const std::string root = scratch_dir("dp-nan");
-  // The test checkpoint with one NaN in its final norm: every loss is NaN.
+  // The test checkpoint with finite but huge final-norm and output weights (NaN weights are
+  // refused at load): the logits overflow to Inf, so every loss is NaN.
   {
     CausalLM model = load_pretrained(fixture("qwen3_norm"));
     at::NoGradGuard no_grad;
-    model->named_parameters()["model.norm.weight"][0].fill_(std::nan(""));
+    model->named_parameters()["model.norm.weight"].fill_(3e38);
+    model->named_parameters()["lm_head.weight"].mul_(1e30);
     save_pretrained(model, root + "/huge");
   }
   for (const std::string& launch : {std::string(""), std::string(" --nproc-per-node 2")}) {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "flag_errors.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/load/pretrained.h"
@@ -24,7 +25,7 @@ std::string with_commas(int64_t n) {
 }
 
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& args) {
-  args = options.parse(argc, argv);
+  args = parse_flags(options, argc, argv);
   if (!args.count("help")) return true;
   std::cout << options.help() << "\n";
   return false;

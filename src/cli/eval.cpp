@@ -92,10 +92,12 @@ int run_eval(int argc, char** argv) {
       ("assignment", "assignment.json to apply to the checkpoint", cxxopts::value<std::string>())
       ("soft-gates", "RUN_DIR: evaluate stage 1's gates as trained (deterministic z in [0, 1], gates.json) "
                      "instead of the binarized assignment")
-      ("recipe", "take perplexity data and synthetic settings from this recipe", cxxopts::value<std::string>())
+      ("recipe", "take perplexity data, synthetic settings and model.device/dtype/attention from this recipe "
+                 "(default: a RUN_DIR's own)", cxxopts::value<std::string>())
       ("out", "write the report as JSON here", cxxopts::value<std::string>())
-      ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cpu"))
-      ("dtype", "compute dtype for checkpoints: float32, bfloat16, float16", cxxopts::value<std::string>())
+      ("device", "cpu, cuda or cuda:N (default: the recipe's model.device, else cpu)", cxxopts::value<std::string>())
+      ("dtype", "compute dtype for checkpoints: float32, bfloat16, float16 (default: the recipe's model.dtype, "
+                "else as stored)", cxxopts::value<std::string>())
       ("h,help", "show this help");
   add_eval_options(options);
   options.parse_positional({"source"});
@@ -103,7 +105,23 @@ int run_eval(int argc, char** argv) {
   if (!parse_or_help(options, argc, argv, args)) return 0;
   CONSA_CHECK(args.count("source"), "consa eval: missing RUN_DIR, MODEL_DIR or MODEL.ts (see consa eval --help)");
   const std::string path = args["source"].as<std::string>();
-  const at::Device device = parse_device(args["device"].as<std::string>());
+  // The model runs where and as the recipe says (model.device, dtype, attention kernels), unless
+  // --device or --dtype say otherwise; the line printed names what was used.
+  const bool device_flag = args.count("device") > 0, dtype_flag = args.count("dtype") > 0;
+  auto load_settings = [&](const Recipe* recipe, std::string* from) {
+    LoadOptions load;
+    *from = "defaults";
+    if (recipe) {
+      Recipe r = *recipe;
+      if (device_flag) r.model.device = "cpu";  // replaced below; a CUDA recipe may be evaluated elsewhere
+      load = model_load_options(r);
+      *from = r.source;
+    }
+    if (device_flag) load.device = parse_device(args["device"].as<std::string>());
+    if (dtype_flag) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
+    if (device_flag || dtype_flag) *from = recipe ? "flags over " + *from : "flags";
+    return load;
+  };
   // An unwritable --out fails now, not after the whole evaluation (an existing report is replaced).
   if (args.count("out")) check_output_path(args["out"].as<std::string>(), true, "--out");
   at::NoGradGuard no_grad;
@@ -111,9 +129,14 @@ int run_eval(int argc, char** argv) {
   EvalReport report;
   if (fs::is_regular_file(path)) {  // a TorchScript export
     CONSA_CHECK(!args.count("assignment"), "--assignment applies to checkpoints; ", path, " has its own");
-    ScriptedLM scripted = ScriptedLM::load(path, device);
+    CONSA_CHECK(!dtype_flag, "--dtype applies to checkpoints; ", path, " is a TorchScript export with a fixed dtype");
     std::unique_ptr<Recipe> recipe;
     if (args.count("recipe")) recipe = std::make_unique<Recipe>(load_recipe(args["recipe"].as<std::string>()));
+    std::string from;
+    const at::Device device = load_settings(recipe.get(), &from).device;
+    ScriptedLM scripted = ScriptedLM::load(path, device);
+    std::cerr << "model on " << device.str() << " in " << dtype_name(scripted.dtype()) << " (" << from
+              << (recipe ? "; a TorchScript export keeps its stored dtype" : "") << ")\n";
     report = evaluate([&](const at::Tensor& ids) { return scripted.forward(ids.to(device)); }, scripted.assignment(),
                       scripted.vocab_size(), eval_options(args, recipe.get()));
   } else {
@@ -122,11 +145,11 @@ int run_eval(int argc, char** argv) {
     std::unique_ptr<Recipe> recipe;
     const std::string recipe_path = args.count("recipe") ? args["recipe"].as<std::string>() : source.recipe_path;
     if (!recipe_path.empty()) recipe = std::make_unique<Recipe>(load_recipe(recipe_path));
-    LoadOptions load;
-    load.device = device;
-    if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
+    std::string from;
+    const LoadOptions load = load_settings(recipe.get(), &from);
     CausalLM model = load_pretrained(source.model_dir, load);
-    Assignment layout = source_assignment(source, model, args.count("dtype") > 0);
+    std::cerr << "model on " << load.device.str() << " in " << dtype_name(model->dtype()) << " (" << from << ")\n";
+    Assignment layout = source_assignment(source, model, load.dtype.has_value());
     layout.apply(model);
     if (args.count("soft-gates")) {
       // The gated model of stage 1: each unit mixes FA and SWA with its deterministic gate.

@@ -2,6 +2,9 @@
 // checkpoint (for pretraining with train.mode: dense, or for tests and benchmarks).
 #include <ATen/core/grad_mode.h>
 
+#include <unistd.h>
+
+#include <cmath>
 #include <iostream>
 
 #include "commands.h"
@@ -57,8 +60,32 @@ int run_init(int argc, char** argv) {
   c.max_position_embeddings = args["max-positions"].as<int64_t>();
   c.tie_word_embeddings = args.count("tie-embeddings") > 0;
   c.layer_window.assign(c.num_layers, 0);
+  const double std_dev = args["std"].as<double>();
+  CONSA_CHECK(c.head_dim > 0, "--head-dim must be > 0, got ", c.head_dim);
+  CONSA_CHECK(c.max_position_embeddings > 0, "--max-positions must be > 0, got ", c.max_position_embeddings);
+  CONSA_CHECK(std::isfinite(c.rope.theta) && c.rope.theta > 0, "--rope-theta must be > 0, got ", c.rope.theta);
+  CONSA_CHECK(std::isfinite(std_dev) && std_dev >= 0, "--std must be >= 0, got ", std_dev);
+  // The checkpoint must be one its own loader takes: its config.json is read back, as
+  // load_pretrained will, before the model is made or anything is written.
+  try {
+    parse_hf_config(to_hf_config(c), "config.json");
+  } catch (const Error& e) {
+    fail("consa init: these flags describe a model that consa cannot load (", e.what(), ")");
+  }
+  {  // refused before allocating, not by the allocator mid-way (the meta model holds no data)
+    CausalLM shapes{nullptr};
+    try {
+      shapes = CausalLM(c, at::TensorOptions().dtype(at::kFloat).device(at::kMeta));
+    } catch (const std::exception&) {  // sizes whose products overflow 64 bits
+      fail("consa init: these flags describe a tensor of more elements than 64 bits can count");
+    }
+    const double bytes = 4.0 * static_cast<double>(shapes->parameter_count());
+    const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    CONSA_CHECK(bytes <= ram / 2, "consa init: a float32 model of this shape needs ", bytes, " bytes, more than half of this machine's ",
+                ram, " bytes of memory");
+  }
   CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
-  init_random_weights(model, args["std"].as<double>(), args["seed"].as<uint64_t>());
+  init_random_weights(model, std_dev, args["seed"].as<uint64_t>());
   const std::string dir = args["out"].as<std::string>();
   save_pretrained(model, dir);
   print_model_summary(std::cout, model, dir);

@@ -1,6 +1,7 @@
 // consa inspect MODEL_DIR [--prompt-ids 1,2,3] | consa inspect ASSIGNMENT.json
 #include <ATen/core/grad_mode.h>
 
+#include <filesystem>
 #include <iostream>
 
 #include "commands.h"
@@ -32,6 +33,12 @@ int run_inspect(int argc, char** argv) {
   if (!parse_or_help(options, argc, argv, args)) return 0;
   CONSA_CHECK(args.count("model"), "consa inspect: missing MODEL_DIR (see consa inspect --help)");
 
+  // An unwritable --logits-out fails now, not after the model ran (an existing file is replaced).
+  if (args.count("logits-out")) {
+    const std::string logits_path = args["logits-out"].as<std::string>();
+    CONSA_CHECK(!std::filesystem::is_directory(logits_path), "--logits-out ", logits_path, ": is a directory; expected a file path");
+    check_output_path(logits_path, true, "--logits-out");
+  }
   LoadOptions load;
   load.device = parse_device(args["device"].as<std::string>());
   load.attention = parse_attention_impl(args["attention"].as<std::string>());

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "consa/core/error.h"
@@ -45,6 +47,8 @@ void write_file_atomically(const std::string& path, const std::string& content) 
 }
 
 std::string read_text_file(const std::string& path) {
+  // A directory opens as an empty stream on Linux and would read as "".
+  CONSA_CHECK(!std::filesystem::is_directory(path), path, ": is a directory; expected a file");
   std::ifstream in(path, std::ios::binary);
   CONSA_CHECK(in.good(), path, ": cannot open: ", std::strerror(errno));
   std::ostringstream content;

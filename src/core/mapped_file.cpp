@@ -20,6 +20,10 @@ MappedFile::MappedFile(const std::string& path) {
     ::close(fd);
     fail(path, ": cannot stat: ", std::strerror(errno));
   }
+  if (!S_ISREG(st.st_mode)) {  // a directory maps as "No such device"
+    ::close(fd);
+    fail(path, S_ISDIR(st.st_mode) ? ": is a directory; expected a file" : ": not a regular file; expected a file");
+  }
   size_ = static_cast<uint64_t>(st.st_size);
   if (size_ > 0) {
     // PROT_WRITE + MAP_PRIVATE: a stray in-place write on a loaded tensor copies the page

@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "consa/core/atomic_file.h"
@@ -394,12 +395,22 @@ ScriptedLM::ScriptedLM(Module module, Assignment assignment)
 
 ScriptedLM ScriptedLM::load(const std::string& path, at::Device device) {
   CONSA_CHECK(fs::is_regular_file(path), path, ": no such TorchScript file");
+  {  // TorchScript files are zip archives; anything else would reach the user as the zip reader's message
+    char magic[4] = {};
+    std::ifstream in(path, std::ios::binary);
+    in.read(magic, 4);
+    CONSA_CHECK(in.gcount() == 4 && std::string(magic, 4) == std::string("PK\x03\x04", 4), path,
+                ": not a TorchScript file (not a zip archive); expected a model written by consa export --format torchscript");
+  }
   torch::jit::ExtraFilesMap extra{{"assignment.json", ""}, {"consa.json", ""}};
   Module module;
   try {
     module = torch::jit::load(path, device, extra);
   } catch (const std::exception& e) {  // c10::Error; LibTorch's zip reader on 1.13 throws others
     const std::string what = e.what();
+    // The zip reader's own words name no file and no fix.
+    if (what.find("PytorchStreamReader") != std::string::npos)
+      fail(path, ": not a loadable TorchScript file (a truncated or damaged zip archive); export it again");
     fail(path, ": not a loadable TorchScript file: ", what.substr(0, what.find('\n')));
   }
   CONSA_CHECK(!extra["consa.json"].empty(), path, ": a TorchScript file, but not a consa export (no consa.json inside)");

@@ -264,6 +264,10 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.num_layers = r.positive_int("num_hidden_layers");
   c.num_heads = r.positive_int("num_attention_heads");
   c.num_kv_heads = r.positive_int("num_key_value_heads", c.num_heads);
+  // These counts size vectors (a window per layer, a span per KV head) before any tensor is read.
+  for (const auto& [key, n] : {std::pair<const char*, int64_t>{"num_hidden_layers", c.num_layers},
+                               {"num_attention_heads", c.num_heads}, {"num_key_value_heads", c.num_kv_heads}})
+    CONSA_CHECK(n <= (int64_t{1} << 20), source, ": key '", key, "' must be at most 2^20, got ", n);
   if (r.has("head_dim")) {
     c.head_dim = r.positive_int("head_dim");
   } else {

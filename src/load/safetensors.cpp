@@ -203,6 +203,12 @@ CheckpointTensors CheckpointTensors::open(const std::string& dir) {
         CONSA_CHECK(shard.is_string(), index_file, ": weight_map['", tensor,
                     "'] must be a file name");
         const std::string shard_name = shard.get<std::string>();
+        // Shards are files of this checkpoint: a name that leaves its directory is refused.
+        const fs::path shard_rel(shard_name);
+        CONSA_CHECK(!shard_name.empty() && shard_rel.is_relative() &&
+                        std::find(shard_rel.begin(), shard_rel.end(), "..") == shard_rel.end(),
+                    index_file, ": weight_map['", tensor, "'] is '", shard_name,
+                    "'; expected a file name inside the checkpoint directory");
         auto it = shard_slot.find(shard_name);
         if (it == shard_slot.end()) {
           const fs::path shard_path = fs::path(dir) / shard_name;

@@ -21,6 +21,7 @@
 #include "consa/core/strings.h"
 #include "consa/data/token_shards.h"
 #include "consa/train/progress.h"
+#include "../cli/flag_errors.h"
 #include "corpus.h"
 #include "sentencepiece_tokenizer.h"
 
@@ -35,6 +36,13 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 
 // --encode TEXT / --decode IDS / --decode-stream: the tokenizer as a filter (consa generate uses them).
 int run_codec(const cxxopts::ParseResult& args, const consa::Tokenizer& tokenizer) {
+  // An id beyond the vocabulary has no text: refused, not decoded as nothing.
+  auto in_vocabulary = [&](const std::vector<int64_t>& ids, const char* option) {
+    for (int64_t id : ids)
+      CONSA_CHECK(id < tokenizer.vocab_size(), option, ": token id ", id, " is outside the vocabulary of ",
+                  tokenizer.vocab_size(), " (", tokenizer.source(), ")");
+    return ids;
+  };
   if (args.count("encode")) {
     const auto ids = tokenizer.encode(args["encode"].as<std::string>(), args.count("add-special-tokens") > 0);
     for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
@@ -42,7 +50,8 @@ int run_codec(const cxxopts::ParseResult& args, const consa::Tokenizer& tokenize
     return 0;
   }
   if (args.count("decode")) {
-    std::cout << tokenizer.decode(consa::parse_token_ids(args["decode"].as<std::string>(), "--decode"), args.count("skip-special-tokens") > 0)
+    std::cout << tokenizer.decode(in_vocabulary(consa::parse_token_ids(args["decode"].as<std::string>(), "--decode"), "--decode"),
+                                  args.count("skip-special-tokens") > 0)
               << "\n";
     return 0;
   }
@@ -52,6 +61,7 @@ int run_codec(const cxxopts::ParseResult& args, const consa::Tokenizer& tokenize
   std::string shown;
   for (std::string line; std::getline(std::cin, line);) {
     if (line.find_first_not_of(" \t\r,") == std::string::npos) continue;
+    // Not checked against the vocabulary: a model's embedding is often padded beyond its tokenizer.
     const auto more = consa::parse_token_ids(line, "--decode-stream (stdin)");
     ids.insert(ids.end(), more.begin(), more.end());
     const std::string text = tokenizer.decode(ids, true);
@@ -196,7 +206,7 @@ int run(int argc, char** argv) {
       ("bench", "measure the tokenizer's throughput on --input (MB/s; JSON on stdout)")
       ("repeats", "with --bench: runs (the median is printed)", cxxopts::value<int>()->default_value("3"))
       ("h,help", "show this help");
-  auto args = options.parse(argc, argv);
+  auto args = consa::cli::parse_flags(options, argc, argv);
   if (args.count("help")) {
     std::cout << options.help() << "\n";
     return 0;

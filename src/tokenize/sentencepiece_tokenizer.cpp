@@ -19,7 +19,9 @@ class SentencepieceTokenizer : public Tokenizer {
   explicit SentencepieceTokenizer(const std::string& file) {
     source_ = file;
     const auto status = sp_.Load(file);
-    CONSA_CHECK(status.ok(), file, ": not a sentencepiece model (", status.ToString(), ")");
+    // The library's status names its own source lines, not the file: say what was expected.
+    CONSA_CHECK(status.ok(), file, ": not a sentencepiece model (it does not parse as one); expected a "
+                "sentencepiece tokenizer.model or a tokenizer.json");
     if (sp_.bos_id() >= 0) bos_id_ = sp_.bos_id();
     if (sp_.eos_id() >= 0) eos_id_ = sp_.eos_id();
     // Sentencepiece models (Llama 2, Mistral) start documents with BOS unless the

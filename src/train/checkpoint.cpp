@@ -20,6 +20,15 @@ namespace consa::detail {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+void open_archive(torch::serialize::InputArchive& archive, const std::string& path) {
+  CONSA_CHECK(!fs::is_directory(path), path, ": is a directory; expected a checkpoint file written by consa train");
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error&) {
+    fail(path, ": not a checkpoint written by consa train (not a complete LibTorch archive: truncated, or another format)");
+  }
+}
+
 json tensor_to_json(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kDouble).cpu().contiguous();
   if (c.dim() == 1) return json(std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel()));
@@ -129,7 +138,7 @@ void Job::load_optimizer(torch::optim::AdamW& optimizer, torch::serialize::Input
   CONSA_CHECK(fs::exists(path), checkpoint_path(), ": names the optimizer shards of step ", global_step_, ", but ", path,
               " is missing (every rank's shard must be on a file system this rank reads)");
   torch::serialize::InputArchive shard;
-  shard.load_from(path);
+  open_archive(shard, path);
   at::Tensor step, world;
   shard.read("state/global_step", step);
   shard.read("state/world_size", world);
@@ -146,10 +155,10 @@ std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimiz
   const std::string path = checkpoint_path();
   CONSA_CHECK(fs::exists(path), path, ": no checkpoint to resume from (run without --resume to start fresh)");
   torch::serialize::InputArchive archive;
-  archive.load_from(path);
+  open_archive(archive, path);
   auto read = [&](const std::string& key) {
     at::Tensor t;
-    archive.read(key, t);
+    CONSA_CHECK(archive.try_read(key, t), path, ": no '", key, "' in this checkpoint; expected one written by consa train");
     return t;
   };
   auto read_or = [&](const std::string& key, int64_t fallback) {

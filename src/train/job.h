@@ -25,6 +25,10 @@
 
 namespace consa::detail {
 
+// archive.load_from(path), refusing a file that is not a LibTorch archive (a truncated or foreign
+// checkpoint.pt) with a line naming it instead of the zip reader's message.
+void open_archive(torch::serialize::InputArchive& archive, const std::string& path);
+
 // What one step leaves on the device until the next logging step reads it.
 struct StepStats {
   int stage = 1;

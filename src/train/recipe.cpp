@@ -322,6 +322,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
 }  // namespace
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  CONSA_CHECK(!std::filesystem::is_directory(path), path, ": is a directory; expected a recipe YAML file");
   CONSA_CHECK(std::filesystem::is_regular_file(path), path, ": recipe not found");
   YAML::Node root;
   try {

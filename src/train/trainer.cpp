@@ -227,7 +227,7 @@ TrainOutcome Job::run() {
     auto recover_optimizer = begin_recovery();
     if (control_.resume && start > 0) {
       torch::serialize::InputArchive archive;
-      archive.load_from(checkpoint_path());
+      open_archive(archive, checkpoint_path());
       load_optimizer(*recover_optimizer, archive);
     }
     auto progress = make_progress(dense() ? "dense" : "stage 2 (recover)", r_.recover.steps);
