@@ -183,3 +183,22 @@ TEST_CASE("to_hf_config round-trips through the parser", "[config]") {
   CHECK(b.num_kv_heads == a.num_kv_heads);
   CHECK(b.rope.theta == a.rope.theta);
 }
+
+TEST_CASE("a hybrid consa entry with missing or mistyped members is refused naming them", "[config]") {
+  json j = llama_config();
+  j["architectures"] = {"ConsaHybridForCausalLM"};
+  j["consa"] = json::parse(R"({"base_architecture": "LlamaForCausalLM", "granularity": "head", "window": 4,
+                               "full_attention_kv_heads": [1, 2, 0], "full_attention_heads": [[0], [0, 3], []]})");
+  CHECK(parse_hf_config(j, "h.json").hybrid_sinks == 0);
+  // Found by fuzzing (tests/fuzz): a const operator[] of the missing key read past the map.
+  json no_heads = j;
+  no_heads["consa"].erase("full_attention_heads");
+  CHECK_THROWS_WITH(parse_hf_config(no_heads, "h.json"), contains("h.json: consa.full_attention_heads must list"));
+  json no_kv = j;
+  no_kv["consa"].erase("full_attention_kv_heads");
+  CHECK_THROWS_WITH(parse_hf_config(no_kv, "h.json"), contains("h.json: consa.full_attention_kv_heads must be a list"));
+  j["consa"]["sinks"] = "2";
+  CHECK_THROWS_WITH(parse_hf_config(j, "h.json"), contains("h.json: consa.sinks must be a non-negative integer, got \"2\""));
+  j["consa"]["sinks"] = -1;
+  CHECK_THROWS_WITH(parse_hf_config(j, "h.json"), contains("consa.sinks must be a non-negative integer, got -1"));
+}

@@ -5,6 +5,7 @@
 #include <iomanip>
 #include <sstream>
 #include <filesystem>
+#include <functional>
 
 #include "catch_compat.h"
 #include "consa/core/error.h"
@@ -118,6 +119,33 @@ TEST_CASE("assignment.json round-trips and malformed files are refused", "[expor
   CHECK_THROWS_WITH(Assignment::load(dir + "/u.json"), contains("each layer needs 2 units for kv_head granularity"));
   write_text(dir + "/x.json", "{\"hello\": 1}");
   CHECK_THROWS_WITH(Assignment::load(dir + "/x.json"), contains("not a consa assignment"));
+}
+
+TEST_CASE("assignment.json with impossible values is refused naming the file and the key", "[export]") {
+  ModelConfig c = tiny_config(2, 4, 2, 8);
+  AttentionGates g = gates_with_scores(c, GateUnit::KvHead, at::tensor({1.f, -1.f, -2.f, 2.f}).reshape({2, 2}));
+  const nlohmann::json valid = binarize(c, *g, BinarizeRule::Exact, 0.5, ConstraintScope::Global).to_json(64, 2);
+  const std::string dir = scratch_dir("assign_bad");
+  auto load_edited = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = valid;
+    edit(j);
+    write_text(dir + "/a.json", j.dump());
+    return Assignment::load(dir + "/a.json");
+  };
+  // Each of these escaped as a raw nlohmann error, named no file, or divided by zero or overflowed later.
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["version"] = "1"; }), contains("a.json: assignment schema version \"1\""));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["schema"] = 7; }), contains("a.json: not a consa assignment"));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["rule"] = "hxact"; }), contains("a.json: rule: unknown binarization rule 'hxact'"));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["granularity"] = "row"; }), contains("a.json: granularity: unknown gate unit"));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["model"]["num_kv_heads"] = 0; }), contains("a multiple of model.num_kv_heads (0)"));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["model"]["num_heads"] = 1e20; }),
+                    contains("a.json: model.num_heads must be an integer, got 1e+20"));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["window"] = 0; }), contains("a.json: window must be > 0 and sinks >= 0"));
+  CHECK_THROWS_WITH(load_edited([](auto& j) { j["layers"][0]["scores"] = {1.0}; }), contains("has 2 units and 1 scores"));
+  const Assignment huge = load_edited([](auto& j) { j["model"]["head_dim"] = int64_t{1} << 61; });
+  std::ostringstream out;
+  CHECK_THROWS_WITH(print_assignment(out, huge, "h.json", 4096), contains("h.json: assignment: the KV cache of 2 layers"));
+  CHECK_THROWS_WITH(huge.dense_kv_cache_bytes(4096, 2), contains("more bytes than int64 counts"));
 }
 
 TEST_CASE("applying an assignment equals the per-group spans and the 0/1 gates", "[export]") {

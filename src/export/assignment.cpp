@@ -8,8 +8,10 @@
 #include <numeric>
 #include <ostream>
 #include <sstream>
+#include <tuple>
 
 #include "consa/core/atomic_file.h"
+#include "consa/core/checked_math.h"
 #include "consa/core/device.h"
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
@@ -19,6 +21,27 @@ using json = nlohmann::json;
 
 namespace {
 constexpr EnumName<BinarizeRule> kRules[] = {{BinarizeRule::Threshold, "threshold"}, {BinarizeRule::Exact, "exact"}};
+
+// An enum-valued key of assignment.json through its table's parser; the table's message names
+// no file, so the refusal is prefixed with the file and the key.
+template <typename Parse>
+auto parse_key(Parse parse, const json& j, const char* key, const std::string& source) {
+  const std::string name = j.at(key).get<std::string>();
+  try {
+    return parse(name);
+  } catch (const Error& e) {
+    fail(source, ": ", key, ": ", e.what());
+  }
+}
+
+// An integer of assignment.json: a float (1.5, 1e20) is refused, not truncated, and a cast of
+// one beyond int64 would be undefined. `where` names it in the message ("model.num_heads").
+int64_t integer_key(const json& j, const char* key, const std::string& where, const std::string& source) {
+  const json& v = j.at(key);
+  CONSA_CHECK(v.is_number_integer() && (!v.is_number_unsigned() || fits_int64(v.get<uint64_t>())), source, ": ",
+              where, " must be an integer, got ", v.dump());
+  return v.get<int64_t>();
+}
 
 // Marks the k lowest-scoring of `indices` as SWA (stable: ties keep the earlier unit on SWA).
 void mark_lowest_swa(const std::vector<double>& scores, std::vector<int64_t> indices, int64_t k,
@@ -53,16 +76,35 @@ bool Assignment::kv_head_full(int64_t layer, int64_t kv_head) const {
   return true;
 }
 
+namespace {
+// a * b for the KV-cache figures: both non-negative, and the product refused beyond int64.
+int64_t kv_product(int64_t a, int64_t b, const Assignment& asg, int64_t context) {
+  uint64_t out = 0;
+  CONSA_CHECK(a >= 0 && b >= 0 && checked_multiply(static_cast<uint64_t>(a), static_cast<uint64_t>(b), &out) &&
+                  fits_int64(out),
+              "assignment: the KV cache of ", asg.num_layers, " layers x ", asg.num_kv_heads, " KV heads x head_dim ",
+              asg.head_dim, " at ", context, " tokens is more bytes than int64 counts");
+  return static_cast<int64_t>(out);
+}
+}  // namespace
+
 std::pair<int64_t, int64_t> Assignment::kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
-  const int64_t per_position = 2 * head_dim * bytes_per_element;  // K and V of one KV head
-  const int64_t swa_positions = std::min(context, swa.window + swa.sinks);
-  int64_t fa = 0, sw = 0;
+  const int64_t per_position = kv_product(kv_product(2, head_dim, *this, context), bytes_per_element, *this, context);
+  // min(context, window + sinks) without forming a sum that may overflow.
+  const int64_t swa_positions =
+      swa.window >= context || swa.sinks >= context - swa.window ? context : swa.window + swa.sinks;
+  const int64_t fa_head = kv_product(context, per_position, *this, context);
+  const int64_t swa_head = kv_product(std::max<int64_t>(swa_positions, 0), per_position, *this, context);
+  int64_t fa_heads = 0, swa_heads = 0;
   for (int64_t l = 0; l < num_layers; ++l)
-    for (int64_t g = 0; g < num_kv_heads; ++g) {
-      if (kv_head_full(l, g)) fa += context * per_position;
-      else sw += swa_positions * per_position;
-    }
-  return {fa, sw};
+    for (int64_t g = 0; g < num_kv_heads; ++g) ++(kv_head_full(l, g) ? fa_heads : swa_heads);
+  return {kv_product(fa_heads, fa_head, *this, context), kv_product(swa_heads, swa_head, *this, context)};
+}
+
+int64_t Assignment::dense_kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
+  const int64_t per_position = kv_product(kv_product(2, head_dim, *this, context), bytes_per_element, *this, context);
+  return kv_product(kv_product(num_layers, num_kv_heads, *this, context), kv_product(context, per_position, *this, context),
+                    *this, context);
 }
 
 json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
@@ -99,23 +141,23 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
 }
 
 Assignment Assignment::from_json(const json& j, const std::string& source) {
-  CONSA_CHECK(j.is_object() && j.value("schema", "") == "consa.assignment", source,
+  CONSA_CHECK(j.is_object() && j.contains("schema") && j.at("schema") == "consa.assignment", source,
               ": not a consa assignment (missing \"schema\": \"consa.assignment\")");
-  const int version = j.value("version", 0);
-  CONSA_CHECK(version == kAssignmentSchemaVersion, source, ": assignment schema version ", version,
+  const json version = j.contains("version") ? j.at("version") : json(0);
+  CONSA_CHECK(version == kAssignmentSchemaVersion, source, ": assignment schema version ", version.dump(),
               ", this consa reads version ", kAssignmentSchemaVersion);
   Assignment a;
   try {
     const json& m = j.at("model");
     a.architecture = m.at("architecture").get<std::string>();
-    a.num_layers = m.at("num_layers").get<int64_t>();
-    a.num_heads = m.at("num_heads").get<int64_t>();
-    a.num_kv_heads = m.at("num_kv_heads").get<int64_t>();
-    a.head_dim = m.at("head_dim").get<int64_t>();
+    a.num_layers = integer_key(m, "num_layers", "model.num_layers", source);
+    a.num_heads = integer_key(m, "num_heads", "model.num_heads", source);
+    a.num_kv_heads = integer_key(m, "num_kv_heads", "model.num_kv_heads", source);
+    a.head_dim = integer_key(m, "head_dim", "model.head_dim", source);
     a.weights_checksum = m.at("weights_checksum").get<std::string>();
-    a.unit = parse_gate_unit(j.at("granularity").get<std::string>());
-    a.swa = AttentionSpan::sliding(j.at("window").get<int64_t>(), j.at("sinks").get<int64_t>());
-    a.rule = parse_binarize_rule(j.at("rule").get<std::string>());
+    a.unit = parse_key(parse_gate_unit, j, "granularity", source);
+    a.swa = AttentionSpan::sliding(integer_key(j, "window", "window", source), integer_key(j, "sinks", "sinks", source));
+    a.rule = parse_key(parse_binarize_rule, j, "rule", source);
     a.method = j.value("method", std::string("consa"));
     a.target = j.at("target_sparsity").get<double>();
     for (const auto& layer : j.at("layers")) {
@@ -131,12 +173,22 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
   } catch (const json::exception& e) {
     fail(source, ": malformed assignment: ", e.what());
   }
+  // Head counts beyond any model's: they would also make the KV-cache figures loop for ever.
+  constexpr int64_t kMaxHeads = 1 << 16;
+  CONSA_CHECK(a.num_layers > 0 && a.head_dim > 0, source, ": model.num_layers and model.head_dim must be > 0, got ",
+              a.num_layers, " and ", a.head_dim);
+  CONSA_CHECK(a.num_heads > 0 && a.num_heads <= kMaxHeads && a.num_kv_heads > 0 && a.num_heads % a.num_kv_heads == 0,
+              source, ": model.num_heads (", a.num_heads, ") must be in [1, ", kMaxHeads,
+              "] and a multiple of model.num_kv_heads (", a.num_kv_heads, ")");
+  CONSA_CHECK(a.swa.window > 0 && a.swa.sinks >= 0, source, ": window must be > 0 and sinks >= 0, got ", a.swa.window,
+              " and ", a.swa.sinks);
   CONSA_CHECK(static_cast<int64_t>(a.full.size()) == a.num_layers, source, ": ", a.full.size(),
               " layers listed, model has ", a.num_layers);
   const int64_t units = a.unit == GateUnit::Layer ? 1 : a.unit == GateUnit::KvHead ? a.num_kv_heads : a.num_heads;
-  for (const auto& layer : a.full)
-    CONSA_CHECK(static_cast<int64_t>(layer.size()) == units, source, ": each layer needs ", units, " units for ",
-                gate_unit_name(a.unit), " granularity");
+  for (size_t l = 0; l < a.full.size(); ++l)
+    CONSA_CHECK(static_cast<int64_t>(a.full[l].size()) == units && a.scores[l].size() == a.full[l].size(), source,
+                ": layers[", l, "] has ", a.full[l].size(), " units and ", a.scores[l].size(),
+                " scores; each layer needs ", units, " units for ", gate_unit_name(a.unit), " granularity, a score each");
   return a;
 }
 
@@ -248,8 +300,14 @@ std::string weights_checksum(CausalLM& model) {
 }
 
 void print_assignment(std::ostream& out, const Assignment& a, const std::string& source, int64_t kv_context) {
-  auto [fa, sw] = a.kv_cache_bytes(kv_context, 2);
-  const double dense = static_cast<double>(a.dense_kv_cache_bytes(kv_context, 2));
+  int64_t fa = 0, sw = 0;
+  double dense = 0;
+  try {
+    std::tie(fa, sw) = a.kv_cache_bytes(kv_context, 2);
+    dense = static_cast<double>(a.dense_kv_cache_bytes(kv_context, 2));
+  } catch (const Error& e) {
+    fail(source, ": ", e.what());
+  }
   auto mib = [](double b) { return b / (1024.0 * 1024.0); };
   int64_t swa_units = 0, total = 0;
   for (const auto& l : a.full)

@@ -68,7 +68,11 @@ class ConfigReader {
                 j_[key].dump());
     return j_[key].get<std::string>();
   }
-  const json& at(const char* key) const { return j_[key]; }
+  // The value of `key`, null when absent: json's const operator[] of a missing key is undefined.
+  const json& at(const char* key) const {
+    static const json kAbsent;
+    return j_.contains(key) ? j_.at(key) : kAbsent;
+  }
   const std::string& source() const { return source_; }
 
  private:
@@ -300,14 +304,17 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
       }
       return out;
     };
-    c.hybrid_full_kv_heads = int_list(r.at("consa")["full_attention_kv_heads"], "full_attention_kv_heads");
+    c.hybrid_full_kv_heads = int_list(h.at("full_attention_kv_heads"), "full_attention_kv_heads");
     if (granularity == "head") {
-      const json& heads = r.at("consa")["full_attention_heads"];
+      const json& heads = h.at("full_attention_heads");
       CONSA_CHECK(heads.is_array(), source, ": consa.full_attention_heads must list, per layer, the full-attention query heads");
       for (const auto& layer : heads) c.hybrid_full_heads.push_back(int_list(layer, "full_attention_heads[layer]"));
     }
     c.hybrid_window = h.positive_int("window");
-    c.hybrid_sinks = r.at("consa").value("sinks", int64_t{0});
+    const json& sinks = h.at("sinks");
+    CONSA_CHECK(sinks.is_null() || (sinks.is_number_integer() && sinks.get<int64_t>() >= 0), source,
+                ": consa.sinks must be a non-negative integer, got ", sinks.dump());
+    c.hybrid_sinks = sinks.is_null() ? 0 : sinks.get<int64_t>();
   }
   c.validate(source);
   return c;

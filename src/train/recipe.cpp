@@ -24,7 +24,10 @@ class Section {
     // YAML reads a repeated key silently, keeping the first: refuse it before anything is read.
     std::vector<std::string> seen;
     for (const auto& item : node_) {
-      const std::string key = item.first.as<std::string>();
+      // YAML also allows null, list and mapping keys; a recipe's keys are names.
+      CONSA_CHECK(item.first.IsScalar(), file_, ": ", path_.empty() ? "the recipe" : path_, ": keys must be names, got a ",
+                  item.first.IsNull() ? "null" : item.first.IsSequence() ? "list" : "mapping", " key");
+      const std::string key = item.first.Scalar();
       CONSA_CHECK(std::find(seen.begin(), seen.end(), key) == seen.end(), file_, ": key '", where(key),
                   "' appears twice; keep one");
       seen.push_back(key);
@@ -106,7 +109,7 @@ class Section {
   void finish() const {
     if (!node_ || !node_.IsMap()) return;
     for (const auto& item : node_) {
-      const std::string key = item.first.as<std::string>();
+      const std::string key = item.first.Scalar();  // names: checked when the section was made
       if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
       std::string list;
       for (const auto& k : known_) list += (list.empty() ? "" : ", ") + k;
@@ -251,7 +254,13 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.data.shards = parse_token_sources(data);
   r.data.synthetic_ratio = data.number("synthetic_ratio", r.data.synthetic_ratio, 0.0, 1.0);
   r.data.synthetic_tasks.clear();
-  for (const auto& t : data.texts("synthetic_tasks", {"passkey"})) r.data.synthetic_tasks.push_back(parse_synthetic_task(t));
+  for (const auto& t : data.texts("synthetic_tasks", {"passkey"})) {
+    try {
+      r.data.synthetic_tasks.push_back(parse_synthetic_task(t));
+    } catch (const Error& e) {
+      fail(file, ": data.synthetic_tasks: ", e.what());  // the task table's message names no file
+    }
+  }
   r.data.min_distance = data.integer("min_distance", r.data.min_distance, 0);
   r.data.value_digits = data.integer("value_digits", r.data.value_digits, 1);
   r.data.num_needles = data.integer("num_needles", r.data.num_needles, 1);

@@ -48,12 +48,11 @@ struct Assignment {
   bool kv_head_full(int64_t layer, int64_t kv_head) const;
 
   // KV-cache bytes for one sequence of `context` tokens: {full-attention part, SWA part}.
-  // FA KV heads hold `context` positions; SWA ones min(context, window + sinks).
+  // FA KV heads hold `context` positions; SWA ones min(context, window + sinks). Throws
+  // consa::Error when a figure does not fit int64 (the shape may come from a file).
   std::pair<int64_t, int64_t> kv_cache_bytes(int64_t context, int64_t bytes_per_element) const;
   // The same model's KV-cache bytes with full attention everywhere.
-  int64_t dense_kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
-    return num_layers * num_kv_heads * context * 2 * head_dim * bytes_per_element;
-  }
+  int64_t dense_kv_cache_bytes(int64_t context, int64_t bytes_per_element) const;
 
   nlohmann::json to_json(int64_t kv_context, int64_t bytes_per_element) const;
   static Assignment from_json(const nlohmann::json& j, const std::string& source);
