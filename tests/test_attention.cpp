@@ -144,3 +144,47 @@ TEST_CASE("backend selection", "[attention]") {
   CHECK(max_abs_diff(viaAuto, brute_force_attention(t.q, t.k, t.v, 2, 0, 1.0)) < 1e-12);
   CHECK(!flash_attention_unsupported_reason(t.q).empty());
 }
+
+TEST_CASE("packed documents: each attends only inside itself, with its own sinks", "[attention]") {
+  // Row 0 packs documents of 5, 1 and 6 tokens, row 1 one document of 12: the reference runs
+  // the brute force on each document alone.
+  const std::vector<std::vector<int64_t>> lengths = {{5, 1, 6}, {12}};
+  QKV t = random_qkv(2, 12, 12, 4, 2, 8, 7);
+  std::vector<int64_t> ids;
+  for (const auto& row : lengths)
+    for (int64_t d = 0; d < static_cast<int64_t>(row.size()); ++d) ids.insert(ids.end(), row[d], 10 * d + 3);
+  const at::Tensor id_tensor = at::tensor(ids, at::kLong).view({2, 12});
+  const PackedDocuments docs = PackedDocuments::from_ids(id_tensor, at::kCPU);
+  CHECK(docs.max_length == 12);
+  CHECK(docs.starts.numel() == 5);  // four documents
+
+  const auto math = make_attention_backend(AttentionImpl::Math);
+  for (const AttentionSpan& span : {AttentionSpan::full(), AttentionSpan::sliding(3), AttentionSpan::sliding(3, 2)}) {
+    at::Tensor got = math->attend(t.q, t.k, t.v, span, 0.3, docs);
+    at::Tensor want = at::empty_like(got);
+    for (int64_t r = 0; r < 2; ++r) {
+      int64_t start = 0;
+      for (int64_t n : lengths[r]) {
+        auto part = [&](const at::Tensor& x) { return x.narrow(0, r, 1).narrow(1, start, n); };
+        want.narrow(0, r, 1).narrow(1, start, n)
+            .copy_(brute_force_attention(part(t.q), part(t.k), part(t.v), span.window, span.sinks, 0.3));
+        start += n;
+      }
+    }
+    INFO(span.describe());
+    CHECK(max_abs_diff(got, want) < 1e-12);
+    // The row with one document equals attention without documents.
+    CHECK(max_abs_diff(got[1], math->attend(t.q, t.k, t.v, span, 0.3)[1]) < 1e-12);
+  }
+}
+
+TEST_CASE("packed documents: ids must be consecutive runs on the CPU, queries as many as keys", "[attention]") {
+  CHECK_THROWS_WITH(PackedDocuments::from_ids(at::tensor({0, 1, 0}, at::kLong).view({1, 3}), at::kCPU),
+                    contains("row 0 goes back from document 1 to 0 at position 2"));
+  CHECK_THROWS_WITH(PackedDocuments::from_ids(at::zeros({3}, at::kLong), at::kCPU),
+                    contains("integer [batch, length]"));
+  QKV t = random_qkv(1, 2, 4, 2, 1, 8, 1);
+  const PackedDocuments docs = PackedDocuments::from_ids(at::zeros({1, 4}, at::kLong), at::kCPU);
+  CHECK_THROWS_WITH(make_attention_backend(AttentionImpl::Math)->attend(t.q, t.k, t.v, AttentionSpan::full(), 1, docs),
+                    contains("as many queries as keys"));
+}

@@ -437,6 +437,23 @@ TEST_CASE("consa train and validate read a Megatron dataset", "[data]") {
   CHECK(std::isfinite(ce));
   CHECK(ce > 0);
 
+  // data.document_mask: the same corpus with attention kept inside each document trains too, and
+  // differs from the packed run from its first step; synthetic-only data has no documents to mask.
+  REQUIRE(run_consa("train " + dir + "/recipe.yaml --overwrite output.dir=" + dir + "/masked data.document_mask=true "
+                    "train.steps=1", &out, &err) == 0);
+  CHECK(load_recipe(dir + "/masked/recipe.yaml").data.document_mask);
+  auto first_ce = [](const std::string& path) {
+    const std::string m = read_text(path);
+    const size_t at = m.find("\"ce\":");
+    REQUIRE(at != std::string::npos);
+    return std::stod(m.substr(at + 5));
+  };
+  CHECK(std::isfinite(first_ce(dir + "/masked/metrics.jsonl")));
+  CHECK(first_ce(dir + "/masked/metrics.jsonl") != first_ce(dir + "/run/metrics.jsonl"));
+  CHECK(run_consa("validate " + dir + "/recipe.yaml data.document_mask=true data.synthetic_ratio=1 data.shards=[]",
+                  &out, &err) == 1);
+  CHECK_THAT(err, contains("data.document_mask: needs data.shards"));
+
   // A broken index stops validate and train with one line naming the file.
   MegatronFiles bad = megatron_bytes(8, docs);
   write_megatron(dir + "/corpus_text_document", {patched(bad.idx, 17, 7, 1), bad.bin});
@@ -445,4 +462,53 @@ TEST_CASE("consa train and validate read a Megatron dataset", "[data]") {
   CHECK(std::count(err.begin(), err.end(), '\n') == 1);
   CHECK(run_consa("train " + dir + "/recipe.yaml --overwrite", &out, &err) == 1);
   CHECK_THAT(err, contains(dir + "/corpus_text_document.idx: token dtype float32"));
+}
+
+TEST_CASE("data.document_mask numbers each window's documents and scores no cross-document target", "[data]") {
+  // Every token carries its document's global number, so the reference ids of a window are the
+  // runs of equal tokens in it; each source starts a new document.
+  const std::string dir = scratch_dir("document_mask");
+  int64_t next_document = 1;
+  auto documents_of = [&](const std::vector<int64_t>& lengths, std::vector<int64_t>* starts) {
+    std::vector<int64_t> ids;
+    for (int64_t n : lengths) {
+      if (starts) starts->push_back(static_cast<int64_t>(ids.size()));
+      ids.insert(ids.end(), n, next_document++);
+    }
+    return ids;
+  };
+  std::vector<int64_t> starts;
+  const std::vector<int64_t> a = documents_of({3, 11, 1, 2, 0, 9, 20}, &starts);  // an empty one too
+  write_token_shard(dir + "/a.tok", a, starts);
+  Documents mega;
+  for (int64_t n : {5, 13, 4}) mega.push_back({documents_of({n}, nullptr)});
+  write_megatron(dir + "/b", megatron_bytes(4, mega));
+  DataOptions o;
+  o.seq_len = 8;
+  o.batch_size = 2;
+  o.heldout_batches = 1;
+  o.synthetic_ratio = 0.0;
+  o.document_mask = true;
+  o.shards = {dir + "/a.tok", {dir + "/b", TokenFormat::Megatron}};
+  BatchStream train(o, 64, 4, Split::Train);
+  const int64_t windows = (static_cast<int64_t>(a.size()) + 22) / 8;
+  for (int64_t i = 0; i < windows - train.heldout_windows(); ++i) {
+    const Batch b = train.sequences(i, 1);
+    REQUIRE(b.document_ids.defined());
+    const at::Tensor tokens = b.tokens[0], got = b.document_ids[0], mask = b.ce_mask[0];
+    int64_t run = 0;
+    for (int64_t t = 1; t < 8; ++t) {
+      const bool boundary = tokens[t].item<int64_t>() != tokens[t - 1].item<int64_t>();
+      run += boundary;
+      CHECK((got[t].item<int64_t>() > got[t - 1].item<int64_t>()) == boundary);
+      CHECK(mask[t - 1].item<float>() == (boundary ? 0.f : 1.f));
+    }
+    CHECK(got[0].item<int64_t>() == 0);
+    CHECK((run > 0) == (got[7].item<int64_t>() > 0));
+  }
+  // Without the switch: no ids, every target scored.
+  o.document_mask = false;
+  const Batch plain = BatchStream(o, 64, 4, Split::Train).sequences(0, 2);
+  CHECK(!plain.document_ids.defined());
+  CHECK(plain.ce_mask.sum().item<float>() == 14.f);
 }

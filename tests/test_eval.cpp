@@ -7,6 +7,7 @@
 
 #include "catch_compat.h"
 #include "consa/core/error.h"
+#include "consa/data/token_shards.h"
 #include "consa/eval/baselines.h"
 #include "consa/eval/evaluate.h"
 #include "consa/eval/sweep.h"
@@ -89,6 +90,39 @@ TEST_CASE("retrieval scoring and perplexity on functions with known answers", "[
   // KV bytes: dense layout, bf16.
   CHECK(perfect.kv_cache[1].dense_bytes == 2 * 2 * 64 * 2 * 8 * 2);
   CHECK(perfect.kv_cache[1].full_attention_bytes == perfect.kv_cache[1].dense_bytes);
+}
+
+TEST_CASE("perplexity under data.document_mask runs each document alone and skips cross-document targets", "[eval]") {
+  // Every token is its document's number, so a model that repeats its input is perfect inside a
+  // document; any call that mixes documents, or a scored cross-document target, costs it.
+  const std::string dir = scratch_dir("eval_documents");
+  std::vector<int64_t> ids, starts;
+  for (int64_t d = 0; d < 30; ++d) {
+    starts.push_back(static_cast<int64_t>(ids.size()));
+    ids.insert(ids.end(), 3 + (d * 7) % 11, 1 + d);
+  }
+  write_token_shard(dir + "/docs.tok", ids, starts);
+  const ModelConfig c = tiny_config(2, 4, 2, 8, 40);
+  EvalOptions o = small_eval();
+  o.lengths.clear();
+  DataOptions data;
+  data.seq_len = 16;
+  data.batch_size = 2;
+  data.heldout_batches = 2;
+  data.synthetic_ratio = 0;
+  data.shards = {dir + "/docs.tok"};
+  data.document_mask = true;
+  o.perplexity_data = data;
+  int64_t mixed_calls = 0;
+  const LogitsFn repeat = [&](const at::Tensor& in) {
+    for (int64_t r = 0; r < in.size(0); ++r) mixed_calls += !(in[r] == in[r][0]).all().item<bool>();
+    return at::one_hot(in, c.vocab_size).to(at::kFloat) * 50.0;
+  };
+  CHECK(evaluate(repeat, dense_layout(c), c.vocab_size, o).perplexity() == Approx(1.0).margin(1e-6));
+  CHECK(mixed_calls == 0);
+  o.perplexity_data->document_mask = false;
+  CHECK(evaluate(repeat, dense_layout(c), c.vocab_size, o).perplexity() > 1.5);
+  CHECK(mixed_calls > 0);
 }
 
 TEST_CASE("a model whose attention adds nothing scores the same under any assignment", "[eval]") {

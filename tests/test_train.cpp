@@ -11,6 +11,8 @@
 #include "consa/gate/hard_concrete.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/fused_adamw.h"
+#include "consa/train/linear_cross_entropy.h"
+#include "consa/train/objective.h"
 #include "consa/train/trainer.h"
 #include "helpers.h"
 
@@ -152,20 +154,64 @@ TEST_CASE("objective terms against closed forms", "[train]") {
   w.ce = 0.0;
   w.kl = 1.0;
   w.mse = 2.0;
-  at::Tensor hidden = at::randn({1, 3, 5});
-  LossTerms same = compute_objective(w, tokens, mask, logits, hidden, logits, hidden);
+  at::Tensor hidden = at::randn({1, 3, 5}), weight = at::randn({4, 5});
+  const at::Tensor student_logits = at::linear(hidden, weight);
+  LossTerms same = compute_objective(w, tokens, mask, hidden, weight, student_logits, hidden);
   CHECK(same.kl.item<double>() == Approx(0.0).margin(1e-6));
   CHECK(same.mse.item<double>() == 0.0);
-  LossTerms shifted = compute_objective(w, tokens, mask, logits, hidden, logits, hidden + 0.5);
+  LossTerms shifted = compute_objective(w, tokens, mask, hidden, weight, student_logits, hidden + 0.5);
   CHECK(shifted.mse.item<double>() == Approx(0.25));
   CHECK(shifted.total.item<double>() == Approx(0.5).epsilon(1e-5));
-  // KL(p || q) for two known distributions at one position.
+  // KL(p || q) for two known distributions at one position: q's logits are the weight's column.
   at::Tensor p = at::log(at::tensor({0.5f, 0.25f, 0.25f})).reshape({1, 1, 3});
-  at::Tensor q = at::log(at::tensor({0.25f, 0.5f, 0.25f})).reshape({1, 1, 3});
+  at::Tensor q = at::log(at::tensor({0.25f, 0.5f, 0.25f})).reshape({3, 1});
   w.mse = 0.0;
-  LossTerms kl = compute_objective(w, at::zeros({1, 1}, at::kLong), at::zeros({1, 0}), q, at::zeros({1, 1, 1}), p,
+  LossTerms kl = compute_objective(w, at::zeros({1, 1}, at::kLong), at::zeros({1, 0}), at::ones({1, 1, 1}), q, p,
                                    at::zeros({1, 1, 1}));
   CHECK(kl.kl.item<double>() == Approx(0.5 * std::log(2.0) + 0.25 * std::log(0.5)).epsilon(1e-5));
+  // Cross-entropy alone goes through the chunked path, with the full-logits value.
+  w = ObjectiveWeights{};
+  CHECK(compute_objective(w, tokens, mask, hidden, weight, {}, {}).ce.item<double>() ==
+        Approx(next_token_cross_entropy(student_logits, tokens, mask).item<double>()).epsilon(1e-6));
+}
+
+TEST_CASE("chunked linear cross-entropy equals cross-entropy of the full logits, value and gradients", "[train]") {
+  at::manual_seed(4);
+  const int64_t b = 3, l = 17, h = 6, v = 50;
+  const at::Tensor hidden = at::randn({b, l, h}, at::kDouble), weight = at::randn({v, h}, at::kDouble);
+  const at::Tensor tokens = at::randint(0, v, {b, l}, at::kLong);
+  at::Tensor mask = (at::rand({b, l - 1}) > 0.3).to(at::kFloat);
+  auto value_and_grads = [&](bool chunked, const at::Tensor& m, int64_t chunk_bytes, bool weight_grad) {
+    at::Tensor hh = hidden.clone().requires_grad_(true), ww = weight.clone().requires_grad_(weight_grad);
+    // The reference: the definition on whole fp64 logits.
+    at::Tensor nll = -at::log_softmax(at::linear(hh, ww).narrow(1, 0, l - 1), -1)
+                          .gather(-1, tokens.narrow(1, 1, l - 1).unsqueeze(-1))
+                          .squeeze(-1);
+    at::Tensor loss = chunked ? linear_cross_entropy(hh, ww, tokens, m, chunk_bytes)
+                              : (nll * m).sum() / m.sum().clamp_min(1.0);
+    (loss * 1.7).backward();
+    return std::make_tuple(loss.item<double>(), hh.grad(), weight_grad ? ww.grad() : at::Tensor());
+  };
+  const auto [want, want_dh, want_dw] = value_and_grads(false, mask, 0, true);
+  // 7 rows a chunk (7 x 50 x 4 bytes): the scored positions in chunks, the last one short.
+  // 0: the scored positions' whole logits through autograd.
+  for (int64_t chunk_bytes : {int64_t{7 * 50 * 4}, int64_t{1}, int64_t{1} << 30, int64_t{0}}) {
+    const auto [got, dh, dw] = value_and_grads(true, mask, chunk_bytes, true);
+    INFO("chunk bytes " << chunk_bytes);
+    CHECK(got == Approx(want).epsilon(1e-12));
+    CHECK(max_abs_diff(dh, want_dh) < 1e-12);
+    CHECK(max_abs_diff(dw, want_dw) < 1e-12);
+  }
+  // Frozen weights: no weight gradient.
+  const auto [frozen, frozen_dh, no_dw] = value_and_grads(true, mask, 7 * 50 * 4, false);
+  CHECK(frozen == Approx(want).epsilon(1e-12));
+  CHECK(max_abs_diff(frozen_dh, want_dh) < 1e-12);
+  CHECK(!no_dw.defined());
+  // Nothing scored: zero loss and zero gradients, as the full-logits form gives.
+  const auto [none, none_dh, none_dw] = value_and_grads(true, at::zeros_like(mask), 7 * 50 * 4, true);
+  CHECK(none == 0.0);
+  CHECK(none_dh.abs().max().item<double>() == 0.0);
+  CHECK(none_dw.abs().max().item<double>() == 0.0);
 }
 
 TEST_CASE("FusedAdamW: one step is the closed-form AdamW update, later steps match torch::optim::AdamW", "[train]") {

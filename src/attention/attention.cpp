@@ -32,6 +32,50 @@ at::Tensor visibility_mask(int64_t lq, int64_t lk, const AttentionSpan& span, at
   return visible;
 }
 
+PackedDocuments PackedDocuments::from_ids(const at::Tensor& ids, at::Device device) {
+  CONSA_CHECK(ids.dim() == 2 && !at::isFloatingType(ids.scalar_type()) && ids.device().is_cpu(),
+              "document ids: expected an integer [batch, length] tensor on the CPU, got ", ids.sizes(), " ",
+              c10::toString(ids.scalar_type()), " on ", ids.device().str());
+  const at::Tensor id = ids.to(at::kLong).contiguous();
+  const int64_t b = id.size(0), l = id.size(1);
+  at::Tensor offsets = at::empty({b, l}, at::kLong);
+  const int64_t* in = id.data_ptr<int64_t>();
+  int64_t* offset = offsets.data_ptr<int64_t>();
+  std::vector<int64_t> starts;
+  PackedDocuments docs;
+  for (int64_t r = 0; r < b; ++r) {
+    for (int64_t t = 0; t < l; ++t) {
+      const int64_t i = r * l + t;
+      CONSA_CHECK(t == 0 || in[i] >= in[i - 1], "document ids: row ", r, " goes back from document ", in[i - 1],
+                  " to ", in[i], " at position ", t, "; documents must be consecutive runs");
+      const bool start = t == 0 || in[i] != in[i - 1];
+      if (start) {
+        if (!starts.empty()) docs.max_length = std::max(docs.max_length, i - starts.back());
+        starts.push_back(i);
+      }
+      offset[i] = start ? 0 : offset[i - 1] + 1;
+    }
+  }
+  if (!starts.empty()) docs.max_length = std::max(docs.max_length, b * l - starts.back());
+  starts.push_back(b * l);
+  docs.ids = id.to(device);
+  docs.offsets = offsets.to(device);
+  docs.starts = at::tensor(starts, at::kLong);
+  docs.cu_lengths = docs.starts.to(at::kInt).to(device);
+  return docs;
+}
+
+at::Tensor document_visibility_mask(const PackedDocuments& documents, const AttentionSpan& span) {
+  const at::Tensor& ids = documents.ids;
+  const at::Tensor& offset = documents.offsets;  // [B, L]
+  at::Tensor same = ids.unsqueeze(2) == ids.unsqueeze(1);  // [B, Lq, Lk]
+  // Within a document, positions differ as their offsets do.
+  at::Tensor i = offset.unsqueeze(2), j = offset.unsqueeze(1);
+  at::Tensor visible = same & (j <= i);
+  if (!span.is_full()) visible = visible & ((j > i - span.window) | (j < span.sinks));
+  return visible;
+}
+
 namespace {
 
 void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -61,12 +105,39 @@ at::Tensor grouped_output(const at::Tensor& probs, const at::Tensor& v) {
   return out.reshape({b, hkv * rep, lq, v.size(3)}).transpose(1, 2);
 }
 
+void check_documents(const at::Tensor& q, const at::Tensor& k, const PackedDocuments& documents) {
+  if (!documents.defined()) return;
+  CONSA_CHECK(q.size(1) == k.size(1), "attention: packed documents need as many queries as keys, got ", q.size(1),
+              " and ", k.size(1));
+  CONSA_CHECK(documents.ids.size(0) == q.size(0) && documents.ids.size(1) == q.size(1),
+              "attention: document ids ", documents.ids.sizes(), " do not match q ", q.sizes());
+}
+
+// Runs `attend_one` on each document of the packed rows alone and puts the outputs back in place:
+// exact for any span (each document's sinks are its own first tokens), one call per document.
+template <typename AttendOne>
+at::Tensor attend_per_document(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const PackedDocuments& documents, AttendOne attend_one) {
+  const int64_t b = q.size(0), l = q.size(1);
+  at::Tensor qf = q.reshape({1, b * l, q.size(2), q.size(3)});
+  at::Tensor kf = k.reshape({1, b * l, k.size(2), k.size(3)}), vf = v.reshape({1, b * l, v.size(2), v.size(3)});
+  const int64_t* start = documents.starts.data_ptr<int64_t>();
+  std::vector<at::Tensor> outputs;
+  for (int64_t d = 0; d + 1 < documents.starts.numel(); ++d) {
+    const int64_t s = start[d], n = start[d + 1] - start[d];
+    outputs.push_back(attend_one(qf.narrow(1, s, n), kf.narrow(1, s, n), vf.narrow(1, s, n)));
+  }
+  return at::cat(outputs, 1).view({b, l, q.size(2), q.size(3)});
+}
+
 // Softmax attention of q against k/v where `visible` [Lq, Lk] allows it; softmax in (at least)
 // fp32, as Hugging Face's eager attention does.
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& visible,
                             double scale) {
   at::Tensor scores = grouped_scores(q, k, scale);
-  scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+  // [Lq, Lk] for every row, or [B, Lq, Lk] per row (packed documents)
+  const at::Tensor mask = visible.dim() == 3 ? visible.unsqueeze(1).unsqueeze(1) : visible;
+  scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   const at::ScalarType softmax_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor probs = at::softmax(scores, -1, softmax_dtype).to(q.scalar_type());
   return grouped_output(probs, v);
@@ -75,21 +146,38 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
 class MathAttention : public AttentionBackend {
  public:
   std::string name() const override { return "math"; }
-  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const AttentionSpan& span, double scale) const override {
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionSpan& span,
+                    double scale, const PackedDocuments& documents) const override {
     check_shapes(q, k, v);
-    return masked_attention(q, k, v, visibility_mask(q.size(1), k.size(1), span, q.device()), scale);
+    check_documents(q, k, documents);
+    const at::Tensor visible = documents.defined() ? document_visibility_mask(documents, span)
+                                                   : visibility_mask(q.size(1), k.size(1), span, q.device());
+    return masked_attention(q, k, v, visible, scale);
   }
 };
 
 class FlashAttention : public AttentionBackend {
  public:
   std::string name() const override { return "flash"; }
-  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const AttentionSpan& span, double scale) const override {
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionSpan& span,
+                    double scale, const PackedDocuments& documents) const override {
     check_shapes(q, k, v);
+    check_documents(q, k, documents);
     const std::string why = flash_attention_unsupported_reason(q);
     CONSA_CHECK(why.empty(), "attention backend flash cannot run here: ", why);
+    if (documents.defined()) {
+      // Sinks: each document alone (their merge is per document); otherwise one varlen kernel
+      // over every document of every row.
+      if (!span.is_full() && span.sinks > 0)
+        return attend_per_document(q, k, v, documents, [&](const at::Tensor& qd, const at::Tensor& kd,
+                                                           const at::Tensor& vd) { return attend(qd, kd, vd, span, scale, PackedDocuments{}); });
+      const int64_t b = q.size(0), l = q.size(1);
+      at::Tensor out = compat::flash_attention_varlen(
+          q.reshape({b * l, q.size(2), q.size(3)}).contiguous(), k.reshape({b * l, k.size(2), k.size(3)}).contiguous(),
+          v.reshape({b * l, v.size(2), v.size(3)}).contiguous(), documents.cu_lengths, documents.max_length, scale,
+          span.is_full() ? -1 : span.window - 1);
+      return out.view({b, l, q.size(2), q.size(3)});
+    }
     // Full causal attention over a whole sequence goes to SDPA's pick (cuDNN on Hopper is about
     // twice flash's speed); windows and decoding (fewer queries than keys) stay on flash.
     if (span.is_full() && q.size(1) == k.size(1) && compat::fused_causal_attention_compiled())
@@ -133,10 +221,10 @@ class FlashAttention : public AttentionBackend {
 class AutoAttention : public AttentionBackend {
  public:
   std::string name() const override { return "auto"; }
-  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const AttentionSpan& span, double scale) const override {
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionSpan& span,
+                    double scale, const PackedDocuments& documents) const override {
     const bool flash_ok = flash_attention_unsupported_reason(q).empty();
-    return flash_ok ? flash_.attend(q, k, v, span, scale) : math_.attend(q, k, v, span, scale);
+    return flash_ok ? flash_.attend(q, k, v, span, scale, documents) : math_.attend(q, k, v, span, scale, documents);
   }
 
  private:

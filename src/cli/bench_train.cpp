@@ -3,6 +3,10 @@
 // (stage 2) training at several sequence lengths, on random weights of a real model's shape.
 #include <ATen/core/grad_mode.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -13,6 +17,7 @@
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/core/torch_compat.h"
+#include "consa/data/token_shards.h"
 #include "consa/distributed/communicator.h"
 #include "consa/gate/attention_gates.h"
 #include "consa/train/trainer.h"
@@ -82,7 +87,21 @@ struct TrainBenchSettings {
   int64_t warmup = 2, steps = 5, repeats = 3;
   std::string attention = "auto";
   std::string trace_dir;  // when set: a Chrome trace of one more step per configuration
+  bool chunked_cross_entropy = false;  // objective.chunked_cross_entropy
+  std::string corpus;  // random token shard: every position is a scored target, as in pretraining
 };
+
+// A shard of `tokens` uniform random ids below `vocab` in a fresh temporary folder; the caller
+// removes the folder.
+std::string write_random_corpus(int64_t tokens, int64_t vocab) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("consa-bench-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  at::Tensor ids = at::randint(0, vocab, {tokens}, at::TensorOptions().dtype(at::kLong));
+  const int64_t* p = ids.data_ptr<int64_t>();
+  write_token_shard((dir / "random.tok").string(), std::vector<int64_t>(p, p + tokens));
+  return (dir / "random.tok").string();
+}
 
 Recipe bench_recipe(const TrainBenchSettings& s, BenchMode mode, int64_t length, int64_t batch) {
   Recipe r;
@@ -96,6 +115,9 @@ Recipe bench_recipe(const TrainBenchSettings& s, BenchMode mode, int64_t length,
   r.data.seq_len = length;
   r.data.batch_size = batch;
   r.data.heldout_batches = 0;
+  r.data.synthetic_ratio = 0;
+  r.data.shards = {TokenSourceSpec(s.corpus)};
+  r.objective.chunked_cross_entropy = s.chunked_cross_entropy;
   r.schedule.kind = "constant";
   r.train.gradient_checkpointing = s.checkpointing;
   r.train.overlap_gate_updates = s.overlap_gate_updates;
@@ -206,6 +228,7 @@ int bench_train(int argc, char** argv) {
       ("overlap-gate-updates", "stage 1: gates take their LM gradient one step late, so no step waits (--overlap-gate-updates=false: at once)", cxxopts::value<bool>()->default_value("true"))
       ("trace", "write a Chrome trace (CUDA kernels and operators) of one extra step per configuration into this folder", cxxopts::value<std::string>())
       ("attention", "auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
+      ("cross-entropy", "chunked (objective.chunked_cross_entropy) or full (whole logits)", cxxopts::value<std::string>()->default_value("full"))
       ("warmup", "untimed steps first", cxxopts::value<int64_t>()->default_value("2"))
       ("steps", "steps per timed repeat", cxxopts::value<int64_t>()->default_value("5"))
       ("repeats", "timed repeats (median)", cxxopts::value<int64_t>()->default_value("3"))
@@ -226,6 +249,10 @@ int bench_train(int argc, char** argv) {
   s.attention = args["attention"].as<std::string>();
   parse_attention_impl(s.attention);
   if (args.count("trace")) s.trace_dir = args["trace"].as<std::string>();
+  const std::string cross_entropy = args["cross-entropy"].as<std::string>();
+  CONSA_CHECK(cross_entropy == "chunked" || cross_entropy == "full", "--cross-entropy: expected chunked or full, got '",
+              cross_entropy, "'");
+  s.chunked_cross_entropy = cross_entropy == "chunked";
   s.warmup = args["warmup"].as<int64_t>();
   s.steps = args["steps"].as<int64_t>();
   s.repeats = args["repeats"].as<int64_t>();
@@ -248,17 +275,33 @@ int bench_train(int argc, char** argv) {
 
   out << dtype_name(s.dtype) << " on " << s.device.str();
   if (comm->has_group()) out << " (rank 0 of " << world << ", " << comm->backend() << ")";
-  out << ", window " << s.swa.window << ", sparsity "
+  out << ", window " << s.swa.window << ", cross-entropy " << (s.chunked_cross_entropy ? "chunked" : "full")
+      << ", random tokens (every position scored), sparsity "
             << s.sparsity << ", gradient checkpointing " << (s.checkpointing ? "on" : "off") << ", gate updates "
             << (s.overlap_gate_updates ? "overlapped" : "at once") << ", "
             << s.repeats << " x " << s.steps << " timed steps after " << s.warmup << "\n\n"
             << "shape        seq_len  batch  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense  comm ms\n";
   nlohmann::json results = nlohmann::json::array();
+  struct RemoveCorpus {
+    std::string* path;
+    ~RemoveCorpus() {
+      // The shard, then its folder. Not remove_all(path, error_code): with the GPU machine's
+      // libstdc++ that overload jumps to a null function.
+      std::error_code ignored;
+      if (path->empty()) return;
+      std::filesystem::remove(*path, ignored);
+      std::filesystem::remove(std::filesystem::path(*path).parent_path(), ignored);
+    }
+  } remove_corpus{&s.corpus};
+  const std::vector<double> lengths = parse_number_list(args["seq-lens"].as<std::string>(), "--seq-lens");
+  const int64_t longest = static_cast<int64_t>(*std::max_element(lengths.begin(), lengths.end()));
   for (const std::string& shape : parse_name_list(args["shapes"].as<std::string>())) {
-    CausalLM model = random_model(shape_config(shape), s.device, s.dtype);
+    const ModelConfig config = shape_config(shape);
+    s.corpus = write_random_corpus(8 * std::max(tokens_per_step, longest), config.vocab_size);
+    CausalLM model = random_model(config, s.device, s.dtype);
     model->set_attention_backend(make_attention_backend(parse_attention_impl(s.attention)));
     for (auto& p : model->parameters()) p.set_requires_grad(false);
-    for (double length_value : parse_number_list(args["seq-lens"].as<std::string>(), "--seq-lens")) {
+    for (double length_value : lengths) {
       const int64_t length = static_cast<int64_t>(length_value);
       const int64_t batch = std::max<int64_t>(1, tokens_per_step / length);
       double dense_seconds = 0;
@@ -307,6 +350,7 @@ int bench_train(int argc, char** argv) {
                                    {"window", s.swa.window}, {"sparsity", s.sparsity},
                                    {"checkpointing", s.checkpointing}, {"attention", s.attention},
                                    {"overlap_gate_updates", s.overlap_gate_updates},
+                                   {"cross_entropy", s.chunked_cross_entropy ? "chunked" : "full"},
                                    {"peak_tflops", peak_flops / 1e12}, {"tokens_per_step", tokens_per_step},
                                    {"results", results}};
     write_file_atomically(args["out"].as<std::string>(), report.dump(2) + "\n");

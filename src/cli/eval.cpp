@@ -35,7 +35,8 @@ void add_eval_options(cxxopts::Options& options) {
       ("data", "consa token shards or Megatron datasets (PREFIX) for held-out perplexity, comma-separated "
                "(default: a run's recipe data; raw token files through --recipe)", cxxopts::value<std::string>())
       ("seq-len", "perplexity window length with --data", cxxopts::value<int64_t>()->default_value("512"))
-      ("heldout-batches", "perplexity batches", cxxopts::value<int64_t>()->default_value("4"));
+      ("heldout-batches", "perplexity batches", cxxopts::value<int64_t>()->default_value("4"))
+      ("document-mask", "perplexity of each document of --data alone, as data.document_mask trains");
 }
 
 // Evaluation settings from the flags, with defaults taken from `recipe` when there is one.
@@ -69,6 +70,8 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
                              args.count("tokenizer") ? "--tokenizer" : "data.tokenizer");
   if (args.count("first-id")) o.first_id = args["first-id"].as<int64_t>();
   if (args.count("value-digits")) o.value_digits = args["value-digits"].as<int64_t>();
+  CONSA_CHECK(args.count("data") || !args.count("document-mask"),
+              "--document-mask: applies to --data (a recipe's perplexity data takes its data.document_mask)");
   if (args.count("data")) {
     DataOptions d;
     for (const auto& path : parse_name_list(args["data"].as<std::string>())) d.shards.emplace_back(path);
@@ -76,6 +79,7 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
     d.seq_len = args["seq-len"].as<int64_t>();
     d.batch_size = 4;
     d.heldout_batches = args["heldout-batches"].as<int64_t>();
+    d.document_mask = args.count("document-mask") > 0;
     o.perplexity_data = d;
   }
   return o;

@@ -33,6 +33,21 @@ std::pair<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at:
 #endif
 }
 
+at::Tensor flash_attention_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cu_lengths, int64_t max_length, double scale,
+                                  int64_t window_left) {
+#if CONSA_HAS_FLASH_ATTENTION
+  auto result = at::_flash_attention_forward(q, k, v, cu_lengths, cu_lengths, max_length, max_length,
+                                             /*dropout_p=*/0.0, /*is_causal=*/true, /*return_debug_mask=*/false,
+                                             scale, window_left, /*window_size_right=*/0);
+  return std::get<0>(result);
+#else
+  (void)q, (void)k, (void)v, (void)cu_lengths, (void)max_length, (void)scale, (void)window_left;
+  fail("the flash attention backend needs LibTorch >= 2.4 with CUDA; this build uses LibTorch ",
+       torch_version(), " (use --attention math)");
+#endif
+}
+
 int64_t peak_device_memory(at::Device device) {
 #if CONSA_WITH_CUDA
   if (device.is_cuda()) {

@@ -99,7 +99,7 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
     {
       at::NoGradGuard no_grad;
       for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).set_gate_weights({});  // full spans
-      teacher = model->hidden_states(tokens).to(at::kFloat);
+      teacher = model->hidden_states(tokens, batch.document_ids).to(at::kFloat);
     }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       at::Tensor a = alpha[l];
@@ -109,7 +109,7 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
       model->attention(l).saturated_gates_have_no_gradient = false;  // alpha at 1 still has a gradient
       model->attention(l).swa_span = o.swa;
     }
-    at::Tensor student = model->hidden_states(tokens).to(at::kFloat);
+    at::Tensor student = model->hidden_states(tokens, batch.document_ids).to(at::kFloat);
     // Positions whose next token is an answer token (the stream's cross-entropy mask); the
     // squared distance sums over hidden units and averages over positions, as DuoAttention's.
     at::Tensor mask = at::cat({batch.ce_mask, at::zeros({batch.ce_mask.size(0), 1})}, 1).to(student.device());

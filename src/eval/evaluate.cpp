@@ -92,6 +92,29 @@ void EvalReport::print(std::ostream& out) const {
   out.unsetf(std::ios::fixed);
 }
 
+namespace {
+
+// Logits [B, L, vocab] (fp32, CPU) of a batch; with document ids, each packed document runs
+// alone, which any model (a TorchScript export too) computes as the document mask asks.
+at::Tensor batch_logits(const LogitsFn& logits, const Batch& batch) {
+  if (!batch.document_ids.defined()) return logits(batch.tokens).to(at::kFloat).cpu();
+  std::vector<at::Tensor> rows;
+  for (int64_t r = 0; r < batch.tokens.size(0); ++r) {
+    const at::Tensor ids = batch.document_ids[r].contiguous();
+    const int64_t* id = ids.data_ptr<int64_t>();
+    const int64_t len = ids.numel();
+    std::vector<at::Tensor> parts;
+    for (int64_t start = 0, end = 0; start < len; start = end) {
+      for (end = start + 1; end < len && id[end] == id[start];) ++end;
+      parts.push_back(logits(batch.tokens[r].slice(0, start, end).unsqueeze(0)).to(at::kFloat).cpu()[0]);
+    }
+    rows.push_back(at::cat(parts, 0));
+  }
+  return at::stack(rows);
+}
+
+}  // namespace
+
 EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vocab_size, const EvalOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   at::NoGradGuard no_grad;
@@ -108,7 +131,7 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
     double total = 0, count = 0;
     for (int64_t b = 0; b < d.heldout_batches; ++b) {
       Batch batch = heldout.batch_at(b);
-      at::Tensor l = logits(batch.tokens).to(at::kFloat).cpu();
+      at::Tensor l = batch_logits(logits, batch);
       at::Tensor pred = l.narrow(1, 0, l.size(1) - 1);
       at::Tensor target = batch.tokens.narrow(1, 1, batch.tokens.size(1) - 1);
       at::Tensor nll = -at::log_softmax(pred, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1);

@@ -49,24 +49,24 @@ ProjectedQKV SelfAttentionImpl::project(const at::Tensor& x, const RopeTables& r
   return {apply_rope(q, rope), apply_rope(k, rope), v};
 }
 
-at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv) const {
-  if (fa_weight.defined()) return attend_gated(qkv);
+at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv, const PackedDocuments& documents) const {
+  if (fa_weight.defined()) return attend_gated(qkv, documents);
   const int64_t group = num_heads / num_kv_heads;
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < num_kv_heads;) {
     int64_t end = start + 1;
     while (end < num_kv_heads && group_spans[end] == group_spans[start]) ++end;
     if (start == 0 && end == num_kv_heads)
-      return backend->attend(qkv.q, qkv.k, qkv.v, group_spans[start], scale);
+      return backend->attend(qkv.q, qkv.k, qkv.v, group_spans[start], scale, documents);
     parts.push_back(backend->attend(qkv.q.narrow(2, start * group, (end - start) * group),
-                                    qkv.k.narrow(2, start, end - start),
-                                    qkv.v.narrow(2, start, end - start), group_spans[start], scale));
+                                    qkv.k.narrow(2, start, end - start), qkv.v.narrow(2, start, end - start),
+                                    group_spans[start], scale, documents));
     start = end;
   }
   return at::cat(parts, 2);
 }
 
-at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
+at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv, const PackedDocuments& documents) const {
   const int64_t group = num_heads / num_kv_heads;
   // Which KV groups need each branch. Gates live on the host, so reading z costs no device
   // synchronisation. A head whose gate is exactly 1 needs no SWA output (its weight is 0, and the
@@ -92,12 +92,14 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv) const {
   // more than half the groups listed the branch runs over all of them: gathering the listed
   // groups and scattering their output back would move more bytes than the attention it saves.
   auto branch = [&](const std::vector<int64_t>& groups, const AttentionSpan& span) -> at::Tensor {
-    if (2 * static_cast<int64_t>(groups.size()) > num_kv_heads) return backend->attend(qkv.q, qkv.k, qkv.v, span, scale);
+    if (2 * static_cast<int64_t>(groups.size()) > num_kv_heads)
+      return backend->attend(qkv.q, qkv.k, qkv.v, span, scale, documents);
     if (groups.empty()) return at::Tensor();
     const int64_t b = qkv.q.size(0), l = qkv.q.size(1), d = head_dim, n = static_cast<int64_t>(groups.size());
     const at::Tensor idx = to_device_async(at::tensor(groups, at::kLong), qkv.q.device());
     at::Tensor q = qkv.q.view({b, l, num_kv_heads, group, d}).index_select(2, idx).reshape({b, l, n * group, d});
-    at::Tensor out = backend->attend(q, qkv.k.index_select(2, idx), qkv.v.index_select(2, idx), span, scale);
+    at::Tensor out =
+        backend->attend(q, qkv.k.index_select(2, idx), qkv.v.index_select(2, idx), span, scale, documents);
     return at::zeros({b, l, num_kv_heads, group, d}, out.options())
         .index_copy(2, idx, out.view({b, l, n, group, d}))
         .view({b, l, num_heads, d});
@@ -126,8 +128,8 @@ at::Tensor SelfAttentionImpl::output(const at::Tensor& heads) const {
   return o_proj->forward(heads.reshape({heads.size(0), heads.size(1), num_heads * head_dim}));
 }
 
-at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const RopeTables& rope) {
-  return output(attend(project(x, rope)));
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const RopeTables& rope, const PackedDocuments& documents) {
+  return output(attend(project(x, rope), documents));
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer,
@@ -139,8 +141,9 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer,
   mlp = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size, options));
 }
 
-at::Tensor DecoderLayerImpl::forward(const at::Tensor& hidden, const RopeTables& rope) {
-  at::Tensor h = hidden + self_attn->forward(input_layernorm->forward(hidden), rope);
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& hidden, const RopeTables& rope,
+                                     const PackedDocuments& documents) {
+  at::Tensor h = hidden + self_attn->forward(input_layernorm->forward(hidden), rope, documents);
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
@@ -172,19 +175,40 @@ namespace {
 // takes that slot, so the node joins the graph even when its input needs no gradient.
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
-                            const at::Tensor& gate_or_anchor, DecoderLayerImpl* layer, const RopeTables* rope) {
+                            const at::Tensor& gate_or_anchor, DecoderLayerImpl* layer, const RopeTables* rope,
+                            const PackedDocuments* documents) {
     ctx->saved_data["layer"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
     ctx->saved_data["cos"] = rope->cos;
     ctx->saved_data["sin"] = rope->sin;
+    ctx->saved_data["documents"] = documents->defined();
+    if (documents->defined()) {  // the caller's PackedDocuments is gone by backward
+      ctx->saved_data["document_ids"] = documents->ids;
+      ctx->saved_data["document_offsets"] = documents->offsets;
+      ctx->saved_data["document_starts"] = documents->starts;
+      ctx->saved_data["document_cu_lengths"] = documents->cu_lengths;
+      ctx->saved_data["document_max_length"] = documents->max_length;
+    }
     ctx->save_for_backward({hidden, gate_or_anchor});
     at::NoGradGuard no_grad;
-    return layer->forward(hidden, *rope);
+    return layer->forward(hidden, *rope, *documents);
+  }
+
+  static PackedDocuments saved_documents(torch::autograd::AutogradContext* ctx) {
+    PackedDocuments d;
+    if (!ctx->saved_data["documents"].toBool()) return d;
+    d.ids = ctx->saved_data["document_ids"].toTensor();
+    d.offsets = ctx->saved_data["document_offsets"].toTensor();
+    d.starts = ctx->saved_data["document_starts"].toTensor();
+    d.cu_lengths = ctx->saved_data["document_cu_lengths"].toTensor();
+    d.max_length = ctx->saved_data["document_max_length"].toInt();
+    return d;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_output) {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
     RopeTables rope{ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor()};
+    const PackedDocuments documents = saved_documents(ctx);
     torch::autograd::variable_list saved = ctx->get_saved_variables();
     at::Tensor hidden = saved[0].detach().requires_grad_(true);
     at::Tensor& fa_weight = layer->self_attn->fa_weight;
@@ -194,38 +218,43 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     if (gated) fa_weight = gate;
     {
       at::AutoGradMode enable(true);
-      at::Tensor out = layer->forward(hidden, rope);
+      at::Tensor out = layer->forward(hidden, rope, documents);
       torch::autograd::backward({out}, {grad_output[0]});
     }
     if (gated) fa_weight = original_gate;
-    return {hidden.grad(), gated ? gate.grad() : at::Tensor(), at::Tensor(), at::Tensor()};
+    return {hidden.grad(), gated ? gate.grad() : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const at::Tensor& hidden, const RopeTables& rope) {
+at::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const at::Tensor& hidden, const RopeTables& rope,
+                                      const PackedDocuments& documents) {
   const at::Tensor& z = layer.self_attn->fa_weight;
   at::Tensor gate_or_anchor = z.defined() ? z : at::zeros({}, at::TensorOptions().requires_grad(true));
-  return CheckpointedLayer::apply(hidden, gate_or_anchor, &layer, &rope);
+  return CheckpointedLayer::apply(hidden, gate_or_anchor, &layer, &rope, &documents);
 }
 
 }  // namespace
 
-at::Tensor CausalLMImpl::hidden_states(const at::Tensor& input_ids) {
+at::Tensor CausalLMImpl::hidden_states(const at::Tensor& input_ids, const at::Tensor& document_ids) {
   CONSA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, length], got ", input_ids.sizes());
+  CONSA_CHECK(!document_ids.defined() || document_ids.sizes() == input_ids.sizes(), "document_ids ",
+              document_ids.sizes(), " must have the shape of input_ids ", input_ids.sizes());
   at::Tensor h = model->embed_tokens->forward(input_ids.to(device()));
   RopeTables rope = rope_tables(inv_freq_, 0, input_ids.size(1), h.scalar_type(), h.device());
+  const PackedDocuments documents =
+      document_ids.defined() ? PackedDocuments::from_ids(document_ids, h.device()) : PackedDocuments{};
   const bool checkpoint = gradient_checkpointing_ && at::GradMode::is_enabled();
   for (auto& layer : model->layer_list)
-    h = checkpoint ? checkpointed_layer_forward(*layer, h, rope) : layer->forward(h, rope);
+    h = checkpoint ? checkpointed_layer_forward(*layer, h, rope, documents) : layer->forward(h, rope, documents);
   return model->norm->forward(h);
 }
 
 at::Tensor CausalLMImpl::logits(const at::Tensor& hidden) const {
-  return at::linear(hidden, lm_head ? lm_head->weight : model->embed_tokens->weight);
+  return at::linear(hidden, output_weight());
 }
 
-at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids) {
-  return logits(hidden_states(input_ids));
+at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& document_ids) {
+  return logits(hidden_states(input_ids, document_ids));
 }
 
 void CausalLMImpl::set_attention_backend(std::shared_ptr<const AttentionBackend> backend) {

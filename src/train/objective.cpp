@@ -2,6 +2,7 @@
 
 #include "consa/core/device.h"
 #include "consa/core/error.h"
+#include "consa/train/linear_cross_entropy.h"
 
 namespace consa {
 
@@ -15,13 +16,16 @@ at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& 
 }
 
 LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens, const at::Tensor& ce_mask,
-                            const at::Tensor& logits, const at::Tensor& hidden,
+                            const at::Tensor& hidden, const at::Tensor& output_weight,
                             const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden) {
   LossTerms terms;
-  at::Tensor total = at::zeros({}, logits.options().dtype(at::kFloat));
+  at::Tensor total = at::zeros({}, hidden.options().dtype(at::kFloat));
   terms.ce = terms.kl = terms.mse = total;
+  const at::Tensor logits = w.kl > 0 ? at::linear(hidden, output_weight) : at::Tensor();
   if (w.ce > 0) {
-    at::Tensor ce = next_token_cross_entropy(logits, tokens, ce_mask);
+    at::Tensor ce = logits.defined() ? next_token_cross_entropy(logits, tokens, ce_mask)
+                                     : linear_cross_entropy(hidden, output_weight, tokens, ce_mask,
+                                                            w.chunked_cross_entropy ? int64_t{1} << 30 : 0);
     terms.ce = ce.detach();
     total = total + w.ce * ce;
   }

@@ -243,6 +243,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.objective.ce = objective.number("ce", r.objective.ce, 0, kInf);
   r.objective.kl = objective.number("kl", r.objective.kl, 0, kInf);
   r.objective.mse = objective.number("mse", r.objective.mse, 0, kInf);
+  r.objective.chunked_cross_entropy = objective.boolean("chunked_cross_entropy", r.objective.chunked_cross_entropy);
   objective.finish();
   CONSA_CHECK(r.objective.ce + r.objective.kl + r.objective.mse > 0, file,
               ": objective: at least one of ce, kl, mse must be > 0");
@@ -267,7 +268,10 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.data.seed = static_cast<uint64_t>(data.integer("seed", 0, 0));
   r.data.tokenizer = data.text("tokenizer", "");
   r.data.filler = data.text("filler", "");
+  r.data.document_mask = data.boolean("document_mask", r.data.document_mask);
   data.finish();
+  CONSA_CHECK(!r.data.document_mask || !r.data.shards.empty(), file,
+              ": data.document_mask: needs data.shards (a synthetic sequence is one document)");
   CONSA_CHECK(r.data.filler.empty() || !r.data.tokenizer.empty(), file,
               ": data.filler: the haystack text of text tasks needs data.tokenizer");
   CONSA_CHECK(r.data.synthetic_ratio >= 1.0 || !r.data.shards.empty(), file,
@@ -363,7 +367,8 @@ std::string recipe_to_yaml(const Recipe& r) {
       << YAML::Key << "warmup_steps" << YAML::Value << r.constraint.warmup_steps << YAML::EndMap;
   out << YAML::Key << "objective" << YAML::Value << YAML::BeginMap << YAML::Key << "ce" << YAML::Value
       << r.objective.ce << YAML::Key << "kl" << YAML::Value << r.objective.kl << YAML::Key << "mse" << YAML::Value
-      << r.objective.mse << YAML::EndMap;
+      << r.objective.mse << YAML::Key << "chunked_cross_entropy" << YAML::Value << r.objective.chunked_cross_entropy
+      << YAML::EndMap;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "seq_len" << YAML::Value
       << r.data.seq_len << YAML::Key << "batch_size" << YAML::Value << r.data.batch_size << YAML::Key
       << "heldout_batches" << YAML::Value << r.data.heldout_batches << YAML::Key << "shards" << YAML::Value
@@ -386,7 +391,8 @@ std::string recipe_to_yaml(const Recipe& r) {
   out << YAML::EndSeq << YAML::Key << "min_distance" << YAML::Value << r.data.min_distance << YAML::Key
       << "value_digits" << YAML::Value << r.data.value_digits << YAML::Key << "num_needles" << YAML::Value
       << r.data.num_needles << YAML::Key << "seed" << YAML::Value << r.data.seed << YAML::Key << "tokenizer"
-      << YAML::Value << r.data.tokenizer << YAML::Key << "filler" << YAML::Value << r.data.filler << YAML::EndMap;
+      << YAML::Value << r.data.tokenizer << YAML::Key << "filler" << YAML::Value << r.data.filler << YAML::Key
+      << "document_mask" << YAML::Value << r.data.document_mask << YAML::EndMap;
   out << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap << YAML::Key << "lr" << YAML::Value
       << r.optimizer.lr << YAML::Key << "gate_lr" << YAML::Value << r.optimizer.gate_lr << YAML::Key << "lambda_lr"
       << YAML::Value << r.optimizer.lambda_lr << YAML::Key << "weight_decay" << YAML::Value
@@ -423,7 +429,8 @@ const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "train
                                        "train.keep_prob_every", "train.checkpoint_every", "train.gradient_checkpointing",
                                        "recover.steps", "export.rule", "export.kv_context", "output.dir",
                                        "data.batch_size", "optimizer.accumulation", "distributed.shard_optimizer",
-                                       "distributed.bucket_mb", "distributed.backend", "distributed.timeout_s", nullptr};
+                                       "distributed.bucket_mb", "distributed.backend", "distributed.timeout_s",
+                                       "objective.chunked_cross_entropy", nullptr};
 
 std::map<std::string, std::string> resume_fingerprint(const Recipe& recipe) {
   std::map<std::string, std::string> keys;

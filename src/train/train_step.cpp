@@ -218,7 +218,6 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
     // (m * world + r)-th of the step.
     Batch batch = data.sequences(next_sequence_ + (m * world + comm_->rank()) * micro, micro);
     at::Tensor tokens = to_device_async(batch.tokens, model_->device());
-    at::Tensor ce_mask = to_device_async(batch.ce_mask, model_->device());
     if (late_gates) {
       const at::Tensor z = gates_->sample(noise);
       gates_->apply(model_, z.detach(), late_gate_gradient_.track(z, gates_->log_alpha, model_->device()));
@@ -229,17 +228,17 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
     if (r_.objective.needs_teacher()) {
       at::NoGradGuard no_grad;
       if (teacher_) {
-        teacher_hidden = teacher_->hidden_states(tokens);
+        teacher_hidden = teacher_->hidden_states(tokens, batch.document_ids);
         teacher_logits = teacher_->logits(teacher_hidden);
       } else {
         DenseView dense(model_);
-        teacher_hidden = model_->hidden_states(tokens);
+        teacher_hidden = model_->hidden_states(tokens, batch.document_ids);
         teacher_logits = model_->logits(teacher_hidden);
       }
     }
     if (buckets_ && train_weights && m + 1 == accumulation) buckets_->arm();
-    at::Tensor hidden = model_->hidden_states(tokens);
-    LossTerms terms = compute_objective(r_.objective, tokens, ce_mask, model_->logits(hidden), hidden,
+    at::Tensor hidden = model_->hidden_states(tokens, batch.document_ids);
+    LossTerms terms = compute_objective(r_.objective, tokens, batch.ce_mask, hidden, model_->output_weight(),
                                         teacher_logits, teacher_hidden);
     (terms.total / static_cast<double>(accumulation)).backward();
     nonfinite_ = nonfinite_ + (~at::isfinite(terms.total.detach())).to(at::kFloat);

@@ -14,6 +14,7 @@
 #include "consa/core/error.h"
 #include "consa/distributed/launch_env.h"
 #include "consa/load/pretrained.h"
+#include "consa/train/linear_cross_entropy.h"
 #include "job.h"
 
 namespace consa {
@@ -101,7 +102,8 @@ double Job::heldout_ce() {
   for (int64_t i = comm_->rank(); i < r_.data.heldout_batches; i += comm_->world_size()) {
     Batch b = heldout_->batch_at(i);
     at::Tensor tokens = b.tokens.to(model_->device());
-    total += next_token_cross_entropy(model_->forward(tokens), tokens, b.ce_mask).item<double>();
+    const at::Tensor hidden = model_->hidden_states(tokens, b.document_ids);
+    total += linear_cross_entropy(hidden, model_->output_weight(), tokens, b.ce_mask).item<double>();
   }
   return comm_->sum(total, "the held-out loss") / r_.data.heldout_batches;
 }

@@ -37,14 +37,38 @@ bool key_visible(int64_t i, int64_t j, const AttentionSpan& span);
 // (query row r is position Lk - Lq + r), as in incremental decoding.
 at::Tensor visibility_mask(int64_t lq, int64_t lk, const AttentionSpan& span, at::Device device);
 
+struct PackedDocuments;
+// Boolean [B, L, L] mask of packed rows: key_visible within each document (positions counted
+// from the document's start), nothing across documents.
+at::Tensor document_visibility_mask(const PackedDocuments& documents, const AttentionSpan& span);
+
+// Documents packed end to end into the rows of a batch (data.document_mask). Attention stays
+// inside each document and a span's sinks are each document's first tokens, so a packed row
+// computes what each of its documents computes alone: RoPE scores depend only on the distance
+// between two positions, so positions need not restart at each document.
+struct PackedDocuments {
+  // `ids` [B, L] integer, on the CPU: each position's document, non-decreasing along a row (a
+  // document is a run of equal ids). Throws naming what is wrong otherwise.
+  static PackedDocuments from_ids(const at::Tensor& ids, at::Device device);
+  bool defined() const { return ids.defined(); }
+
+  at::Tensor ids;              // [B, L] int64 on the device
+  at::Tensor offsets;          // [B, L] int64 on the device: each position's index in its document
+  at::Tensor starts;           // [N + 1] int64 on the CPU: document starts in the B x L positions, then B x L
+  at::Tensor cu_lengths;       // `starts` as int32 on the device (flash's varlen kernels)
+  int64_t max_length = 0;      // the longest document
+};
+
 class AttentionBackend {
  public:
   virtual ~AttentionBackend() = default;
   virtual std::string name() const = 0;
   // q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D] with Hq a multiple of Hkv (query head h uses KV
-  // head h / (Hq / Hkv)); queries are the last Lq positions. Returns [B, Lq, Hq, D].
+  // head h / (Hq / Hkv)); queries are the last Lq positions. Returns [B, Lq, Hq, D]. With
+  // `documents` (Lq == Lk only), no query sees a key of another document.
   virtual at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const AttentionSpan& span, double scale) const = 0;
+                            const AttentionSpan& span, double scale,
+                            const PackedDocuments& documents = {}) const = 0;
 };
 
 // Sliding-window attention (with sinks) by blocks of `block` queries: each block attends to the

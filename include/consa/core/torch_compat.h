@@ -22,6 +22,13 @@ std::pair<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at:
                                                   const at::Tensor& v, double scale,
                                                   int64_t window_left);
 
+// flash_attention over sequences of different lengths packed end to end: q [T, Hq, D], k/v
+// [T, Hkv, D], sequence i at positions [cu_lengths[i], cu_lengths[i + 1]) (int32, on the device),
+// none longer than `max_length`. Causal within each sequence; returns [T, Hq, D].
+at::Tensor flash_attention_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cu_lengths, int64_t max_length, double scale,
+                                  int64_t window_left);
+
 // Causal attention with queries and keys at the same positions, through PyTorch's
 // scaled_dot_product_attention dispatcher, which picks its fastest fused kernel (cuDNN on Hopper,
 // about twice flash's speed there). q [B, L, Hq, D], k/v [B, L, Hkv, D] (GQA native); returns

@@ -30,11 +30,17 @@ struct DataOptions {
   // With a tokenizer.json: the synthetic tasks as text in its tokens (consa/data/text_tasks.h),
   // haystack from `filler` (a text file, one sentence per line; empty: built-in sentences).
   std::string tokenizer, filler;
+  // Attention stays inside each document of a packed shard window (Batch::document_ids), and the
+  // last token of a document is not trained to predict the next document's first.
+  bool document_mask = false;
 };
 
 struct Batch {
   at::Tensor tokens;   // [B, L] int64
   at::Tensor ce_mask;  // [B, L - 1] float: 1 where predicting token t + 1 counts for cross-entropy
+  // [B, L] int64 with data.document_mask: each position's document within its row (non-decreasing;
+  // a synthetic sequence is document 0 throughout); undefined otherwise.
+  at::Tensor document_ids;
 };
 
 enum class Split { Train, Heldout };
@@ -64,8 +70,9 @@ class BatchStream {
   int64_t heldout_windows() const { return heldout_windows_; }
 
  private:
-  void fill_sequence(int64_t sequence, int64_t* tokens, float* mask) const;
-  void read_window(int64_t window, int64_t* tokens) const;
+  void fill_sequence(int64_t sequence, int64_t* tokens, float* mask, int64_t* documents) const;
+  // Copies window `window` of the packed shards; with `documents`, numbers its documents too.
+  void read_window(int64_t window, int64_t* tokens, int64_t* documents) const;
 
   DataOptions options_;
   SyntheticOptions synthetic_;

@@ -32,13 +32,14 @@ class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(const ModelConfig& config, int64_t layer, const at::TensorOptions& options);
 
-  at::Tensor forward(const at::Tensor& x, const RopeTables& rope);
+  // With `documents`, attention stays inside each packed document (AttentionBackend::attend).
+  at::Tensor forward(const at::Tensor& x, const RopeTables& rope, const PackedDocuments& documents = {});
   ProjectedQKV project(const at::Tensor& x, const RopeTables& rope) const;
-  at::Tensor attend(const ProjectedQKV& qkv) const;
+  at::Tensor attend(const ProjectedQKV& qkv, const PackedDocuments& documents = {}) const;
   at::Tensor output(const at::Tensor& heads) const;  // [B, L, Hq, D] -> [B, L, hidden]
   // The gated mix; the FA or SWA branch is skipped for KV groups whose gates are all exactly 0
   // or all exactly 1 (hard-concrete samples often are).
-  at::Tensor attend_gated(const ProjectedQKV& qkv) const;
+  at::Tensor attend_gated(const ProjectedQKV& qkv, const PackedDocuments& documents = {}) const;
   // Gated mode with per-query-head weights `weights` (host or device) whose values on the host
   // are `on_host` (may be undefined when `weights` is on the host); undefined weights end it.
   void set_gate_weights(at::Tensor weights, at::Tensor on_host = {});
@@ -70,7 +71,7 @@ TORCH_MODULE(SelfAttention);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, int64_t layer, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& hidden, const RopeTables& rope);
+  at::Tensor forward(const at::Tensor& hidden, const RopeTables& rope, const PackedDocuments& documents = {});
 
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   SelfAttention self_attn{nullptr};
@@ -93,11 +94,15 @@ class CausalLMImpl : public torch::nn::Module {
  public:
   CausalLMImpl(ModelConfig config, const at::TensorOptions& options);
 
-  // input_ids [B, L] (int64) -> logits [B, L, vocab].
-  at::Tensor forward(const at::Tensor& input_ids);
+  // input_ids [B, L] (int64) -> logits [B, L, vocab]. `document_ids` (optional, [B, L] on the
+  // CPU, non-decreasing along a row) packs several documents into a row: attention never crosses
+  // from one to the next, so each computes what it would alone (PackedDocuments).
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& document_ids = {});
   // input_ids [B, L] -> final normed hidden states [B, L, hidden].
-  at::Tensor hidden_states(const at::Tensor& input_ids);
+  at::Tensor hidden_states(const at::Tensor& input_ids, const at::Tensor& document_ids = {});
   at::Tensor logits(const at::Tensor& hidden) const;
+  // [vocab, hidden]: lm_head's weight, or the embeddings when they are tied.
+  const at::Tensor& output_weight() const { return lm_head ? lm_head->weight : model->embed_tokens->weight; }
 
   const ModelConfig& config() const { return config_; }
   int64_t num_layers() const { return config_.num_layers; }
