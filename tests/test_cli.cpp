@@ -242,6 +242,15 @@ TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli
   CHECK_THAT(err, contains("seq_len 12 is too short for min_distance 9"));
   CHECK(run_consa("validate " + tiny + " data.tokenizer=/nonexistent/tok", &out, &err) == 1);
   CHECK_THAT(err, contains("/nonexistent/tok: no such file or directory"));
+  // A target the clamp cannot reach in expectation is named with the clamp that does reach it.
+  REQUIRE(run_consa("validate " + tiny + " constraint.target=0.96875", &out, &err) == 0);
+  CHECK_THAT(err, contains("consa: warning: constraint.target 0.96875 is beyond what gates.log_alpha_clamp 4.6 "
+                           "reaches in expectation") &&
+                      contains("gates.log_alpha_clamp=6.1 reaches it"));
+  REQUIRE(run_consa("validate " + tiny + " constraint.target=0.96875 gates.log_alpha_clamp=6.1", &out, &err) == 0);
+  CHECK_THAT(err, !contains("warning"));
+  REQUIRE(run_consa("validate " + tiny + " constraint.target=0.9", &out, &err) == 0);
+  CHECK_THAT(err, !contains("warning"));
 }
 
 TEST_CASE("consa bench train times every mode and counts model FLOPs in closed form", "[cli]") {

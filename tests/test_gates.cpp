@@ -56,6 +56,29 @@ TEST_CASE("P(z > 0) matches the closed form and a Monte Carlo estimate", "[gates
   CHECK(hc.expected_swa_fraction(la).item<double>() == Approx(expected).epsilon(1e-5));
 }
 
+TEST_CASE("the clamp bounds the keep probability, and the clamp that reaches a target", "[gates]") {
+  HardConcreteOptions o;
+  o.log_alpha_clamp = 4.6;
+  const HardConcrete hc(o);
+  const auto [lowest, highest] = hc.keep_probability_range();
+  // Gates held at -clamp and +clamp, sampled: the fractions of nonzero z are the bounds.
+  auto gen = at::detail::createCPUGenerator(7);
+  const double at_low = (hc.sample(at::full({400000}, -4.6, at::kDouble), gen) > 0).to(at::kDouble).mean().item<double>();
+  const double at_high = (hc.sample(at::full({400000}, 4.6, at::kDouble), gen) > 0).to(at::kDouble).mean().item<double>();
+  CHECK(std::abs(at_low - lowest) < 0.002);
+  CHECK(std::abs(at_high - highest) < 0.002);
+  CHECK(lowest == Approx(sigmoid(-4.6 - (2.0 / 3.0) * std::log(0.1 / 1.1))).epsilon(1e-9));  // 0.047
+  // 1 unit of 32 on full attention needs keep probability 1/32 below that bound; the clamp that
+  // reaches it puts its lowest keep probability exactly there.
+  const double clamp = hc.clamp_reaching(1.0 / 32);
+  CHECK(clamp > 4.6);
+  o.log_alpha_clamp = clamp;
+  CHECK(HardConcrete(o).keep_probability_range().first == Approx(1.0 / 32).epsilon(1e-9));
+  CHECK(hc.clamp_reaching(1 - 1.0 / 32) > 0);
+  o.log_alpha_clamp = hc.clamp_reaching(1 - 1.0 / 32);
+  CHECK(HardConcrete(o).keep_probability_range().second == Approx(1 - 1.0 / 32).epsilon(1e-9));
+}
+
 TEST_CASE("deterministic gates follow CoFi's eval formula", "[gates]") {
   HardConcrete hc;
   for (double la : {-6.0, -0.5, 0.0, 0.5, 6.0}) {

@@ -134,6 +134,10 @@ int run_sweep(int argc, char** argv) {
   const Recipe recipe = load_recipe(args["recipe"].as<std::string>(), overrides);
   SweepOptions o;
   o.targets = parse_number_list(args["targets"].as<std::string>(), "--targets");
+  for (double t : o.targets) {
+    const std::string reach = target_reach_warning(recipe, t);
+    if (!reach.empty()) std::cerr << "consa: warning: --targets: " << reach << "\n";
+  }
   o.methods = parse_name_list(args["methods"].as<std::string>());
   o.out_dir = args.count("out") ? args["out"].as<std::string>() : recipe.output.dir + "_sweep";
   o.eval = eval_options(args, &recipe);

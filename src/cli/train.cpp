@@ -87,6 +87,9 @@ int run_train(int argc, char** argv) {
   if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "train");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
+  const char* rank = std::getenv("RANK");
+  const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
+  if (!reach.empty() && (!rank || std::string(rank) == "0")) std::cerr << "consa: warning: " << reach << "\n";
   TrainControl control;
   control.resume = args.count("resume") > 0;
   control.overwrite = args.count("overwrite") > 0;
@@ -118,6 +121,8 @@ int run_validate(int argc, char** argv) {
   if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "validate");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
+  const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
+  if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
   // Open every data source, so that format errors show before a run; ids are checked against the
   // model's vocabulary when its config.json is at hand.
   const bool have_config = std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json");

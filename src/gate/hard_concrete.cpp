@@ -26,12 +26,30 @@ at::Tensor HardConcrete::deterministic(const at::Tensor& log_alpha) const {
   return at::clamp(s * (options_.limit_r - options_.limit_l) + options_.limit_l, 0.0, 1.0);
 }
 
+namespace {
+
+// P(z > 0) = sigmoid(log_alpha + shift), shift = -beta log(-gamma / zeta) (1.5986 for CoFi's).
+double keep_shift(const HardConcreteOptions& o) { return -o.beta * std::log(-o.limit_l / o.limit_r); }
+
+}  // namespace
+
 at::Tensor HardConcrete::prob_nonzero(const at::Tensor& log_alpha) const {
-  return at::sigmoid(log_alpha - options_.beta * std::log(-options_.limit_l / options_.limit_r));
+  return at::sigmoid(log_alpha + keep_shift(options_));
 }
 
 at::Tensor HardConcrete::expected_swa_fraction(const at::Tensor& log_alpha) const {
   return 1.0 - prob_nonzero(log_alpha).mean();
+}
+
+std::pair<double, double> HardConcrete::keep_probability_range() const {
+  const double shift = keep_shift(options_);
+  auto sigmoid = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+  return {sigmoid(shift - options_.log_alpha_clamp), sigmoid(shift + options_.log_alpha_clamp)};
+}
+
+double HardConcrete::clamp_reaching(double p) const {
+  const double shift = keep_shift(options_);
+  return std::abs(std::log(p) - std::log1p(-p) - shift);
 }
 
 double HardConcrete::initial_log_alpha() const {

@@ -3,10 +3,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 
 #include "consa/core/error.h"
+#include "consa/gate/hard_concrete.h"
 
 namespace consa {
 
@@ -431,6 +433,26 @@ const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "train
                                        "data.batch_size", "optimizer.accumulation", "distributed.shard_optimizer",
                                        "distributed.bucket_mb", "distributed.backend", "distributed.timeout_s",
                                        "objective.chunked_cross_entropy", nullptr};
+
+std::string target_reach_warning(const Recipe& recipe, double target) {
+  if (recipe.train.mode == "dense") return "";
+  const HardConcrete gates(recipe.gates.hard_concrete);
+  const auto [lowest_keep, highest_keep] = gates.keep_probability_range();
+  const double most_swa = 1 - lowest_keep, least_swa = 1 - highest_keep;
+  if (target >= least_swa && target <= most_swa) return "";
+  std::ostringstream out;
+  out << "constraint.target " << target << " is beyond what gates.log_alpha_clamp "
+      << recipe.gates.hard_concrete.log_alpha_clamp << " reaches in expectation: each gate keeps full attention "
+      << "with probability " << lowest_keep << " to " << highest_keep << ", so the expected SWA fraction stays in ["
+      << least_swa << ", " << most_swa << "] and lambda grows without end";
+  if (target > 0 && target < 1) {
+    // One more unit of log_alpha than the bound, so the constraint is met before the clamp binds.
+    out << "; gates.log_alpha_clamp=" << std::ceil(10 * (gates.clamp_reaching(1 - target) + 1)) / 10 << " reaches it";
+  } else {
+    out << "; the binarized assignment still meets it exactly";
+  }
+  return out.str();
+}
 
 std::map<std::string, std::string> resume_fingerprint(const Recipe& recipe) {
   std::map<std::string, std::string> keys;

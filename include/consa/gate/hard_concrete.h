@@ -35,6 +35,11 @@ class HardConcrete {
   at::Tensor expected_swa_fraction(const at::Tensor& log_alpha) const;
   // The log_alpha that starts every gate at init_keep.
   double initial_log_alpha() const;
+  // The lowest and highest P(z > 0) that |log_alpha| <= log_alpha_clamp allows: the expected
+  // SWA fraction stays within [1 - highest, 1 - lowest] whatever the constraint asks.
+  std::pair<double, double> keep_probability_range() const;
+  // The smallest log_alpha_clamp whose range includes keep probability p (0 < p < 1).
+  double clamp_reaching(double p) const;
 
  private:
   HardConcreteOptions options_;

@@ -96,6 +96,11 @@ std::string recipe_to_yaml(const Recipe& recipe);
 // -> value, except those that may change when a run resumes (kResumeFreeKeys). A resume whose
 // fingerprint differs would mix two runs into one result, and is refused naming the keys.
 std::map<std::string, std::string> resume_fingerprint(const Recipe& recipe);
+
+// Empty, or a one-line warning that `target` (an expected SWA fraction) lies beyond what
+// gates.log_alpha_clamp lets the gates reach in expectation, with the clamp that would reach it.
+// Targets 0 and 1 are never reached in expectation; the exact binarization still meets them.
+std::string target_reach_warning(const Recipe& recipe, double target);
 // The keys that may change on --resume: more steps, logging and checkpoint intervals, where it
 // runs (device, attention kernels, collectives' backend and timeout) and how it exports.
 extern const char* const kResumeFreeKeys[];
