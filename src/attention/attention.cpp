@@ -23,13 +23,22 @@ bool key_visible(int64_t i, int64_t j, const AttentionSpan& span) {
   return j > i - span.window || j < span.sinks;
 }
 
+namespace {
+
+// key_visible over broadcast tensors of query positions i and key positions j.
+at::Tensor visible_keys(const at::Tensor& i, const at::Tensor& j, const AttentionSpan& span) {
+  at::Tensor visible = j <= i;
+  if (!span.is_full()) visible = visible & ((j > i - span.window) | (j < span.sinks));
+  return visible;
+}
+
+}  // namespace
+
 at::Tensor visibility_mask(int64_t lq, int64_t lk, const AttentionSpan& span, at::Device device) {
   auto opts = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor i = at::arange(lk - lq, lk, opts).unsqueeze(1);  // query positions
   at::Tensor j = at::arange(0, lk, opts).unsqueeze(0);        // key positions
-  at::Tensor visible = j <= i;
-  if (!span.is_full()) visible = visible & ((j > i - span.window) | (j < span.sinks));
-  return visible;
+  return visible_keys(i, j, span);
 }
 
 PackedDocuments PackedDocuments::from_ids(const at::Tensor& ids, at::Device device) {
@@ -70,10 +79,7 @@ at::Tensor document_visibility_mask(const PackedDocuments& documents, const Atte
   const at::Tensor& offset = documents.offsets;  // [B, L]
   at::Tensor same = ids.unsqueeze(2) == ids.unsqueeze(1);  // [B, Lq, Lk]
   // Within a document, positions differ as their offsets do.
-  at::Tensor i = offset.unsqueeze(2), j = offset.unsqueeze(1);
-  at::Tensor visible = same & (j <= i);
-  if (!span.is_full()) visible = visible & ((j > i - span.window) | (j < span.sinks));
-  return visible;
+  return same & visible_keys(offset.unsqueeze(2), offset.unsqueeze(1), span);
 }
 
 namespace {
@@ -250,7 +256,7 @@ at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, co
     at::Tensor values = at::cat({v.narrow(1, 0, sinks), v.narrow(1, window_begin, end - window_begin)}, 1);
     at::Tensor j = at::cat({at::arange(0, sinks, positions), at::arange(window_begin, end, positions)}).unsqueeze(0);
     at::Tensor i = at::arange(first, end, positions).unsqueeze(1);
-    at::Tensor visible = (j <= i) & ((j > i - span.window) | (j < span.sinks));
+    at::Tensor visible = visible_keys(i, j, span);
     outputs.push_back(masked_attention(q.narrow(1, start, n), keys, values, visible, scale));
   }
   return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 1);

@@ -98,19 +98,14 @@ namespace {
 // alone, which any model (a TorchScript export too) computes as the document mask asks.
 at::Tensor batch_logits(const LogitsFn& logits, const Batch& batch) {
   if (!batch.document_ids.defined()) return logits(batch.tokens).to(at::kFloat).cpu();
-  std::vector<at::Tensor> rows;
-  for (int64_t r = 0; r < batch.tokens.size(0); ++r) {
-    const at::Tensor ids = batch.document_ids[r].contiguous();
-    const int64_t* id = ids.data_ptr<int64_t>();
-    const int64_t len = ids.numel();
-    std::vector<at::Tensor> parts;
-    for (int64_t start = 0, end = 0; start < len; start = end) {
-      for (end = start + 1; end < len && id[end] == id[start];) ++end;
-      parts.push_back(logits(batch.tokens[r].slice(0, start, end).unsqueeze(0)).to(at::kFloat).cpu()[0]);
-    }
-    rows.push_back(at::cat(parts, 0));
-  }
-  return at::stack(rows);
+  // Documents never span two rows, so the starts over all B x L positions cut the rows too.
+  const at::Tensor starts = PackedDocuments::from_ids(batch.document_ids, at::kCPU).starts;
+  const int64_t* start = starts.data_ptr<int64_t>();
+  const at::Tensor flat = batch.tokens.reshape({-1});
+  std::vector<at::Tensor> parts;
+  for (int64_t d = 0; d + 1 < starts.numel(); ++d)
+    parts.push_back(logits(flat.slice(0, start[d], start[d + 1]).unsqueeze(0)).to(at::kFloat).cpu()[0]);
+  return at::cat(parts, 0).view({batch.tokens.size(0), batch.tokens.size(1), -1});
 }
 
 }  // namespace
