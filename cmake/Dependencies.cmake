@@ -81,8 +81,23 @@ if(CONSA_TORCH_HAS_CUDA)
     target_include_directories(consa_torch INTERFACE ${CONSA_NCCL_INCLUDE_DIR})
   endif()
 endif()
-message(STATUS "consa: LibTorch ${Torch_VERSION}, CUDA kernels: ${CONSA_TORCH_HAS_CUDA}, "
-               "c10d Gloo: ${CONSA_WITH_GLOO}, NCCL: ${CONSA_WITH_NCCL}")
+# consa's own CUDA kernels (src/kernels/cuda/): where LibTorch has CUDA and nvcc is installed.
+# Elsewhere every fused operation runs its ATen math path (consa/kernels/fused_ops.h).
+set(CONSA_WITH_CUDA_KERNELS OFF)
+if(CONSA_TORCH_HAS_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR NOT CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90)  # Hopper first; pass -DCMAKE_CUDA_ARCHITECTURES for others
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(CONSA_WITH_CUDA_KERNELS ON)
+  endif()
+endif()
+message(STATUS "consa: LibTorch ${Torch_VERSION}, CUDA tests: ${CONSA_TORCH_HAS_CUDA}, CUDA kernels: "
+               "${CONSA_WITH_CUDA_KERNELS} (${CMAKE_CUDA_ARCHITECTURES}), c10d Gloo: ${CONSA_WITH_GLOO}, NCCL: ${CONSA_WITH_NCCL}")
 
 if(CONSA_BUILD_TESTS)
   find_package(Catch2 REQUIRED)

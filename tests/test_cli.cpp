@@ -251,6 +251,12 @@ TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli
   CHECK_THAT(err, !contains("warning"));
   REQUIRE(run_consa("validate " + tiny + " constraint.target=0.9", &out, &err) == 0);
   CHECK_THAT(err, !contains("warning"));
+  // Fused kernels where they cannot run: the CPU (and, in CPU builds, anywhere).
+  CHECK(run_consa("validate " + tiny + " model.kernels=fused", &out, &err) == 1);
+  CHECK_THAT(err, contains("model.kernels: fused"));
+  CHECK(lines(err) == 1);
+  REQUIRE(run_consa("validate " + tiny + " model.kernels=aten", &out, &err) == 0);
+  CHECK_THAT(out, contains("kernels: aten"));
 }
 
 TEST_CASE("consa bench train times every mode and counts model FLOPs in closed form", "[cli]") {

@@ -5,6 +5,7 @@
 #include "bench.h"
 #include "commands.h"
 #include "consa/core/error.h"
+#include "consa/kernels/fused_ops.h"
 #include "consa/eval/baselines.h"
 
 namespace consa::cli {
@@ -51,6 +52,7 @@ CausalLM random_model(const ModelConfig& config, at::Device device, at::ScalarTy
   CausalLM model(config, at::TensorOptions().dtype(at::kFloat));
   init_random_weights(model, 0.02, 0);
   model->to(device, dtype);
+  model->set_fused_kernels(use_fused_kernels(KernelImpl::Auto, device, "model.kernels"));
   return model;
 }
 

@@ -20,6 +20,7 @@
 #include "consa/data/token_shards.h"
 #include "consa/distributed/communicator.h"
 #include "consa/gate/attention_gates.h"
+#include "consa/kernels/fused_ops.h"
 #include "consa/train/trainer.h"
 
 namespace consa::cli {
@@ -194,7 +195,7 @@ TrainBenchResult time_training(CausalLM& model, const std::string& shape, const 
       stepper.step();
       wait_for_device(s.device);
       compat::stop_trace(s.trace_dir + "/" + shape + "_" + std::to_string(length) + "_" +
-                         bench_mode_name(mode) + ".json");
+                         bench_mode_name(mode) + (model->fused_kernels() ? "_fused" : "_aten") + ".json");
     }
   }
   remove_gates(model);
@@ -228,6 +229,7 @@ int bench_train(int argc, char** argv) {
       ("overlap-gate-updates", "stage 1: gates take their LM gradient one step late, so no step waits (--overlap-gate-updates=false: at once)", cxxopts::value<bool>()->default_value("true"))
       ("trace", "write a Chrome trace (CUDA kernels and operators) of one extra step per configuration into this folder", cxxopts::value<std::string>())
       ("attention", "auto, math, flash", cxxopts::value<std::string>()->default_value("auto"))
+      ("kernels", "model.kernels: aten, fused or auto; a list (aten,fused) times each, side by side", cxxopts::value<std::string>()->default_value("auto"))
       ("cross-entropy", "chunked (objective.chunked_cross_entropy) or full (whole logits)", cxxopts::value<std::string>()->default_value("full"))
       ("warmup", "untimed steps first", cxxopts::value<int64_t>()->default_value("2"))
       ("steps", "steps per timed repeat", cxxopts::value<int64_t>()->default_value("5"))
@@ -263,6 +265,11 @@ int bench_train(int argc, char** argv) {
   CONSA_CHECK(s.warmup >= 0 && s.steps > 0 && s.repeats > 0 && tokens_per_step > 0,
               "--warmup must be >= 0; --steps, --repeats and --tokens-per-step > 0");
   CONSA_CHECK(peak_flops > 0, "--peak-tflops must be > 0");
+  std::vector<KernelImpl> kernel_choices;
+  for (const std::string& k : parse_name_list(args["kernels"].as<std::string>())) {
+    kernel_choices.push_back(parse_kernel_impl(k));
+    use_fused_kernels(kernel_choices.back(), s.device, "--kernels");
+  }
   std::vector<BenchMode> modes;
   for (const std::string& m : parse_name_list(args["modes"].as<std::string>())) modes.push_back(parse_bench_mode(m));
   // Under torchrun / srun / a launcher every rank times its own GPU's step, through the same
@@ -280,7 +287,7 @@ int bench_train(int argc, char** argv) {
             << s.sparsity << ", gradient checkpointing " << (s.checkpointing ? "on" : "off") << ", gate updates "
             << (s.overlap_gate_updates ? "overlapped" : "at once") << ", "
             << s.repeats << " x " << s.steps << " timed steps after " << s.warmup << "\n\n"
-            << "shape        seq_len  batch  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense  comm ms\n";
+            << "shape        seq_len  batch  kernels  mode    step ms   tokens/s  TFLOP/s    MFU  peak GiB  vs dense  comm ms\n";
   nlohmann::json results = nlohmann::json::array();
   struct RemoveCorpus {
     std::string* path;
@@ -304,44 +311,49 @@ int bench_train(int argc, char** argv) {
     for (double length_value : lengths) {
       const int64_t length = static_cast<int64_t>(length_value);
       const int64_t batch = std::max<int64_t>(1, tokens_per_step / length);
-      double dense_seconds = 0;
-      for (BenchMode mode : modes) {
-        const TrainBenchResult r = time_training(model, shape, s, mode, length, batch, comm);
-        if (mode == BenchMode::Dense) dense_seconds = r.step_seconds;
-        const double tokens_per_s = static_cast<double>(batch * length) / r.step_seconds;
-        const double tflops = r.flops / r.step_seconds / 1e12;
-        const double mfu = r.flops / r.step_seconds / peak_flops;
-        std::ostringstream peak, ratio;
-        if (r.peak_bytes >= 0) peak << std::fixed << std::setprecision(2) << static_cast<double>(r.peak_bytes) / (1 << 30);
-        else peak << "-";
-        if (dense_seconds > 0) ratio << std::fixed << std::setprecision(3) << r.step_seconds / dense_seconds;
-        else ratio << "-";
-        out << std::left << std::setw(13) << shape << std::right << std::setw(7) << length << std::setw(7)
-                  << batch << "  " << std::left << std::setw(6) << bench_mode_name(mode) << std::right << std::fixed
-                  << std::setprecision(1) << std::setw(9) << 1e3 * r.step_seconds << std::setprecision(0)
-                  << std::setw(11) << tokens_per_s << std::setprecision(1) << std::setw(9) << tflops
-                  << std::setprecision(3) << std::setw(7) << mfu << std::setw(10) << peak.str()
-                  << std::setw(10) << ratio.str() << std::setprecision(2) << std::setw(9)
-                  << 1e3 * r.exposed_comm_seconds << "\n"
-                  << std::flush;
-        nlohmann::json row = {{"shape", shape}, {"seq_len", length}, {"batch", batch},
-                              {"mode", bench_mode_name(mode)}, {"step_ms", 1e3 * r.step_seconds},
-                              {"repeat_step_ms", nlohmann::json::array()}, {"tokens_per_s", tokens_per_s},
-                              {"model_flops_per_step", r.flops}, {"tflops", tflops}, {"mfu", mfu},
-                              {"peak_bytes", r.peak_bytes}, {"world_size", world},
-                              {"global_tokens_per_s", tokens_per_s * static_cast<double>(world)},
-                              {"exposed_comm_ms", 1e3 * r.exposed_comm_seconds}};
-        for (double t : r.repeat_step_seconds) row["repeat_step_ms"].push_back(1e3 * t);
-        if (dense_seconds > 0) row["step_vs_dense"] = r.step_seconds / dense_seconds;
-        if (r.single_rank_step_seconds > 0) {
-          // Weak scaling: each rank keeps the per-GPU batch, so ideal is the single rank's step time.
-          row["single_rank_step_ms"] = 1e3 * r.single_rank_step_seconds;
-          row["scaling_efficiency"] = r.single_rank_step_seconds / r.step_seconds;
-          out << "             world " << world << " vs 1 rank alone: " << std::setprecision(1) << 1e3 * r.single_rank_step_seconds
-              << " ms alone, scaling efficiency " << std::setprecision(3) << r.single_rank_step_seconds / r.step_seconds
-              << ", global tokens/s " << std::setprecision(0) << tokens_per_s * static_cast<double>(world) << "\n";
+      for (KernelImpl kernels : kernel_choices) {
+        model->set_fused_kernels(use_fused_kernels(kernels, s.device, "--kernels"));
+        double dense_seconds = 0;
+        for (BenchMode mode : modes) {
+          const TrainBenchResult r = time_training(model, shape, s, mode, length, batch, comm);
+          if (mode == BenchMode::Dense) dense_seconds = r.step_seconds;
+          const double tokens_per_s = static_cast<double>(batch * length) / r.step_seconds;
+          const double tflops = r.flops / r.step_seconds / 1e12;
+          const double mfu = r.flops / r.step_seconds / peak_flops;
+          std::ostringstream peak, ratio;
+          if (r.peak_bytes >= 0) peak << std::fixed << std::setprecision(2) << static_cast<double>(r.peak_bytes) / (1 << 30);
+          else peak << "-";
+          if (dense_seconds > 0) ratio << std::fixed << std::setprecision(3) << r.step_seconds / dense_seconds;
+          else ratio << "-";
+          out << std::left << std::setw(13) << shape << std::right << std::setw(7) << length << std::setw(7)
+                    << batch << "  " << std::left << std::setw(7) << kernel_impl_name(kernels) << "  " << std::setw(6)
+                    << bench_mode_name(mode) << std::right << std::fixed
+                    << std::setprecision(1) << std::setw(9) << 1e3 * r.step_seconds << std::setprecision(0)
+                    << std::setw(11) << tokens_per_s << std::setprecision(1) << std::setw(9) << tflops
+                    << std::setprecision(3) << std::setw(7) << mfu << std::setw(10) << peak.str()
+                    << std::setw(10) << ratio.str() << std::setprecision(2) << std::setw(9)
+                    << 1e3 * r.exposed_comm_seconds << "\n"
+                    << std::flush;
+          nlohmann::json row = {{"shape", shape}, {"seq_len", length}, {"batch", batch},
+                                {"mode", bench_mode_name(mode)}, {"kernels", kernel_impl_name(kernels)},
+                                {"fused_kernels", model->fused_kernels()}, {"step_ms", 1e3 * r.step_seconds},
+                                {"repeat_step_ms", nlohmann::json::array()}, {"tokens_per_s", tokens_per_s},
+                                {"model_flops_per_step", r.flops}, {"tflops", tflops}, {"mfu", mfu},
+                                {"peak_bytes", r.peak_bytes}, {"world_size", world},
+                                {"global_tokens_per_s", tokens_per_s * static_cast<double>(world)},
+                                {"exposed_comm_ms", 1e3 * r.exposed_comm_seconds}};
+          for (double t : r.repeat_step_seconds) row["repeat_step_ms"].push_back(1e3 * t);
+          if (dense_seconds > 0) row["step_vs_dense"] = r.step_seconds / dense_seconds;
+          if (r.single_rank_step_seconds > 0) {
+            // Weak scaling: each rank keeps the per-GPU batch, so ideal is the single rank's step time.
+            row["single_rank_step_ms"] = 1e3 * r.single_rank_step_seconds;
+            row["scaling_efficiency"] = r.single_rank_step_seconds / r.step_seconds;
+            out << "             world " << world << " vs 1 rank alone: " << std::setprecision(1) << 1e3 * r.single_rank_step_seconds
+                << " ms alone, scaling efficiency " << std::setprecision(3) << r.single_rank_step_seconds / r.step_seconds
+                << ", global tokens/s " << std::setprecision(0) << tokens_per_s * static_cast<double>(world) << "\n";
+          }
+          results.push_back(row);
         }
-        results.push_back(row);
       }
     }
   }

@@ -12,6 +12,7 @@
 #include "consa/core/error.h"
 #include "consa/data/token_sources.h"
 #include "consa/distributed/local_launcher.h"
+#include "consa/kernels/fused_ops.h"
 #include "consa/load/hf_config.h"
 #include "consa/train/trainer.h"
 
@@ -121,6 +122,8 @@ int run_validate(int argc, char** argv) {
   if (!parse_or_help(options, argc, argv, args)) return 0;
   RecipeArgs ra = recipe_args(args, "validate");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
+  use_fused_kernels(parse_kernel_impl(recipe.model.kernels), at::Device(recipe.model.device),
+                    recipe.source + ": model.kernels");
   const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
   if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
   // Open every data source, so that format errors show before a run; ids are checked against the

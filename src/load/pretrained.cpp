@@ -105,8 +105,10 @@ CausalLM load_pretrained(const std::string& dir, const LoadOptions& options) {
   CheckpointTensors weights = CheckpointTensors::open(dir);
   check_shapes_before_allocating(config, weights, dir);
 
+  const bool fused = use_fused_kernels(options.kernels, options.device, options.kernels_key);
   CausalLM model(config, at::TensorOptions().dtype(dtype).device(options.device));
   model->set_attention_backend(make_attention_backend(options.attention));
+  model->set_fused_kernels(fused);
 
   at::NoGradGuard no_grad;
   for (auto& item : model->named_parameters()) {

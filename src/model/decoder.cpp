@@ -10,6 +10,7 @@
 #include "consa/core/device.h"
 #include "consa/core/error.h"
 #include "consa/core/strings.h"
+#include "consa/kernels/fused_ops.h"
 
 namespace consa {
 
@@ -46,7 +47,7 @@ ProjectedQKV SelfAttentionImpl::project(const at::Tensor& x, const RopeTables& r
     q = q_norm->forward(q);
     k = k_norm->forward(k);
   }
-  return {apply_rope(q, rope), apply_rope(k, rope), v};
+  return {apply_rope(q, rope, fused_kernels), apply_rope(k, rope, fused_kernels), v};
 }
 
 at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv, const PackedDocuments& documents) const {
@@ -107,11 +108,12 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv, const Packed
   at::Tensor full = branch(need_fa, AttentionSpan::full());
   at::Tensor swa = branch(need_swa, swa_span);
   const at::Tensor& like = full.defined() ? full : swa;
-  at::Tensor z = to_device_async(fa_weight, like.device()).to(like.scalar_type()).view({1, 1, num_heads, 1});
+  const at::Tensor z_device = to_device_async(fa_weight, like.device());
+  at::Tensor z = z_device.to(like.scalar_type()).view({1, 1, num_heads, 1});
   if (!swa.defined()) return full * z;
   if (!full.defined()) return swa * (1 - z);
   // z * FA + (1 - z) * SWA in one kernel; lerp gives exactly FA at z == 1 and SWA at z == 0.
-  return at::lerp(swa, full, z);
+  return kernels::gated_mix(full, swa, z_device, fused_kernels);
 }
 
 void SelfAttentionImpl::set_gate_weights(at::Tensor weights, at::Tensor on_host) {
@@ -143,8 +145,10 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer,
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& hidden, const RopeTables& rope,
                                      const PackedDocuments& documents) {
-  at::Tensor h = hidden + self_attn->forward(input_layernorm->forward(hidden), rope, documents);
-  return h + mlp->forward(post_attention_layernorm->forward(h));
+  const at::Tensor attended = self_attn->forward(input_layernorm->forward(hidden), rope, documents);
+  const RMSNormImpl& norm = *post_attention_layernorm;
+  auto [h, normed] = kernels::add_rms_norm(attended, hidden, norm.weight, norm.eps, norm.fused_kernels);
+  return h + mlp->forward(normed);
 }
 
 DecoderStackImpl::DecoderStackImpl(const ModelConfig& c, const at::TensorOptions& options) {
@@ -259,6 +263,15 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& 
 
 void CausalLMImpl::set_attention_backend(std::shared_ptr<const AttentionBackend> backend) {
   for (auto& layer : model->layer_list) layer->self_attn->backend = backend;
+}
+
+void CausalLMImpl::set_fused_kernels(bool on) {
+  for (auto& layer : model->layer_list) {
+    layer->input_layernorm->fused_kernels = layer->post_attention_layernorm->fused_kernels = on;
+    layer->mlp->fused_kernels = layer->self_attn->fused_kernels = on;
+    if (layer->self_attn->q_norm) layer->self_attn->q_norm->fused_kernels = layer->self_attn->k_norm->fused_kernels = on;
+  }
+  model->norm->fused_kernels = on;
 }
 
 int64_t CausalLMImpl::parameter_count() const {

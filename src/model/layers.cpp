@@ -1,5 +1,7 @@
 #include "consa/model/layers.h"
 
+#include "consa/kernels/fused_ops.h"
+
 namespace consa {
 
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias,
@@ -17,9 +19,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const at::TensorOptions& opti
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) const {
-  at::Tensor h = x.to(at::kFloat);
-  h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * h.to(x.scalar_type());
+  return kernels::rms_norm(x, weight, eps, fused_kernels);
 }
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate, const at::TensorOptions& options) {
@@ -29,7 +29,7 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate, const at::TensorOptions& 
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) const {
-  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  return down_proj->forward(kernels::swiglu(gate_proj->forward(x), up_proj->forward(x), fused_kernels));
 }
 
 }  // namespace consa

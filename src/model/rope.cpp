@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "consa/core/device.h"
+#include "consa/kernels/fused_ops.h"
 
 namespace consa {
 
@@ -38,12 +39,8 @@ RopeTables rope_tables(const at::Tensor& inv_freq, int64_t offset, int64_t lengt
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& tables) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  at::Tensor cos = tables.cos.unsqueeze(1);  // [L, 1, D] broadcasts over heads
-  at::Tensor sin = tables.sin.unsqueeze(1);
-  return x * cos + rotated * sin;
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& tables, bool fused) {
+  return kernels::rope(x, tables.cos, tables.sin, fused);
 }
 
 }  // namespace consa

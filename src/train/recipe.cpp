@@ -221,6 +221,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   CONSA_CHECK(r.model.device == "cpu" || r.model.device.rfind("cuda", 0) == 0, file,
               ": model.device: '", r.model.device, "' is not allowed; allowed: cpu, cuda, cuda:N");
   r.model.attention = model.text("attention", r.model.attention, {"auto", "math", "flash"});
+  r.model.kernels = model.text("kernels", r.model.kernels, {"auto", "aten", "fused"});
   model.finish();
 
   Section gates = top.child("gates");
@@ -356,7 +357,8 @@ std::string recipe_to_yaml(const Recipe& r) {
   out << YAML::BeginMap;
   out << YAML::Key << "model" << YAML::Value << YAML::BeginMap << YAML::Key << "path" << YAML::Value << r.model.path
       << YAML::Key << "dtype" << YAML::Value << r.model.dtype << YAML::Key << "device" << YAML::Value << r.model.device
-      << YAML::Key << "attention" << YAML::Value << r.model.attention << YAML::EndMap;
+      << YAML::Key << "attention" << YAML::Value << r.model.attention << YAML::Key << "kernels" << YAML::Value
+      << r.model.kernels << YAML::EndMap;
   const HardConcreteOptions& hc = r.gates.hard_concrete;
   out << YAML::Key << "gates" << YAML::Value << YAML::BeginMap << YAML::Key << "unit" << YAML::Value
       << gate_unit_name(r.gates.unit) << YAML::Key << "window" << YAML::Value << r.gates.swa.window << YAML::Key
@@ -427,7 +429,7 @@ std::string recipe_to_yaml(const Recipe& r) {
 
 // data.batch_size, optimizer.accumulation and the sharding keys have checks of their own at
 // resume (the global batch, the optimizer shards' layout), which allow a change of world size.
-const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "train.steps", "train.log_every",
+const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "model.kernels", "train.steps", "train.log_every",
                                        "train.keep_prob_every", "train.checkpoint_every", "train.gradient_checkpointing",
                                        "recover.steps", "export.rule", "export.kv_context", "output.dir",
                                        "data.batch_size", "optimizer.accumulation", "distributed.shard_optimizer",

@@ -276,6 +276,8 @@ LoadOptions model_load_options(const Recipe& r) {
               " requested but no CUDA device is available");
   load.device = at::Device(r.model.device);
   load.attention = parse_attention_impl(r.model.attention);
+  load.kernels = parse_kernel_impl(r.model.kernels);
+  load.kernels_key = r.source + ": model.kernels";
   return load;
 }
 

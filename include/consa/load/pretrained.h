@@ -5,6 +5,7 @@
 #include <string>
 
 #include "consa/attention/attention.h"
+#include "consa/kernels/fused_ops.h"
 #include "consa/model/decoder.h"
 
 namespace consa {
@@ -13,6 +14,8 @@ struct LoadOptions {
   c10::optional<at::ScalarType> dtype;  // default: the checkpoint's stored dtype
   at::Device device = at::kCPU;
   AttentionImpl attention = AttentionImpl::Auto;
+  KernelImpl kernels = KernelImpl::Auto;  // fused CUDA kernels (consa/kernels/fused_ops.h)
+  std::string kernels_key = "model.kernels";  // names the setting in a refusal of `fused`
 };
 
 // Reads config.json and the weights (single file or sharded). Every parameter must be present

@@ -62,6 +62,7 @@ class SelfAttentionImpl : public torch::nn::Module {
   // branch its weight zeroes can then be skipped even while the gates train.
   bool saturated_gates_have_no_gradient = false;
   std::shared_ptr<const AttentionBackend> backend;
+  bool fused_kernels = false;  // RoPE in one CUDA kernel where it runs (CausalLMImpl::set_fused_kernels)
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
@@ -108,6 +109,10 @@ class CausalLMImpl : public torch::nn::Module {
   int64_t num_layers() const { return config_.num_layers; }
   SelfAttentionImpl& attention(int64_t layer) { return *model->layer_list.at(layer)->self_attn; }
   void set_attention_backend(std::shared_ptr<const AttentionBackend> backend);
+  // RMSNorm with its residual add, SwiGLU and RoPE as consa's CUDA kernels (on a GPU, in a build
+  // that has them; consa/kernels/fused_ops.h) or as ATen ops.
+  void set_fused_kernels(bool on);
+  bool fused_kernels() const { return model->norm->fused_kernels; }
   // Per-layer gradient checkpointing: under autograd, each layer keeps only its input and
   // recomputes its activations during backward (less memory, one more forward per layer).
   void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }

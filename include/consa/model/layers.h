@@ -31,6 +31,7 @@ class RMSNormImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) const;
   at::Tensor weight;  // [dim]
   double eps;
+  bool fused_kernels = false;  // consa/kernels/fused_ops.h: one CUDA kernel where it runs
 };
 TORCH_MODULE(RMSNorm);
 
@@ -40,6 +41,7 @@ class MlpImpl : public torch::nn::Module {
   MlpImpl(int64_t hidden, int64_t intermediate, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x) const;
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  bool fused_kernels = false;  // silu(gate) * up in one CUDA kernel where it runs
 };
 TORCH_MODULE(Mlp);
 

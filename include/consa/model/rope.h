@@ -18,7 +18,8 @@ struct RopeTables {
 RopeTables rope_tables(const at::Tensor& inv_freq, int64_t offset, int64_t length,
                        at::ScalarType dtype, at::Device device);
 
-// x [B, L, H, D] rotated by tables [L, D].
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& tables);
+// x [B, L, H, D] rotated by tables [L, D]; `fused`: in one CUDA kernel where it runs
+// (consa/kernels/fused_ops.h).
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& tables, bool fused = false);
 
 }  // namespace consa

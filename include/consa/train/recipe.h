@@ -24,6 +24,7 @@ struct Recipe {
     std::string dtype = "float32";  // float32 | bfloat16 (weights; gates, lambdas stay fp32)
     std::string device = "cpu";     // cpu | cuda | cuda:N
     std::string attention = "auto";  // auto | math | flash
+    std::string kernels = "auto";    // auto | aten | fused (consa/kernels/fused_ops.h)
   } model;
 
   GateOptions gates;          // unit, swa window/sinks, hard-concrete constants

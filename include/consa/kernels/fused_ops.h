@@ -1,0 +1,49 @@
+#pragma once
+// The decoder's elementwise chains as single operations: RMSNorm (with the residual add before
+// it), SwiGLU's product and RoPE. Where consa is built with its CUDA kernels (src/kernels/cuda/)
+// and the tensors are on a GPU, each runs as one kernel forward and one backward; everywhere
+// else, and for inputs the kernels do not take, as the ATen ops of the math path. Both compute
+// the same function: the kernels keep the math path's roundings to the model's dtype where it
+// stores an intermediate, and accumulate in fp32 (docs/performance.md gives the tolerances).
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <utility>
+
+namespace consa {
+
+// model.kernels: auto takes the fused kernels wherever they run (a CUDA build, a GPU model),
+// aten always the math path, fused insists on the kernels.
+enum class KernelImpl { Auto, Aten, Fused };
+KernelImpl parse_kernel_impl(const std::string& name);
+const char* kernel_impl_name(KernelImpl impl);
+
+// Whether this build carries the CUDA kernels.
+bool fused_kernels_built();
+
+// Whether a model on `device` runs the fused kernels under `impl`. Fused where they cannot run
+// is refused with an error naming `where` (the recipe key or flag).
+bool use_fused_kernels(KernelImpl impl, const at::Device& device, const std::string& where);
+
+namespace kernels {
+
+// weight * round(x * rsqrt(mean(x^2) + eps)) over the last dimension, normalised in fp32.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool fused);
+
+// {s, rms_norm(s)} with s = x + residual: a decoder layer's residual add and the norm after it.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                               const at::Tensor& weight, double eps, bool fused);
+
+// silu(gate) * up.
+at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up, bool fused);
+
+// x * cos + rotate_half(x) * sin for x [B, L, H, D] and tables cos, sin [L, D].
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool fused);
+
+// The gated FA/SWA mix lerp(swa, full, z[h]) of heads [B, L, H, D] with gates z [H] (fp32, on
+// the heads' device). The math path mixes with z rounded to the heads' dtype; the kernel mixes
+// and returns dz in fp32.
+at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z, bool fused);
+
+}  // namespace kernels
+}  // namespace consa

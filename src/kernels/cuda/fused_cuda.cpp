@@ -1,0 +1,131 @@
+#include "fused_cuda.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "consa/core/error.h"
+#include "launchers.h"
+
+namespace consa::kernels::detail {
+
+namespace {
+
+cuda::ElementType element_type(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return cuda::ElementType::Float32;
+    case at::kHalf: return cuda::ElementType::Float16;
+    case at::kBFloat16: return cuda::ElementType::BFloat16;
+    default: fail("consa's CUDA kernels: unsupported element type ", c10::toString(type));
+  }
+}
+
+void* current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+void check_launch(const char* error, const char* kernel) {
+  CONSA_CHECK(error == nullptr, "CUDA kernel ", kernel, " failed: ", error);
+}
+
+const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+}  // namespace
+
+bool cuda_kernels_take(std::initializer_list<at::Tensor> tensors, int64_t dim, int64_t max_dim) {
+  const at::Tensor& first = *tensors.begin();
+  const at::ScalarType type = first.scalar_type();
+  if (type != at::kFloat && type != at::kHalf && type != at::kBFloat16) return false;
+  if (dim <= 0 || dim > max_dim || (dim * static_cast<int64_t>(first.element_size())) % 16 != 0) return false;
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined()) continue;
+    if (!t.is_cuda() || t.device() != first.device() || t.scalar_type() != type || !t.is_contiguous() ||
+        reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0)
+      return false;
+  }
+  return true;
+}
+
+RmsNormOutputs rms_norm_forward_cuda(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                     double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t dim = x.size(-1), rows = x.numel() / dim;
+  RmsNormOutputs out;
+  out.y = at::empty(x.sizes(), x.options());
+  if (residual.defined()) out.sum = at::empty(x.sizes(), x.options());
+  out.rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  check_launch(cuda::rms_norm_forward(element_type(x.scalar_type()), x.data_ptr(), data_or_null(residual),
+                                      weight.data_ptr(), out.y.data_ptr(), out.sum.defined() ? out.sum.data_ptr() : nullptr,
+                                      out.rstd.data_ptr<float>(), rows, dim, static_cast<float>(eps), current_stream(x)),
+               "rms_norm_forward");
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& sum_grad,
+                                                         const at::Tensor& input, const at::Tensor& rstd,
+                                                         const at::Tensor& weight) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t dim = input.size(-1), rows = input.numel() / dim;
+  const cuda::ElementType type = element_type(input.scalar_type());
+  at::Tensor input_grad = at::empty(input.sizes(), input.options());
+  at::Tensor partial = at::empty({cuda::rms_norm_backward_blocks(type, rows, dim), dim}, input.options().dtype(at::kFloat));
+  check_launch(cuda::rms_norm_backward(type, dy.data_ptr(), data_or_null(sum_grad), input.data_ptr(),
+                                       rstd.data_ptr<float>(), weight.data_ptr(), input_grad.data_ptr(),
+                                       partial.data_ptr<float>(), rows, dim, current_stream(input)),
+               "rms_norm_backward");
+  return {input_grad, partial.sum(0).to(weight.scalar_type())};
+}
+
+at::Tensor swiglu_forward_cuda(const at::Tensor& gate, const at::Tensor& up) {
+  const c10::cuda::CUDAGuard guard(gate.device());
+  at::Tensor y = at::empty(gate.sizes(), gate.options());
+  check_launch(cuda::swiglu_forward(element_type(gate.scalar_type()), gate.data_ptr(), up.data_ptr(), y.data_ptr(),
+                                    gate.numel(), current_stream(gate)),
+               "swiglu_forward");
+  return y;
+}
+
+std::pair<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& dy, const at::Tensor& gate,
+                                                       const at::Tensor& up) {
+  const c10::cuda::CUDAGuard guard(gate.device());
+  at::Tensor gate_grad = at::empty(gate.sizes(), gate.options());
+  at::Tensor up_grad = at::empty(up.sizes(), up.options());
+  check_launch(cuda::swiglu_backward(element_type(gate.scalar_type()), dy.data_ptr(), gate.data_ptr(), up.data_ptr(),
+                                     gate_grad.data_ptr(), up_grad.data_ptr(), gate.numel(), current_stream(gate)),
+               "swiglu_backward");
+  return {gate_grad, up_grad};
+}
+
+at::Tensor rope_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool transpose) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  check_launch(cuda::rope(element_type(x.scalar_type()), x.data_ptr(), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
+                          x.size(0), x.size(1), x.size(2), x.size(3), transpose, current_stream(x)),
+               "rope");
+  return out;
+}
+
+at::Tensor gated_mix_forward_cuda(const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z) {
+  const c10::cuda::CUDAGuard guard(full.device());
+  at::Tensor out = at::empty(full.sizes(), full.options());
+  const int64_t heads = full.size(2), dim = full.size(3);
+  check_launch(cuda::gated_mix_forward(element_type(full.scalar_type()), full.data_ptr(), swa.data_ptr(),
+                                       z.data_ptr<float>(), out.data_ptr(), full.numel() / (heads * dim), heads, dim,
+                                       current_stream(full)),
+               "gated_mix_forward");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at::Tensor& dy, const at::Tensor& full,
+                                                                       const at::Tensor& swa, const at::Tensor& z) {
+  const c10::cuda::CUDAGuard guard(full.device());
+  const int64_t heads = full.size(2), dim = full.size(3), positions = full.numel() / (heads * dim);
+  at::Tensor full_grad = at::empty(full.sizes(), full.options());
+  at::Tensor swa_grad = at::empty(swa.sizes(), swa.options());
+  at::Tensor partial = at::empty({cuda::gated_mix_backward_blocks(positions), heads}, z.options());
+  check_launch(cuda::gated_mix_backward(element_type(full.scalar_type()), dy.data_ptr(), full.data_ptr(),
+                                        swa.data_ptr(), z.data_ptr<float>(), full_grad.data_ptr(), swa_grad.data_ptr(),
+                                        partial.data_ptr<float>(), positions, heads, dim, current_stream(full)),
+               "gated_mix_backward");
+  return {full_grad, swa_grad, partial.sum(0)};
+}
+
+}  // namespace consa::kernels::detail

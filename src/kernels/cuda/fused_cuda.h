@@ -1,0 +1,36 @@
+#pragma once
+// consa's CUDA kernels on tensors (fused_cuda.cpp): allocation, the current stream and the
+// launch. Callers (src/kernels/fused_ops.cpp) have checked fused_supported() first.
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace consa::kernels::detail {
+
+// Whether the kernels take these tensors as they are: CUDA, one floating type, contiguous,
+// 16-byte aligned, and a last dimension of whole 16-byte packs (within `max_dim`).
+bool cuda_kernels_take(std::initializer_list<at::Tensor> tensors, int64_t dim, int64_t max_dim);
+
+struct RmsNormOutputs {
+  at::Tensor y, sum, rstd;  // sum: only with a residual
+};
+RmsNormOutputs rms_norm_forward_cuda(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                     double eps);
+// {gradient of the normalised input s (plus sum_grad where defined), gradient of the weight}
+std::pair<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& sum_grad,
+                                                         const at::Tensor& input, const at::Tensor& rstd,
+                                                         const at::Tensor& weight);
+
+at::Tensor swiglu_forward_cuda(const at::Tensor& gate, const at::Tensor& up);
+std::pair<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& dy, const at::Tensor& gate,
+                                                       const at::Tensor& up);
+
+// x [B, L, H, D], cos/sin [L, D]; transpose: the backward's adjoint rotation.
+at::Tensor rope_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool transpose);
+
+// full/swa [B, L, H, D], z [H] fp32; backward returns {full_grad, swa_grad, z_grad (fp32)}.
+at::Tensor gated_mix_forward_cuda(const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at::Tensor& dy, const at::Tensor& full,
+                                                                       const at::Tensor& swa, const at::Tensor& z);
+
+}  // namespace consa::kernels::detail

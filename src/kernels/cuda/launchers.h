@@ -1,0 +1,54 @@
+#pragma once
+// Host entry points of consa's CUDA kernels (the .cu files beside this one), on raw device
+// pointers and without any LibTorch or CUDA header, so that the kernels compile with nvcc alone
+// and their callers (fused_cuda.cpp) with the host compiler alone. Every tensor is contiguous and
+// of one element type; `stream` is a cudaStream_t. Launch errors are returned as CUDA's message
+// (nullptr on success).
+#include <cstdint>
+
+namespace consa::kernels::cuda {
+
+enum class ElementType { Float32, Float16, BFloat16 };
+
+// RMSNorm over the last dimension of x [rows, dim], as the math path rounds it:
+//   s = residual ? round(x + residual) : x;  n = round(s * rsqrt(mean(s^2) + eps));  y = round(w * n)
+// Writes y, s (only when residual is given) and rstd [rows] (fp32, for the backward).
+// dim must be a multiple of 16 bytes' worth of elements.
+const char* rms_norm_forward(ElementType type, const void* x, const void* residual, const void* weight, void* y,
+                             void* sum, float* rstd, int64_t rows, int64_t dim, float eps, void* stream);
+
+// The number of row blocks rms_norm_backward splits the rows into; weight_grad_partial holds one
+// fp32 row of dim per block, which the caller sums.
+int64_t rms_norm_backward_blocks(ElementType type, int64_t rows, int64_t dim);
+
+// From dy (and sum_grad, the gradient reaching s directly, or null): input_grad = ds and the
+// per-block partial sums of the weight's gradient. `input` is s as the forward normalised it.
+const char* rms_norm_backward(ElementType type, const void* dy, const void* sum_grad, const void* input,
+                              const float* rstd, const void* weight, void* input_grad, float* weight_grad_partial,
+                              int64_t rows, int64_t dim, void* stream);
+
+// SwiGLU's product y = round(round(silu(gate)) * up) over n elements, and its backward.
+const char* swiglu_forward(ElementType type, const void* gate, const void* up, void* y, int64_t n, void* stream);
+const char* swiglu_backward(ElementType type, const void* dy, const void* gate, const void* up, void* gate_grad,
+                            void* up_grad, int64_t n, void* stream);
+
+// Rotary embedding of x [batch, length, heads, dim] with tables cos/sin [length, dim]:
+//   out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1],
+// computed in fp32 and rounded once. `transpose` applies the adjoint map instead (the backward:
+// dx = dy * cos + rotate_half^T(dy * sin)). dim / 2 must be a multiple of 16 bytes' worth of
+// elements.
+const char* rope(ElementType type, const void* x, const void* cos, const void* sin, void* out, int64_t batch,
+                 int64_t length, int64_t heads, int64_t dim, bool transpose, void* stream);
+
+// The gated FA/SWA mix out = lerp(swa, full, z[h]) over full/swa [positions, heads, dim] with
+// fp32 gates z [heads], and its backward: full_grad = dy z, swa_grad = dy (1 - z), and per block
+// of gated_mix_backward_blocks(positions) one fp32 row [heads] of dz = sum dy (full - swa),
+// which the caller sums. dim must be a multiple of 16 bytes' worth of elements.
+const char* gated_mix_forward(ElementType type, const void* full, const void* swa, const float* z, void* out,
+                              int64_t positions, int64_t heads, int64_t dim, void* stream);
+int64_t gated_mix_backward_blocks(int64_t positions);
+const char* gated_mix_backward(ElementType type, const void* dy, const void* full, const void* swa, const float* z,
+                               void* full_grad, void* swa_grad, float* z_grad_partial, int64_t positions,
+                               int64_t heads, int64_t dim, void* stream);
+
+}  // namespace consa::kernels::cuda

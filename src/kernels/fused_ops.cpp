@@ -1,0 +1,188 @@
+#include "consa/kernels/fused_ops.h"
+
+#include <ATen/ATen.h>
+
+#include "consa/core/enum_names.h"
+#include "consa/core/error.h"
+
+#ifndef CONSA_WITH_CUDA_KERNELS  // set by CMake where src/kernels/cuda/ is built
+#define CONSA_WITH_CUDA_KERNELS 0
+#endif
+#if CONSA_WITH_CUDA_KERNELS
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "cuda/fused_cuda.h"
+#endif
+
+namespace consa {
+
+namespace {
+constexpr EnumName<KernelImpl> kKernelImpls[] = {
+    {KernelImpl::Auto, "auto"}, {KernelImpl::Aten, "aten"}, {KernelImpl::Fused, "fused"}};
+}  // namespace
+
+KernelImpl parse_kernel_impl(const std::string& name) { return parse_enum(kKernelImpls, name, "kernel choice"); }
+
+const char* kernel_impl_name(KernelImpl impl) { return enum_name(kKernelImpls, impl); }
+
+bool fused_kernels_built() { return CONSA_WITH_CUDA_KERNELS != 0; }
+
+bool use_fused_kernels(KernelImpl impl, const at::Device& device, const std::string& where) {
+  if (impl == KernelImpl::Aten) return false;
+  const bool runnable = fused_kernels_built() && device.is_cuda();
+  if (impl == KernelImpl::Fused) {
+    CONSA_CHECK(fused_kernels_built(), where, ": fused needs a build of consa with its CUDA kernels (CUDA LibTorch and nvcc); ",
+                "this build has none; use auto or aten");
+    CONSA_CHECK(device.is_cuda(), where, ": fused runs on a GPU, but the model is on ", device.str(),
+                "; use auto or aten");
+  }
+  return runnable;
+}
+
+namespace kernels {
+
+namespace {
+
+at::Tensor rms_norm_math(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+at::Tensor rope_math(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);  // [L, 1, D] broadcasts over heads
+}
+
+#if CONSA_WITH_CUDA_KERNELS
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The backward kernel gathers the weight gradient in shared memory: one fp32 per column.
+constexpr int64_t kMaxNormDim = 8192;
+
+struct RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
+    detail::RmsNormOutputs out = detail::rms_norm_forward_cuda(x, at::Tensor(), weight, eps);
+    ctx->save_for_backward({x, out.rstd, weight});
+    return out.y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    auto [input_grad, weight_grad] =
+        detail::rms_norm_backward_cuda(grads[0].contiguous(), at::Tensor(), saved[0], saved[1], saved[2]);
+    return {input_grad, weight_grad, at::Tensor()};
+  }
+};
+
+// Outputs {s, y}; s's own gradient (from the residual stream) joins the norm's in the kernel.
+struct AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& residual,
+                               const at::Tensor& weight, double eps) {
+    detail::RmsNormOutputs out = detail::rms_norm_forward_cuda(x, residual, weight, eps);
+    ctx->save_for_backward({out.sum, out.rstd, weight});
+    return {out.sum, out.y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor sum_grad = grads[0].defined() ? grads[0].contiguous() : at::Tensor();
+    const at::Tensor norm_grad = grads[1].defined() ? grads[1].contiguous() : at::zeros_like(saved[0]);
+    auto [input_grad, weight_grad] = detail::rms_norm_backward_cuda(norm_grad, sum_grad, saved[0], saved[1], saved[2]);
+    return {input_grad, input_grad, weight_grad, at::Tensor()};
+  }
+};
+
+struct SwigluFunction : public torch::autograd::Function<SwigluFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
+    ctx->save_for_backward({gate, up});
+    return detail::swiglu_forward_cuda(gate, up);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    auto [gate_grad, up_grad] = detail::swiglu_backward_cuda(grads[0].contiguous(), saved[0], saved[1]);
+    return {gate_grad, up_grad};
+  }
+};
+
+struct RopeFunction : public torch::autograd::Function<RopeFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    return detail::rope_cuda(x, cos, sin, /*transpose=*/false);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    return {detail::rope_cuda(grads[0].contiguous(), saved[0], saved[1], /*transpose=*/true), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct GatedMixFunction : public torch::autograd::Function<GatedMixFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z) {
+    ctx->save_for_backward({full, swa, z});
+    return detail::gated_mix_forward_cuda(full, swa, z);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    auto [full_grad, swa_grad, z_grad] = detail::gated_mix_backward_cuda(grads[0].contiguous(), saved[0], saved[1], saved[2]);
+    return {full_grad, swa_grad, z_grad};
+  }
+};
+
+bool norm_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& residual = {}) {
+  const int64_t dim = x.size(-1);
+  return weight.dim() == 1 && weight.size(0) == dim && (!residual.defined() || residual.sizes() == x.sizes()) &&
+         detail::cuda_kernels_take({x, weight, residual}, dim, kMaxNormDim);
+}
+#endif
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && norm_takes(x, weight)) return RmsNormFunction::apply(x, weight, eps);
+#endif
+  return rms_norm_math(x, weight, eps);
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                               const at::Tensor& weight, double eps, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && norm_takes(x, weight, residual)) {
+    variable_list out = AddRmsNormFunction::apply(x, residual, weight, eps);
+    return {out[0], out[1]};
+  }
+#endif
+  at::Tensor sum = x + residual;
+  return {sum, rms_norm_math(sum, weight, eps)};
+}
+
+at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  // Elementwise: any length works, so the pack check is on one element's 16 bytes.
+  if (fused && gate.sizes() == up.sizes() && detail::cuda_kernels_take({gate, up}, 16 / gate.element_size(), 16))
+    return SwigluFunction::apply(gate, up);
+#endif
+  return at::silu(gate) * up;
+}
+
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && x.dim() == 4 && cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) == x.size(1) &&
+      cos.size(1) == x.size(3) && x.size(3) % 2 == 0 && detail::cuda_kernels_take({x, cos, sin}, x.size(3) / 2, 1 << 16))
+    return RopeFunction::apply(x, cos, sin);
+#endif
+  return rope_math(x, cos, sin);
+}
+
+at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && full.dim() == 4 && full.sizes() == swa.sizes() && z.scalar_type() == at::kFloat && z.dim() == 1 &&
+      z.size(0) == full.size(2) && z.is_contiguous() && z.device() == full.device() &&
+      full.size(2) <= 1024 && detail::cuda_kernels_take({full, swa}, full.size(3), 1 << 16))
+    return GatedMixFunction::apply(full, swa, z);
+#endif
+  return at::lerp(swa, full, z.to(full.scalar_type()).view({1, 1, -1, 1}));
+}
+
+}  // namespace kernels
+}  // namespace consa
