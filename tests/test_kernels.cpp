@@ -48,9 +48,10 @@ TEST_CASE("fused operations' math path equals each formula in fp64", "[model]") 
       summed_err = std::max(summed_err, std::abs(summed_norm[i][j].item<double>() - want));
     }
   }
-  CHECK(norm_err < 1e-12);
+  // RMSNorm normalises in fp32 whatever the input's dtype, as transformers does.
+  CHECK(norm_err < 1e-6);
   CHECK(sum_err < 1e-12);
-  CHECK(summed_err < 1e-12);
+  CHECK(summed_err < 1e-6);
 
   at::Tensor g = at::randn({5, 9}, f64), u = at::randn({5, 9}, f64);
   at::Tensor want = g / (1 + at::exp(-g)) * u;
