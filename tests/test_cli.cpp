@@ -259,6 +259,36 @@ TEST_CASE("consa validate prints the resolved recipe or a one-line error", "[cli
   CHECK_THAT(out, contains("kernels: aten"));
 }
 
+TEST_CASE("consa validate turns a KV budget into its SWA fraction, or refuses it in one line", "[cli]") {
+  std::string out, err;
+  const std::string model = " model.path=" + fixture("qwen3_norm");
+  const std::string tiny = std::string(CONSA_SOURCE_DIR) + "/recipes/tiny_cpu.yaml" + model;
+  CHECK(run_consa("validate " + tiny + " constraint.kv_budget.bytes=1MiB constraint.kv_budget.context=1024", &out, &err) == 1);
+  CHECK_THAT(err, contains("constraint.target and constraint.kv_budget both set"));
+  // 2 layers x 2 KV heads x head_dim 24 in bf16: 96 bytes a position per unit; at 1,024 tokens
+  // the dense cache is 393,216 bytes and the all-SWA one (window 8) 3,072.
+  const std::string dir = scratch_dir("budget_recipe");
+  std::string text = read_text(std::string(CONSA_SOURCE_DIR) + "/recipes/tiny_cpu.yaml");
+  const size_t at = text.find("  target: 0.5\n");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, 14, "  kv_budget: {bytes: 198144, context: 1024}\n");
+  write_text(dir + "/r.yaml", text);
+  const std::string budget = dir + "/r.yaml" + model;
+  REQUIRE(run_consa("validate " + budget, &out, &err) == 0);
+  CHECK_THAT(out, contains("# constraint.kv_budget: 198144 bytes at 1024 tokens = SWA fraction 0.5 of 4 units "
+                           "(dense 393216 bytes, all SWA 3072)"));
+  CHECK_THAT(out, contains("kv_budget:") && !contains("target:"));
+  CHECK(run_consa("validate " + budget + " constraint.kv_budget.bytes=3000", &out, &err) == 1);
+  CHECK_THAT(err, contains("constraint.kv_budget: 3000 bytes at 1024 tokens is below the 3072 bytes"));
+  CHECK(lines(err) == 1);
+  CHECK(run_consa("validate " + budget + " gates.unit=head", &out, &err) == 1);
+  CHECK_THAT(err, contains("constraint.kv_budget: needs gates.unit layer or kv_head"));
+  CHECK(run_consa("validate " + budget + " constraint.kv_budget.context=8", &out, &err) == 1);
+  CHECK_THAT(err, contains("context 8 is within the window 8"));
+  CHECK(run_consa("validate " + budget + " constraint.kv_budget.bytes=lots", &out, &err) == 1);
+  CHECK_THAT(err, contains("constraint.kv_budget.bytes"));
+}
+
 TEST_CASE("consa bench train times every mode and counts model FLOPs in closed form", "[cli]") {
   const std::string dir = scratch_dir("bench_train");
   std::string out, err;

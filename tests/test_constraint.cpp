@@ -3,9 +3,13 @@
 #include <torch/optim/adam.h>
 
 #include <cmath>
+#include <limits>
+#include <random>
 
 #include "catch_compat.h"
 #include "consa/core/error.h"
+#include "consa/export/assignment.h"
+#include "consa/gate/kv_budget.h"
 #include "consa/gate/sparsity_constraint.h"
 #include "helpers.h"
 
@@ -100,5 +104,79 @@ TEST_CASE("the constraint brings s_hat to the target in both scopes", "[constrai
     CHECK(std::abs(global.s_hat - target) <= 0.02);
     CHECK(std::abs(per_layer.s_hat - target) <= 0.02);
     CHECK(per_layer.worst_layer_gap <= 0.02);  // every layer at the target, not just the mean
+  }
+}
+
+TEST_CASE("a KV budget is the SWA fraction whose expected bytes equal it", "[constraint]") {
+  // 4 layers x 4 KV heads of head_dim 16, bf16: 64 bytes per position per KV head.
+  const ModelConfig c = tiny_config(4, 8, 4, 16);
+  const AttentionSpan swa = AttentionSpan::sliding(64, 4);
+  const KvBudget budget{500000, 1024, 2};
+  const KvBudgetPlan p = plan_kv_budget(c, GateUnit::KvHead, swa, budget, "r.yaml: constraint.kv_budget");
+  CHECK(p.units == 16);
+  CHECK(p.full_unit_bytes == 64 * 1024);
+  CHECK(p.swa_unit_bytes == 64 * 68);
+  CHECK(p.dense_bytes == 16 * 64 * 1024);
+  CHECK(p.all_swa_bytes == 16 * 64 * 68);
+  CHECK(p.target == Approx((16.0 * 64 * 1024 - 500000) / (16.0 * 64 * (1024 - 68))).epsilon(1e-12));
+  CHECK(p.expected_bytes(p.target) == Approx(500000).epsilon(1e-12));
+  // Layer units hold all 4 KV heads each: the same bytes, a quarter of the units.
+  const KvBudgetPlan layers = plan_kv_budget(c, GateUnit::Layer, swa, budget, "b");
+  CHECK(layers.units == 4);
+  CHECK(layers.full_unit_bytes == 4 * p.full_unit_bytes);
+  CHECK(layers.target == Approx(p.target).epsilon(1e-12));
+  // Generous budgets need no SWA; impossible ones are refused, naming the key.
+  CHECK(plan_kv_budget(c, GateUnit::KvHead, swa, {p.dense_bytes * 2, 1024, 2}, "b").target == 0);
+  CHECK_THROWS_WITH(plan_kv_budget(c, GateUnit::KvHead, swa, {p.all_swa_bytes - 1, 1024, 2}, "r.yaml: constraint.kv_budget"),
+                    contains("r.yaml: constraint.kv_budget: 69631 bytes at 1024 tokens is below the 69632 bytes"));
+  CHECK_THROWS_WITH(plan_kv_budget(c, GateUnit::Head, swa, budget, "b"), contains("needs gates.unit layer or kv_head"));
+  CHECK_THROWS_WITH(plan_kv_budget(c, GateUnit::KvHead, swa, {500000, 68, 2}, "b"), contains("is within the window"));
+}
+
+TEST_CASE("the exact rule under a KV budget never exceeds it and leaves no room for one more full unit",
+          "[constraint]") {
+  at::manual_seed(17);
+  std::mt19937_64 rng(5);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  for (int trial = 0; trial < 400; ++trial) {
+    const int64_t kv = int64_t{1} << pick(0, 3);
+    ModelConfig c = tiny_config(pick(1, 6), kv * pick(1, 4), kv, 8 * pick(1, 8));
+    const GateUnit unit = pick(0, 1) ? GateUnit::Layer : GateUnit::KvHead;
+    const ConstraintScope scope = pick(0, 1) ? ConstraintScope::PerLayer : ConstraintScope::Global;
+    const AttentionSpan swa = AttentionSpan::sliding(pick(1, 200), pick(0, 8));
+    const int64_t context = swa.window + swa.sinks + pick(1, 5000), element_bytes = pick(0, 1) ? 2 : 4;
+    const KvBudgetPlan p =  // the byte range: any budget above it
+        plan_kv_budget(c, unit, swa, {std::numeric_limits<int64_t>::max(), context, element_bytes}, "b");
+    const KvBudget budget{std::uniform_int_distribution<int64_t>(p.all_swa_bytes, p.dense_bytes * 11 / 10)(rng),
+                          context, element_bytes};
+    const int64_t units = unit == GateUnit::Layer ? 1 : kv;
+    const at::Tensor scores = at::randn({c.num_layers, units}, at::kDouble);
+    const Assignment a = assignment_within_kv_budget(c, unit, swa, scores, budget, scope);
+    INFO("trial " << trial << ": " << c.num_layers << " layers x " << units << " units, budget " << budget.bytes
+                  << " of " << p.all_swa_bytes << ".." << p.dense_bytes << ", " << constraint_scope_name(scope));
+    // Bytes as Assignment::kv_cache_bytes counts them, per KV head (independent of the plan).
+    const auto [fa, sw] = a.kv_cache_bytes(context, element_bytes);
+    CHECK(fa + sw <= budget.bytes);
+    const int64_t saving = p.full_unit_bytes - p.swa_unit_bytes;
+    auto check_scope = [&](int64_t first_layer, int64_t layers, int64_t share) {
+      int64_t used = 0;
+      double lowest_full = INFINITY, highest_swa = -INFINITY;
+      for (int64_t l = first_layer; l < first_layer + layers; ++l)
+        for (int64_t u = 0; u < units; ++u) {
+          const double s = scores[l][u].item<double>();
+          used += a.full[l][u] ? p.full_unit_bytes : p.swa_unit_bytes;
+          if (a.full[l][u]) lowest_full = std::min(lowest_full, s);
+          else highest_swa = std::max(highest_swa, s);
+        }
+      CHECK(used <= share);
+      if (highest_swa > -INFINITY) CHECK(used + saving > share);  // one more full unit would not fit
+      CHECK(lowest_full >= highest_swa);                           // the highest scores keep full attention
+    };
+    if (scope == ConstraintScope::Global) {
+      check_scope(0, c.num_layers, budget.bytes);
+    } else {
+      for (int64_t l = 0; l < c.num_layers; ++l) check_scope(l, 1, budget.bytes / c.num_layers);
+    }
+    CHECK(a.kv_budget.bytes == budget.bytes);
   }
 }

@@ -2,6 +2,7 @@
 // the tiny recipe reaching its sparsity target.
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <torch/serialize/input-archive.h>
 
 #include "catch_compat.h"
@@ -9,6 +10,9 @@
 #include "consa/data/batches.h"
 #include "consa/data/token_shards.h"
 #include "consa/gate/hard_concrete.h"
+#include "consa/export/assignment.h"
+#include "consa/gate/kv_budget.h"
+#include "consa/load/hf_config.h"
 #include "consa/load/pretrained.h"
 #include "consa/train/fused_adamw.h"
 #include "consa/train/linear_cross_entropy.h"
@@ -355,6 +359,27 @@ TEST_CASE("the tiny CPU recipe reaches its sparsity target", "[train]") {
     CHECK(o.achieved_sparsity == expected);
     CHECK(Assignment::load(out + "/assignment.json").achieved_sparsity() == expected);
   }
+}
+
+TEST_CASE("the tiny CPU recipe meets a KV-memory budget", "[train]") {
+  // The budget whose fraction is 0.5 on this model at 1,024 tokens, as a user would write it.
+  const std::string out = scratch_dir("tiny_budget");
+  Recipe r = load_recipe(repo_file("recipes/tiny_cpu.yaml"), {"model.path=" + fixture("qwen3_norm"), "output.dir=" + out});
+  const KvBudgetPlan range = plan_kv_budget(read_hf_config(fixture("qwen3_norm")), r.gates.unit, r.gates.swa,
+                                            {std::numeric_limits<int64_t>::max(), 1024, 2}, "b");
+  r.constraint.kv_budget = {(range.dense_bytes + range.all_swa_bytes) / 2, 1024, 2};
+  const TrainOutcome o = run_training(r);
+  const double expected = range.expected_bytes(o.s_hat), budget = static_cast<double>(r.constraint.kv_budget.bytes);
+  INFO("s_hat " << o.s_hat << ": expected KV bytes " << expected << " for a budget of " << budget);
+  CHECK(std::abs(expected - budget) <= 0.02 * budget);
+  // The assignment fits the budget and says so; training logged the expected bytes.
+  const Assignment a = Assignment::load(out + "/assignment.json");
+  const auto [fa, sw] = a.kv_cache_bytes(1024, 2);
+  CHECK(fa + sw <= r.constraint.kv_budget.bytes);
+  CHECK(a.kv_budget.bytes == r.constraint.kv_budget.bytes);
+  CHECK(read_text(out + "/metrics.jsonl").find("\"expected_kv_bytes\"") != std::string::npos);
+  // recipe.yaml keeps the budget, not a fraction, and reads back.
+  CHECK(load_recipe(out + "/recipe.yaml").constraint.kv_budget.bytes == r.constraint.kv_budget.bytes);
 }
 
 TEST_CASE("bf16 weights train through fp32 master weights and optimizer state", "[train]") {

@@ -221,10 +221,11 @@ int run_assign(int argc, char** argv) {
     o.unit = recipe.gates.unit;
     o.swa = recipe.gates.swa;
     o.target = recipe.constraint.target;
+    o.kv_budget = recipe.constraint.kv_budget;
     o.scope = recipe.constraint.scope;
     o.data = recipe.data;
   }
-  if (args.count("target")) o.target = args["target"].as<double>();
+  if (args.count("target")) o.target = args["target"].as<double>(), o.kv_budget = {};  // the flag over the recipe
   if (args.count("unit")) o.unit = parse_gate_unit(args["unit"].as<std::string>());
   if (args.count("window")) o.swa.window = args["window"].as<int64_t>();
   if (args.count("sinks")) o.swa.sinks = args["sinks"].as<int64_t>();

@@ -132,6 +132,8 @@ int run_sweep(int argc, char** argv) {
   std::vector<std::string> overrides;
   if (args.count("overrides")) overrides = args["overrides"].as<std::vector<std::string>>();
   const Recipe recipe = load_recipe(args["recipe"].as<std::string>(), overrides);
+  CONSA_CHECK(!recipe.constraint.kv_budget.defined(), recipe.source,
+              ": consa sweep sweeps --targets (fractions); remove constraint.kv_budget from the recipe");
   SweepOptions o;
   o.targets = parse_number_list(args["targets"].as<std::string>(), "--targets");
   for (double t : o.targets) {

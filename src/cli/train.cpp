@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "commands.h"
 #include "consa/data/batches.h"
@@ -89,7 +90,11 @@ int run_train(int argc, char** argv) {
   RecipeArgs ra = recipe_args(args, "train");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
   const char* rank = std::getenv("RANK");
-  const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
+  Recipe resolved = recipe;  // the budget's fraction, for the warning; training resolves it again
+  if (recipe.constraint.kv_budget.defined() && recipe.train.mode != "dense" &&
+      std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json"))
+    resolve_kv_budget(resolved, read_hf_config(recipe.model.path));
+  const std::string reach = target_reach_warning(resolved, resolved.constraint.target);
   if (!reach.empty() && (!rank || std::string(rank) == "0")) std::cerr << "consa: warning: " << reach << "\n";
   TrainControl control;
   control.resume = args.count("resume") > 0;
@@ -124,13 +129,32 @@ int run_validate(int argc, char** argv) {
   Recipe recipe = load_recipe(ra.path, ra.overrides);
   use_fused_kernels(parse_kernel_impl(recipe.model.kernels), at::Device(recipe.model.device),
                     recipe.source + ": model.kernels");
-  const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
-  if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
   // Open every data source, so that format errors show before a run; ids are checked against the
   // model's vocabulary when its config.json is at hand.
   const bool have_config = std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json");
   const int64_t vocab = have_config ? read_hf_config(recipe.model.path).vocab_size : -1;
   std::string sources;
+  // A KV budget becomes its SWA fraction once the model's shape is known.
+  if (recipe.constraint.kv_budget.defined() && recipe.train.mode != "dense") {
+    const KvBudget& b = recipe.constraint.kv_budget;
+    if (have_config) {
+      Recipe resolved = recipe;
+      const KvBudgetPlan plan = resolve_kv_budget(resolved, read_hf_config(recipe.model.path));
+      const std::string reach = target_reach_warning(resolved, resolved.constraint.target);
+      if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
+      std::ostringstream line;
+      line << "# constraint.kv_budget: " << b.bytes << " bytes at " << b.context << " tokens = SWA fraction "
+           << plan.target << " of " << plan.units << " units (dense " << plan.dense_bytes << " bytes, all SWA "
+           << plan.all_swa_bytes << ")\n";
+      sources += line.str();
+    } else {
+      sources += "# constraint.kv_budget: checked against the model when it is at hand (no config.json at " +
+                 recipe.model.path + ")\n";
+    }
+  } else {
+    const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
+    if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
+  }
   for (size_t i = 0; i < recipe.data.shards.size(); ++i) {
     auto source = open_token_source(recipe.data.shards[i]);
     if (vocab > 0) source->check_vocabulary(vocab);

@@ -170,9 +170,11 @@ at::Tensor attention_mass_outside(CausalLM& model, GateUnit unit, const Attentio
   return heads_to_units(per_head / static_cast<double>(batches.size()), c, unit);
 }
 
-Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineOptions& o,
+Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineOptions& options,
                          const BaselineProgress& progress) {
   const ModelConfig& c = model->config();
+  BaselineOptions o = options;
+  if (o.kv_budget.defined()) o.target = plan_kv_budget(c, o.unit, o.swa, o.kv_budget, "constraint.kv_budget").target;
   CONSA_CHECK(o.target >= 0 && o.target <= 1, "baseline target must be in [0, 1], got ", o.target);
   // Scores come from the model with full attention everywhere, whatever layout it was left in.
   DenseView dense(model);
@@ -185,7 +187,9 @@ Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineO
       break;
     case BaselineMethod::Duo: scores = duo_scores(model, o, progress); break;
   }
-  Assignment a = assignment_from_scores(c, o.unit, o.swa, scores, BinarizeRule::Exact, o.target, o.scope);
+  Assignment a = o.kv_budget.defined()
+                     ? assignment_within_kv_budget(c, o.unit, o.swa, scores, o.kv_budget, o.scope)
+                     : assignment_from_scores(c, o.unit, o.swa, scores, BinarizeRule::Exact, o.target, o.scope);
   a.method = baseline_method_name(method);
   a.weights_checksum = weights_checksum(model);
   return a;

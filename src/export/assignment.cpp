@@ -115,7 +115,7 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
     layers.push_back({{"layer", l}, {"units", types}, {"scores", scores[l]}});
   }
   auto [fa, sw] = kv_cache_bytes(kv_context, bytes_per_element);
-  return {{"schema", "consa.assignment"},
+  json j = {{"schema", "consa.assignment"},
           {"version", kAssignmentSchemaVersion},
           {"model",
            {{"architecture", architecture},
@@ -138,6 +138,15 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
             {"full_attention_bytes", fa},
             {"sliding_window_bytes", sw},
             {"dense_bytes", dense_kv_cache_bytes(kv_context, bytes_per_element)}}}};
+  if (kv_budget.defined()) {
+    auto [budget_fa, budget_sw] = kv_cache_bytes(kv_budget.context, kv_budget.element_bytes);
+    j["kv_budget"] = {{"bytes", kv_budget.bytes},
+                      {"context", kv_budget.context},
+                      {"element_bytes", kv_budget.element_bytes},
+                      {"used_bytes", budget_fa + budget_sw},
+                      {"within", budget_fa + budget_sw <= kv_budget.bytes}};
+  }
+  return j;
 }
 
 Assignment Assignment::from_json(const json& j, const std::string& source) {
@@ -160,6 +169,14 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
     a.rule = parse_key(parse_binarize_rule, j, "rule", source);
     a.method = j.value("method", std::string("consa"));
     a.target = j.at("target_sparsity").get<double>();
+    if (j.contains("kv_budget")) {  // optional: assignments made under constraint.kv_budget
+      const json& b = j.at("kv_budget");
+      a.kv_budget.bytes = integer_key(b, "bytes", "kv_budget.bytes", source);
+      a.kv_budget.context = integer_key(b, "context", "kv_budget.context", source);
+      a.kv_budget.element_bytes = integer_key(b, "element_bytes", "kv_budget.element_bytes", source);
+      CONSA_CHECK(a.kv_budget.bytes > 0 && a.kv_budget.context > 0 && a.kv_budget.element_bytes > 0, source,
+                  ": kv_budget.bytes, context and element_bytes must be > 0");
+    }
     for (const auto& layer : j.at("layers")) {
       std::vector<bool> f;
       for (const auto& t : layer.at("units")) {
@@ -242,8 +259,13 @@ Assignment Assignment::for_model(const ModelConfig& config) {
   return a;
 }
 
-Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
-                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope) {
+namespace {
+
+// The exact rule with `swa_count(units in scope)` units on SWA in each scope, lowest scores first.
+template <typename SwaCount>
+Assignment exact_assignment(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                            const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope,
+                            SwaCount swa_count) {
   Assignment a = Assignment::for_model(config);
   a.unit = unit;
   a.swa = swa;
@@ -260,12 +282,12 @@ Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, cons
     for (int64_t l = 0; l < layers; ++l) {
       std::vector<int64_t> idx(units);
       std::iota(idx.begin(), idx.end(), l * units);
-      mark_lowest_swa(scores, idx, std::llround(target * units), flat);
+      mark_lowest_swa(scores, idx, swa_count(units, layers), flat);
     }
   } else {
     std::vector<int64_t> idx(scores.size());
     std::iota(idx.begin(), idx.end(), 0);
-    mark_lowest_swa(scores, idx, std::llround(target * static_cast<double>(scores.size())), flat);
+    mark_lowest_swa(scores, idx, swa_count(static_cast<int64_t>(scores.size()), 1), flat);
   }
   for (int64_t l = 0; l < layers; ++l) {
     a.full.emplace_back(flat.begin() + l * units, flat.begin() + (l + 1) * units);
@@ -274,10 +296,36 @@ Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, cons
   return a;
 }
 
+}  // namespace
+
+Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope) {
+  return exact_assignment(config, unit, swa, unit_scores, rule, target, scope, [&](int64_t units, int64_t) {
+    return static_cast<int64_t>(std::llround(target * static_cast<double>(units)));
+  });
+}
+
 Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
                     ConstraintScope scope) {
   return assignment_from_scores(config, gates.options().unit, gates.options().swa, gates.log_alpha, rule, target,
                                 scope);
+}
+
+Assignment assignment_within_kv_budget(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                                       const at::Tensor& unit_scores, const KvBudget& budget, ConstraintScope scope) {
+  const KvBudgetPlan plan = plan_kv_budget(config, unit, swa, budget, "constraint.kv_budget");
+  // Per layer, each layer gets an equal share (rounded down, so the shares sum within budget).
+  Assignment a = exact_assignment(config, unit, swa, unit_scores, BinarizeRule::Exact, plan.target, scope,
+                                  [&](int64_t units, int64_t scopes) {
+                                    return swa_units_within(plan, units, budget.bytes / scopes);
+                                  });
+  a.kv_budget = budget;
+  return a;
+}
+
+Assignment binarize_within_kv_budget(const ModelConfig& config, const AttentionGatesImpl& gates, const KvBudget& budget,
+                                     ConstraintScope scope) {
+  return assignment_within_kv_budget(config, gates.options().unit, gates.options().swa, gates.log_alpha, budget, scope);
 }
 
 std::string weights_checksum(CausalLM& model) {
@@ -322,6 +370,19 @@ void print_assignment(std::ostream& out, const Assignment& a, const std::string&
       << std::fixed << std::setprecision(2) << "KV cache      " << kv_context << " tokens, bf16: FA " << mib(fa)
       << " MiB + SWA " << mib(sw) << " MiB = " << mib(fa + sw) << " MiB (dense " << mib(dense) << " MiB, "
       << std::setprecision(1) << 100.0 * (fa + sw) / dense << "%)\n";
+  if (a.kv_budget.defined()) {
+    int64_t budget_fa = 0, budget_sw = 0;
+    try {
+      std::tie(budget_fa, budget_sw) = a.kv_cache_bytes(a.kv_budget.context, a.kv_budget.element_bytes);
+    } catch (const Error& e) {
+      fail(source, ": ", e.what());
+    }
+    const int64_t used = budget_fa + budget_sw;
+    out << "KV budget     " << a.kv_budget.bytes << " bytes at " << a.kv_budget.context << " tokens ("
+        << a.kv_budget.element_bytes << " bytes per element): uses " << used << " bytes, " << std::setprecision(1)
+        << 100.0 * static_cast<double>(used) / static_cast<double>(a.kv_budget.bytes) << "%"
+        << (used <= a.kv_budget.bytes ? "" : ", OVER the budget") << "\n";
+  }
   out.unsetf(std::ios::fixed);
   out << "layer  units (F full, S sliding)\n";
   for (size_t l = 0; l < a.full.size(); ++l) {

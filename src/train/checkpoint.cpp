@@ -51,6 +51,10 @@ json Job::metrics_record(const StepStats& stats) const {
     record["lambda1"] = tensor_to_json(constraint_->lambda1);
     record["lambda2"] = tensor_to_json(constraint_->lambda2);
     record["gate_lr"] = r_.optimizer.gate_lr;
+    if (kv_plan_.units > 0) {
+      record["expected_kv_bytes"] = kv_plan_.expected_bytes(stats.constraint.s_hat.item<double>());
+      record["kv_budget_bytes"] = r_.constraint.kv_budget.bytes;
+    }
   }
   return record;
 }
@@ -245,6 +249,12 @@ void Job::write_gates_json(const TrainOutcome& o) {
             {"keep_prob", tensor_to_json(o.keep_prob)},
             {"log_alpha", tensor_to_json(gates_->log_alpha)},
             {"heldout_ce", o.heldout_ce}};
+  if (kv_plan_.units > 0) {
+    j["kv_budget"] = {{"bytes", r_.constraint.kv_budget.bytes},
+                      {"context", r_.constraint.kv_budget.context},
+                      {"element_bytes", r_.constraint.kv_budget.element_bytes},
+                      {"expected_bytes", kv_plan_.expected_bytes(o.s_hat)}};
+  }
   AtomicFileWriter out((fs::path(dir_) / "gates.json").string());
   out.stream() << j.dump(2) << "\n";
   out.commit();

@@ -150,6 +150,7 @@ class Job {
   CausalLM teacher_;  // separate frozen copy only when weights train and the objective distils
   AttentionGates gates_;
   SparsityConstraint constraint_;
+  KvBudgetPlan kv_plan_;  // constraint.kv_budget against this model (units 0: no budget)
   at::Generator generator_;
   at::Generator step_generator_;  // per_rank gate noise
   std::shared_ptr<distributed::Communicator> comm_;

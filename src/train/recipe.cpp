@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "consa/core/byte_size.h"
 #include "consa/core/error.h"
 #include "consa/gate/hard_concrete.h"
 
@@ -240,6 +241,20 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.constraint.target = constraint.number("target", r.constraint.target, 0.0, 1.0);
   r.constraint.scope = parse_constraint_scope(constraint.text("scope", "global", {"global", "per_layer"}));
   r.constraint.warmup_steps = constraint.integer("warmup_steps", r.constraint.warmup_steps, 0);
+  if (constraint.value("kv_budget")) {
+    CONSA_CHECK(!constraint.value("target"), file, ": constraint.target and constraint.kv_budget both set; keep one ",
+                "(the budget decides the fraction)");
+    Section budget = constraint.child("kv_budget");
+    KvBudget& b = r.constraint.kv_budget;
+    const std::string bytes = budget.text("bytes", "");
+    CONSA_CHECK(!bytes.empty(), file, ": constraint.kv_budget.bytes: required (bytes per sequence, e.g. 2GiB)");
+    b.bytes = parse_byte_size(bytes, file + ": constraint.kv_budget.bytes");
+    CONSA_CHECK(b.bytes > 0, file, ": constraint.kv_budget.bytes: must be > 0");
+    CONSA_CHECK(budget.value("context"), file, ": constraint.kv_budget.context: required (tokens per sequence)");
+    b.context = budget.integer("context", 0, 1, int64_t{1} << 40);
+    b.element_bytes = budget.integer("element_bytes", b.element_bytes, 1, 8);
+    budget.finish();
+  }
   constraint.finish();
 
   Section objective = top.child("objective");
@@ -366,9 +381,17 @@ std::string recipe_to_yaml(const Recipe& r) {
       << YAML::Key << "limit_l" << YAML::Value << hc.limit_l << YAML::Key << "limit_r" << YAML::Value << hc.limit_r
       << YAML::Key << "init_keep" << YAML::Value << hc.init_keep << YAML::Key << "log_alpha_clamp" << YAML::Value
       << hc.log_alpha_clamp << YAML::EndMap;
-  out << YAML::Key << "constraint" << YAML::Value << YAML::BeginMap << YAML::Key << "target" << YAML::Value
-      << r.constraint.target << YAML::Key << "scope" << YAML::Value << constraint_scope_name(r.constraint.scope)
-      << YAML::Key << "warmup_steps" << YAML::Value << r.constraint.warmup_steps << YAML::EndMap;
+  out << YAML::Key << "constraint" << YAML::Value << YAML::BeginMap;
+  if (r.constraint.kv_budget.defined()) {
+    const KvBudget& b = r.constraint.kv_budget;
+    out << YAML::Key << "kv_budget" << YAML::Value << YAML::BeginMap << YAML::Key << "bytes" << YAML::Value << b.bytes
+        << YAML::Key << "context" << YAML::Value << b.context << YAML::Key << "element_bytes" << YAML::Value
+        << b.element_bytes << YAML::EndMap;
+  } else {
+    out << YAML::Key << "target" << YAML::Value << r.constraint.target;
+  }
+  out << YAML::Key << "scope" << YAML::Value << constraint_scope_name(r.constraint.scope) << YAML::Key
+      << "warmup_steps" << YAML::Value << r.constraint.warmup_steps << YAML::EndMap;
   out << YAML::Key << "objective" << YAML::Value << YAML::BeginMap << YAML::Key << "ce" << YAML::Value
       << r.objective.ce << YAML::Key << "kl" << YAML::Value << r.objective.kl << YAML::Key << "mse" << YAML::Value
       << r.objective.mse << YAML::Key << "chunked_cross_entropy" << YAML::Value << r.objective.chunked_cross_entropy

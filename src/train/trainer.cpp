@@ -53,6 +53,7 @@ Recipe Job::as_stages(Recipe r) {
   r.recover.lr = r.optimizer.lr;
   r.train.steps = 0;
   r.constraint.target = 0;
+  r.constraint.kv_budget = {};
   r.exporting.rule = BinarizeRule::Exact;
   return r;
 }
@@ -71,6 +72,7 @@ void Job::load_models() {
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
   }
   gates_ = AttentionGates(model_->config(), r_.gates);
+  kv_plan_ = resolve_kv_budget(r_, model_->config());
   constraint_ = SparsityConstraint(model_->num_layers(), r_.constraint);
 }
 
@@ -194,6 +196,9 @@ TrainOutcome Job::run() {
     ConstraintTerms final_terms = constraint_->evaluate(*gates_, r_.train.steps);
     std::ostringstream summary;
     summary << "s_hat " << final_terms.s_hat.item<double>() << " (target " << r_.constraint.target << ")";
+    if (kv_plan_.units > 0)
+      summary << ", expected KV " << static_cast<int64_t>(kv_plan_.expected_bytes(final_terms.s_hat.item<double>()))
+              << " bytes (budget " << r_.constraint.kv_budget.bytes << ")";
     if (progress) progress->finish(summary.str());
     stage = 2;
     start = 0;
@@ -215,7 +220,10 @@ TrainOutcome Job::run() {
   // Binarize: assignment.json is the run's deliverable, and stage 2 trains under it. Every rank
   // holds the same gates, so every rank binarizes alike.
   Assignment assignment =
-      binarize(model_->config(), *gates_, r_.exporting.rule, r_.constraint.target, r_.constraint.scope);
+      r_.constraint.kv_budget.defined() && r_.exporting.rule == BinarizeRule::Exact
+          ? binarize_within_kv_budget(model_->config(), *gates_, r_.constraint.kv_budget, r_.constraint.scope)
+          : binarize(model_->config(), *gates_, r_.exporting.rule, r_.constraint.target, r_.constraint.scope);
+  assignment.kv_budget = r_.constraint.kv_budget;
   if (main) {
     assignment.weights_checksum = weights_checksum(model_);
     assignment.save((fs::path(dir_) / "assignment.json").string(), r_.exporting.kv_context);
@@ -268,6 +276,14 @@ TrainOutcome Job::run() {
 }
 
 }  // namespace detail
+
+KvBudgetPlan resolve_kv_budget(Recipe& r, const ModelConfig& config) {
+  if (!r.constraint.kv_budget.defined()) return {};
+  const KvBudgetPlan plan =
+      plan_kv_budget(config, r.gates.unit, r.gates.swa, r.constraint.kv_budget, r.source + ": constraint.kv_budget");
+  r.constraint.target = plan.target;
+  return plan;
+}
 
 LoadOptions model_load_options(const Recipe& r) {
   LoadOptions load;

@@ -29,6 +29,9 @@ struct BaselineOptions {
   GateUnit unit = GateUnit::KvHead;
   AttentionSpan swa = AttentionSpan::sliding(1024);
   double target = 0.5;
+  // When defined, replaces `target`: its SWA fraction places the units, and the exact rule keeps
+  // the cache within it (assignment_within_kv_budget), as for ConSA under the same recipe.
+  KvBudget kv_budget;
   ConstraintScope scope = ConstraintScope::Global;
   int64_t offset = 0;  // uniform: index of the first full-attention unit
   uint64_t seed = 0;   // random; duo's sample order

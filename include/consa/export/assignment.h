@@ -3,7 +3,9 @@
 // docs/export.md). Two rules:
 //   threshold - a unit keeps full attention iff log_alpha > 0 (the paper's rule);
 //   exact     - exactly round(t * N) units become SWA, those with the lowest log_alpha; per layer
-//               (round(t * units per layer) each) when the constraint scope is per_layer.
+//               (round(t * units per layer) each) when the constraint scope is per_layer. Under a
+//               KV budget (constraint.kv_budget): the fewest units on SWA, lowest first, whose
+//               cache fits the budget (per layer: each layer within its equal share).
 #include <ATen/ATen.h>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +40,9 @@ struct Assignment {
   std::vector<std::vector<bool>> full;
   std::vector<std::vector<double>> scores;
   double target = 0;
+  // The budget the assignment was made under (undefined: a target fraction); assignment.json and
+  // `consa inspect` then give its bytes beside the fraction.
+  KvBudget kv_budget;
 
   // An empty assignment carrying `config`'s identity (architecture and head counts).
   static Assignment for_model(const ModelConfig& config);
@@ -73,6 +78,13 @@ Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, 
 // The same rules over any per-unit scores [layers, units] (higher = keep full attention).
 Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
                                   const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope);
+
+// The exact rule under a KV budget (kv_budget.h): per scope, the swa_units_within count of the
+// lowest scores on SWA, so the cache at the budget's context never exceeds its bytes.
+Assignment binarize_within_kv_budget(const ModelConfig& config, const AttentionGatesImpl& gates, const KvBudget& budget,
+                                     ConstraintScope scope);
+Assignment assignment_within_kv_budget(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
+                                       const at::Tensor& unit_scores, const KvBudget& budget, ConstraintScope scope);
 
 // The layout a checkpoint declares itself, as an assignment: a consa hybrid export's kv_head or
 // head split, or else per-layer windows (layer units; transformers' layer_types, Mistral's

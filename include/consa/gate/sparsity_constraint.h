@@ -13,6 +13,7 @@
 #include <string>
 
 #include "consa/gate/attention_gates.h"
+#include "consa/gate/kv_budget.h"
 
 namespace consa {
 
@@ -24,6 +25,9 @@ struct ConstraintOptions {
   double target = 0.5;           // final expected SWA fraction, in [0, 1]
   ConstraintScope scope = ConstraintScope::Global;
   int64_t warmup_steps = 0;      // steps over which t ramps from 0 to target
+  // Instead of `target`: KV bytes per sequence; training solves it for `target` once the model
+  // is known (plan_kv_budget), and the exact rule binarizes within it.
+  KvBudget kv_budget;
 };
 
 struct ConstraintTerms {

@@ -75,6 +75,10 @@ class TrainStepper {
 // How the recipe's model section loads the checkpoint (dtype, device, attention backend).
 LoadOptions model_load_options(const Recipe& recipe);
 
+// With constraint.kv_budget: checks it against the model and sets constraint.target to the SWA
+// fraction that meets it (plan_kv_budget), returning the plan; without one, a plan of units 0.
+KvBudgetPlan resolve_kv_budget(Recipe& recipe, const ModelConfig& config);
+
 // Learning-rate multiplier at `step` of `total`: linear warm-up, then cosine/linear decay to 0,
 // or constant.
 double lr_multiplier(const std::string& kind, int64_t warmup_steps, int64_t step, int64_t total);

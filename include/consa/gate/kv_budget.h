@@ -1,0 +1,48 @@
+#pragma once
+// constraint.kv_budget: the target as KV-cache bytes per sequence at a context length, which is
+// what a deployment pays for, instead of a fraction of units. A unit on full attention caches
+// `context` positions, one on SWA min(context, window + sinks); each position costs
+// 2 (K and V) x head_dim x element_bytes per KV head the unit holds. Every layer or KV-head unit
+// of a model costs the same, so expected bytes are affine in the expected SWA fraction s:
+//   E[bytes] = dense - s * (dense - all_swa)
+// and a budget is one exact fraction, which the Lagrangian then holds (SparsityConstraint).
+#include <cstdint>
+#include <string>
+
+#include "consa/attention/attention.h"
+#include "consa/gate/attention_gates.h"
+#include "consa/model/config.h"
+
+namespace consa {
+
+struct KvBudget {
+  int64_t bytes = 0;          // per sequence; 0: no budget (constraint.target holds)
+  int64_t context = 0;        // tokens per sequence the budget is for
+  int64_t element_bytes = 2;  // bytes per cached element (2: bf16 / fp16)
+  bool defined() const { return bytes > 0; }
+};
+
+struct KvBudgetPlan {
+  int64_t units = 0;               // gate units of the model
+  int64_t full_unit_bytes = 0;     // one unit's cache at `context` on full attention
+  int64_t swa_unit_bytes = 0;      // and on SWA
+  int64_t dense_bytes = 0;         // every unit full
+  int64_t all_swa_bytes = 0;       // every unit on SWA
+  double target = 0;               // the SWA fraction whose expected bytes are the budget, in [0, 1]
+  double expected_bytes(double swa_fraction) const {
+    return static_cast<double>(dense_bytes) - swa_fraction * static_cast<double>(dense_bytes - all_swa_bytes);
+  }
+};
+
+// Checks the budget against the model and span and solves for its SWA fraction. Refused, naming
+// `where`: head units (query heads share their KV heads, so bytes are not a sum over units), a
+// context that a window already covers (SWA would save nothing), and a budget below the all-SWA
+// cache. A budget at or above the dense cache gives fraction 0.
+KvBudgetPlan plan_kv_budget(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa, const KvBudget& budget,
+                            const std::string& where);
+
+// How many of `units` units (one scope: the model, or one layer holding `share` of the budget's
+// bytes) must be on SWA for their cache to fit `share` bytes: the fewest that do.
+int64_t swa_units_within(const KvBudgetPlan& plan, int64_t units, int64_t share);
+
+}  // namespace consa

@@ -1,0 +1,49 @@
+#include "consa/gate/kv_budget.h"
+
+#include <algorithm>
+
+#include "consa/core/error.h"
+
+namespace consa {
+
+namespace {
+int64_t product(int64_t a, int64_t b, const std::string& where) {
+  int64_t out = 0;
+  CONSA_CHECK(!__builtin_mul_overflow(a, b, &out), where, ": the KV cache at this context is more bytes than int64 counts");
+  return out;
+}
+}  // namespace
+
+KvBudgetPlan plan_kv_budget(const ModelConfig& c, GateUnit unit, const AttentionSpan& swa, const KvBudget& budget,
+                            const std::string& where) {
+  CONSA_CHECK(budget.defined() && budget.context > 0 && budget.element_bytes > 0, where,
+              ": bytes, context and element_bytes must be > 0");
+  CONSA_CHECK(unit != GateUnit::Head, where, ": needs gates.unit layer or kv_head; head units share their KV heads, ",
+              "so their cache is not a sum over units");
+  const int64_t swa_positions = std::min(budget.context, swa.window + swa.sinks);
+  CONSA_CHECK(swa_positions < budget.context, where, ": context ", budget.context, " is within the window ", swa.window,
+              " + sinks ", swa.sinks, ", where SWA caches as much as full attention; use a longer context");
+  const int64_t kv_heads_per_unit = unit == GateUnit::Layer ? c.num_kv_heads : 1;
+  KvBudgetPlan plan;
+  plan.units = c.num_layers * (unit == GateUnit::Layer ? 1 : c.num_kv_heads);
+  const int64_t per_position = product(product(2 * kv_heads_per_unit, c.head_dim, where), budget.element_bytes, where);
+  plan.full_unit_bytes = product(per_position, budget.context, where);
+  plan.swa_unit_bytes = product(per_position, swa_positions, where);
+  plan.dense_bytes = product(plan.full_unit_bytes, plan.units, where);
+  plan.all_swa_bytes = product(plan.swa_unit_bytes, plan.units, where);
+  CONSA_CHECK(budget.bytes >= plan.all_swa_bytes, where, ": ", budget.bytes, " bytes at ", budget.context,
+              " tokens is below the ", plan.all_swa_bytes, " bytes this model caches with every unit on SWA (",
+              swa.describe(), "); the dense cache is ", plan.dense_bytes, " bytes");
+  const double saved = static_cast<double>(plan.dense_bytes - plan.all_swa_bytes);
+  plan.target = std::clamp(static_cast<double>(plan.dense_bytes - budget.bytes) / saved, 0.0, 1.0);
+  return plan;
+}
+
+int64_t swa_units_within(const KvBudgetPlan& plan, int64_t units, int64_t share) {
+  const int64_t dense = plan.full_unit_bytes * units;
+  if (share >= dense) return 0;
+  const int64_t saving = plan.full_unit_bytes - plan.swa_unit_bytes;
+  return std::min(units, (dense - share + saving - 1) / saving);  // ceil: never over the share
+}
+
+}  // namespace consa
