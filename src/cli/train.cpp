@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "commands.h"
@@ -44,6 +45,24 @@ RecipeArgs recipe_args(cxxopts::ParseResult& args, const char* command) {
     CONSA_CHECK(o.find('=') != std::string::npos, "consa ", command, ": '", o,
                 "' is not an override; expected key.sub=value");
   return r;
+}
+
+// `recipe` with constraint.kv_budget solved for its SWA fraction, where the model's config.json
+// is at hand (training solves it again once the model is loaded); `plan` gets the solution, and
+// stays empty (units 0) without a budget, in dense mode, or without a config.
+Recipe with_budget_resolved(const Recipe& recipe, const ModelConfig* config, KvBudgetPlan* plan) {
+  Recipe resolved = recipe;
+  if (recipe.constraint.kv_budget.defined() && recipe.train.mode != "dense" && config)
+    *plan = resolve_kv_budget(resolved, *config);
+  return resolved;
+}
+
+// The reach warning for the recipe's target, or for its budget's fraction once solved; nothing
+// for a budget not yet solved.
+void warn_about_reach(const Recipe& resolved, const KvBudgetPlan& plan) {
+  if (resolved.constraint.kv_budget.defined() && resolved.train.mode != "dense" && plan.units == 0) return;
+  const std::string reach = target_reach_warning(resolved, resolved.constraint.target);
+  if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
 }
 
 }  // namespace
@@ -90,12 +109,13 @@ int run_train(int argc, char** argv) {
   RecipeArgs ra = recipe_args(args, "train");
   Recipe recipe = load_recipe(ra.path, ra.overrides);
   const char* rank = std::getenv("RANK");
-  Recipe resolved = recipe;  // the budget's fraction, for the warning; training resolves it again
-  if (recipe.constraint.kv_budget.defined() && recipe.train.mode != "dense" &&
-      std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json"))
-    resolve_kv_budget(resolved, read_hf_config(recipe.model.path));
-  const std::string reach = target_reach_warning(resolved, resolved.constraint.target);
-  if (!reach.empty() && (!rank || std::string(rank) == "0")) std::cerr << "consa: warning: " << reach << "\n";
+  if (!rank || std::string(rank) == "0") {
+    const bool have_config = std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json");
+    const std::optional<ModelConfig> config =
+        have_config && recipe.constraint.kv_budget.defined() ? std::optional(read_hf_config(recipe.model.path)) : std::nullopt;
+    KvBudgetPlan plan;
+    warn_about_reach(with_budget_resolved(recipe, config ? &*config : nullptr, &plan), plan);
+  }
   TrainControl control;
   control.resume = args.count("resume") > 0;
   control.overwrite = args.count("overwrite") > 0;
@@ -132,28 +152,24 @@ int run_validate(int argc, char** argv) {
   // Open every data source, so that format errors show before a run; ids are checked against the
   // model's vocabulary when its config.json is at hand.
   const bool have_config = std::filesystem::is_regular_file(std::filesystem::path(recipe.model.path) / "config.json");
-  const int64_t vocab = have_config ? read_hf_config(recipe.model.path).vocab_size : -1;
+  const std::optional<ModelConfig> config = have_config ? std::optional(read_hf_config(recipe.model.path)) : std::nullopt;
+  const int64_t vocab = config ? config->vocab_size : -1;
   std::string sources;
   // A KV budget becomes its SWA fraction once the model's shape is known.
+  KvBudgetPlan plan;
+  const Recipe resolved = with_budget_resolved(recipe, config ? &*config : nullptr, &plan);
+  warn_about_reach(resolved, plan);
   if (recipe.constraint.kv_budget.defined() && recipe.train.mode != "dense") {
     const KvBudget& b = recipe.constraint.kv_budget;
-    if (have_config) {
-      Recipe resolved = recipe;
-      const KvBudgetPlan plan = resolve_kv_budget(resolved, read_hf_config(recipe.model.path));
-      const std::string reach = target_reach_warning(resolved, resolved.constraint.target);
-      if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
-      std::ostringstream line;
+    std::ostringstream line;
+    if (plan.units > 0)
       line << "# constraint.kv_budget: " << b.bytes << " bytes at " << b.context << " tokens = SWA fraction "
            << plan.target << " of " << plan.units << " units (dense " << plan.dense_bytes << " bytes, all SWA "
            << plan.all_swa_bytes << ")\n";
-      sources += line.str();
-    } else {
-      sources += "# constraint.kv_budget: checked against the model when it is at hand (no config.json at " +
-                 recipe.model.path + ")\n";
-    }
-  } else {
-    const std::string reach = target_reach_warning(recipe, recipe.constraint.target);
-    if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
+    else
+      line << "# constraint.kv_budget: checked against the model when it is at hand (no config.json at "
+           << recipe.model.path << ")\n";
+    sources += line.str();
   }
   for (size_t i = 0; i < recipe.data.shards.size(); ++i) {
     auto source = open_token_source(recipe.data.shards[i]);

@@ -2,15 +2,19 @@
 
 #include <algorithm>
 
+#include "consa/core/checked_math.h"
 #include "consa/core/error.h"
 
 namespace consa {
 
 namespace {
+// a * b of non-negative sizes, refused beyond int64.
 int64_t product(int64_t a, int64_t b, const std::string& where) {
-  int64_t out = 0;
-  CONSA_CHECK(!__builtin_mul_overflow(a, b, &out), where, ": the KV cache at this context is more bytes than int64 counts");
-  return out;
+  uint64_t out = 0;
+  CONSA_CHECK(a >= 0 && b >= 0 && checked_multiply(static_cast<uint64_t>(a), static_cast<uint64_t>(b), &out) &&
+                  fits_int64(out),
+              where, ": the KV cache at this context is more bytes than int64 counts");
+  return static_cast<int64_t>(out);
 }
 }  // namespace
 
