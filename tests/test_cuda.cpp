@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <iostream>
+#include <map>
 #include <tuple>
 
 #include "catch_compat.h"
@@ -330,4 +331,51 @@ TEST_CASE("decoding through a CUDA graph of decode_step equals recompute", "[cud
     CHECK(diff <= 1e-4);
     CHECK(max_abs_diff(at::cat(steps, 1).narrow(1, 5, length - 5), reference.narrow(1, 0, length - 5)) > 1e-2);
   }
+}
+
+TEST_CASE("fused-operator exports on CUDA: graphed decode and prefill match the portable export", "[cuda]") {
+  // Shapes the kernels take: head_dim 64, GQA groups of 2, Qwen3's q/k norms.
+  ModelConfig c = tiny_config(3, 8, 4, 64, 211);
+  c.hidden_size = 256;
+  c.intermediate_size = 344;
+  c.arch = Architecture::Qwen3;
+  c.qk_norm = true;
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.2, 23);
+  model->to(at::kCUDA);
+  const int64_t length = 300;  // past the window: the rings wrap
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong)).to(at::kCUDA);
+  for (GateUnit unit : {GateUnit::KvHead, GateUnit::Head})
+    for (int64_t sinks : {0, 4}) {
+      Assignment a = random_assignment(model, unit, AttentionSpan::sliding(64, sinks), 9);
+      at::NoGradGuard no_grad;
+      TorchScriptOptions options;
+      ScriptedLM reference_model(build_scripted_model(model, a, options), a);
+      const at::Tensor reference = reference_model.forward(ids).cpu();  // fp32, aten operators
+      std::map<std::string, double> errors;
+      for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+        for (bool fused : {false, true}) {
+          CausalLM cast = model;
+          if (dtype != at::kFloat) {
+            cast = CausalLM(c, at::TensorOptions().dtype(at::kFloat));
+            init_random_weights(cast, 0.2, 23);
+            cast->to(at::kCUDA, dtype);
+          }
+          options.fused_kernels = fused;
+          ScriptedLM scripted(build_scripted_model(cast, a, options), a);
+          ScriptedLM::Cache cache = scripted.new_cache(2, length + 3);
+          std::vector<at::Tensor> steps = {scripted.extend(ids.narrow(1, 0, 100), cache, false).to(at::kFloat).cpu()};
+          GraphedDecoder graphed(scripted, cache);
+          for (int64_t t = 100; t < length; ++t) steps.push_back(graphed.step(ids.narrow(1, t, 1)).to(at::kFloat).cpu());
+          const double scale = reference.abs().max().item<double>();
+          const std::string key = std::string(dtype == at::kFloat ? "fp32" : "bf16") + (fused ? " fused" : " aten");
+          errors[key] = max_abs_diff(at::cat(steps, 1), reference) / scale;
+          std::cout << "cuda torchscript " << gate_unit_name(unit) << " sinks " << sinks << " " << key
+                    << ": max |logit - fp32 aten| / max |logit| = " << errors[key] << "\n";
+        }
+      INFO(gate_unit_name(unit) << " sinks " << sinks);
+      CHECK(errors["fp32 aten"] <= 1e-5);
+      CHECK(errors["fp32 fused"] <= 1e-5);
+      CHECK(errors["bf16 fused"] <= 1.5 * errors["bf16 aten"] + 1e-3);
+    }
 }

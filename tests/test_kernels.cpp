@@ -2,10 +2,12 @@
 // against its closed form in fp64, and where `fused` is refused. On a GPU ([cuda]): every CUDA
 // kernel against the math path in fp32 and against an fp64 reference in bf16, forward and
 // backward, and a whole Qwen3-shaped model with the kernels against the model without them.
+// Decode attention (inference only) against softmax attention computed key by key in fp64.
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <iostream>
+#include <sstream>
 
 #include "catch_compat.h"
 #include "consa/attention/attention.h"
@@ -80,6 +82,59 @@ TEST_CASE("fused operations' math path equals each formula in fp64", "[model]") 
                                                  (x2 * std::cos(angle) + x1 * std::sin(angle))));
         }
   CHECK(rope_err < 1e-12);
+}
+
+namespace {
+
+// softmax(q.k * scale + bias) v for every query head, key by key in fp64. q [B, n G, 1, D],
+// k/v [B, n, T, D], bias [T] or [n, G, T].
+at::Tensor decode_attention_brute_force(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& bias, double scale) {
+  const at::Tensor qd = q.to(at::kDouble).cpu(), kd = k.to(at::kDouble).cpu(), vd = v.to(at::kDouble).cpu();
+  const int64_t batch = k.size(0), n = k.size(1), keys = k.size(2), dim = k.size(3), group = q.size(1) / n;
+  const at::Tensor bd = bias.to(at::kDouble).cpu().reshape({-1, keys});  // one row, or n G rows
+  at::Tensor out = at::zeros(q.sizes(), f64);
+  auto qa = qd.accessor<double, 4>(), ka = kd.accessor<double, 4>(), va = vd.accessor<double, 4>();
+  auto oa = out.accessor<double, 4>();
+  auto ba = bd.accessor<double, 2>();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < n; ++h)
+      for (int64_t g = 0; g < group; ++g) {
+        std::vector<double> s(keys);
+        double top = -INFINITY;
+        for (int64_t t = 0; t < keys; ++t) {
+          double dot = 0;
+          for (int64_t d = 0; d < dim; ++d) dot += qa[b][h * group + g][0][d] * ka[b][h][t][d];
+          s[t] = dot * scale + ba[bd.size(0) == 1 ? 0 : h * group + g][t];
+          top = std::max(top, s[t]);
+        }
+        double total = 0;
+        for (double& e : s) total += (e = std::exp(e - top));
+        for (int64_t t = 0; t < keys; ++t)
+          for (int64_t d = 0; d < dim; ++d) oa[b][h * group + g][0][d] += s[t] / total * va[b][h][t][d];
+      }
+  return out;
+}
+
+// A bias of 0 where a key is visible and -inf elsewhere, each row seeing at least its first key.
+at::Tensor random_visibility_bias(at::IntArrayRef shape, double visible, const at::TensorOptions& options) {
+  at::Tensor seen = at::rand(shape, options.dtype(at::kFloat)) < visible;
+  seen.select(-1, 0).fill_(true);
+  return at::zeros(shape, options.dtype(at::kFloat)).masked_fill(seen.logical_not(), -INFINITY);
+}
+
+}  // namespace
+
+TEST_CASE("decode attention's math path equals softmax attention key by key in fp64", "[model]") {
+  at::manual_seed(5);
+  const int64_t b = 2, n = 2, g = 3, t = 11, d = 8;
+  const double scale = 1 / std::sqrt(8.0);
+  at::Tensor q = at::randn({b, n * g, 1, d}, f64), k = at::randn({b, n, t, d}, f64), v = at::randn({b, n, t, d}, f64);
+  for (at::Tensor bias : {random_visibility_bias({t}, 0.6, f64), random_visibility_bias({n, g, t}, 0.5, f64)}) {
+    const at::Tensor got = kernels::decode_attention(q, k, v, bias.to(at::kDouble), scale, /*fused=*/true);
+    CHECK(max_abs_diff(got, decode_attention_brute_force(q, k, v, bias, scale)) < 1e-12);
+  }
+  CHECK_FALSE(kernels::decode_attention_kernel_takes(q, k, v, at::zeros({t})));  // no kernel on the CPU
 }
 
 TEST_CASE("model.kernels: fused is refused where the kernels cannot run; auto falls back", "[model]") {
@@ -298,5 +353,49 @@ TEST_CASE("CUDA gated-mix kernel matches lerp, exact at saturated gates, gate gr
     // Saturated gates give one branch exactly, as lerp does.
     CHECK(at::equal(got[0].select(2, 0), swa.to(dtype).select(2, 0)));
     CHECK(at::equal(got[0].select(2, 1), full.to(dtype).select(2, 1)));
+  }
+}
+
+TEST_CASE("CUDA decode-attention kernel matches softmax attention over full caches and rings", "[cuda]") {
+  REQUIRE(fused_kernels_built());
+  at::manual_seed(13);
+  struct Shape {
+    int64_t batch, kv_heads, group, keys, dim;
+    const char* bias;  // shared: one row; heads: a row per query head; prefix: only the first 700 keys seen
+  };
+  // A 32K cache at batch 1 (many splits), GQA groups up to 8, head_dim 64/128/256, one key,
+  // per-head rows (per-head assignments), and a cache mostly past the position (whole splits
+  // masked, whose keys the kernel must skip).
+  const std::vector<Shape> shapes = {{1, 8, 2, 32773, 128, "shared"}, {2, 4, 4, 1000, 128, "heads"},
+                                     {3, 2, 8, 77, 64, "heads"},      {1, 3, 1, 4097, 256, "shared"},
+                                     {2, 2, 3, 1, 128, "shared"},     {8, 2, 2, 1024, 128, "heads"},
+                                     {1, 8, 2, 32773, 128, "prefix"}, {4, 1, 7, 5000, 64, "shared"}};
+  for (const Shape& s : shapes) {
+    const double scale = 1 / std::sqrt(static_cast<double>(s.dim));
+    at::Tensor q = at::randn({s.batch, s.kv_heads * s.group, 1, s.dim}, cuda_f32);
+    at::Tensor k = at::randn({s.batch, s.kv_heads, s.keys, s.dim}, cuda_f32) * 2;  // sharp softmaxes too
+    at::Tensor v = at::randn({s.batch, s.kv_heads, s.keys, s.dim}, cuda_f32);
+    at::Tensor bias;
+    if (std::string(s.bias) == "heads") bias = random_visibility_bias({s.kv_heads, s.group, s.keys}, 0.7, cuda_f32);
+    else bias = random_visibility_bias({s.keys}, 0.9, cuda_f32);
+    if (std::string(s.bias) == "prefix") bias.slice(0, 700).fill_(-INFINITY);
+    std::vector<at::Tensor> rounded;  // inputs as bf16 holds them, so every dtype sees the same values
+    for (const at::Tensor& x : {q, k, v}) rounded.push_back(x.to(at::kBFloat16).to(at::kFloat));
+    const at::Tensor want = decode_attention_brute_force(rounded[0].to(at::kDouble), rounded[1], rounded[2], bias, scale);
+    auto run = [&](at::ScalarType type, bool fused) {
+      const at::Tensor qt = rounded[0].to(type), kt = rounded[1].to(type), vt = rounded[2].to(type);
+      if (fused) REQUIRE(kernels::decode_attention_kernel_takes(qt, kt, vt, bias));
+      return kernels::decode_attention(qt, kt, vt, bias, scale, fused);
+    };
+    const double e32 = rel_err(run(at::kFloat, true).cpu(), want), m32 = rel_err(run(at::kFloat, false).cpu(), want);
+    const double e16 = rel_err(run(at::kBFloat16, true).cpu(), want), m16 = rel_err(run(at::kBFloat16, false).cpu(), want);
+    std::ostringstream what;
+    what << "decode_attention B" << s.batch << " n" << s.kv_heads << " G" << s.group << " T" << s.keys << " D" << s.dim
+         << " " << s.bias << ": fp32 " << e32 << " (math " << m32 << "), bf16 " << e16 << " (math " << m16 << ")";
+    std::cout << "cuda kernels: " << what.str() << "\n";
+    INFO(what.str());
+    CHECK(e32 <= 1e-5);
+    CHECK(e16 <= 1e-2);
+    CHECK(e16 <= 1.5 * m16 + 1e-3);  // fp32 scores: never worse than the math path's bf16 roundings
   }
 }

@@ -3,6 +3,8 @@
 // count, transformers' logits on the parity fixtures, and a load in Python's torch.jit.
 #include <ATen/core/grad_mode.h>
 
+#include <sys/wait.h>
+
 #include <cstdlib>
 #include <fstream>
 
@@ -54,6 +56,26 @@ std::string python_with_torch() {
     if (std::system(probe.c_str()) == 0) return python;
   }
   return "";
+}
+
+// Runs scripts/check_torchscript.py on `model` against the expected logits of `ids` [1, T];
+// its exit status (0: within 1e-5), the script's output in the log on failure.
+int python_check(const std::string& model, const at::Tensor& ids, const at::Tensor& expected, const std::string& flags) {
+  const std::string dir = model.substr(0, model.rfind('/'));
+  {
+    std::ofstream ids_file(dir + "/ids.txt");
+    for (int64_t t = 0; t < ids.size(1); ++t) ids_file << ids[0][t].item<int64_t>() << " ";
+    std::ofstream logits_file(dir + "/logits.f32", std::ios::binary);
+    at::Tensor flat = expected.contiguous();
+    logits_file.write(static_cast<const char*>(flat.data_ptr()), flat.numel() * 4);
+  }
+  const std::string python = python_with_torch();
+  REQUIRE_FALSE(python.empty());  // install Debian's python3-torch (scripts/install_deps.sh does)
+  const std::string command = python + " " + CONSA_SOURCE_DIR + "/scripts/check_torchscript.py " + model + " " + dir +
+                              "/ids.txt " + dir + "/logits.f32 " + flags + " > " + dir + "/python.log 2>&1";
+  const int rc = std::system(command.c_str());
+  UNSCOPED_INFO(read_text(dir + "/python.log"));
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
 }  // namespace
@@ -180,20 +202,63 @@ TEST_CASE("a saved export reloads with its assignment and runs in Python's torch
   CHECK(max_abs_diff(loaded.forward(ids), reference) <= 1e-5);
 
   // Python: forward and incremental decode, compared with the gated model's logits.
-  {
-    std::ofstream ids_file(dir + "/ids.txt");
-    for (int64_t t = 0; t < 30; ++t) ids_file << ids[0][t].item<int64_t>() << " ";
-    std::ofstream logits_file(dir + "/logits.f32", std::ios::binary);
-    at::Tensor flat = reference.contiguous();
-    logits_file.write(static_cast<const char*>(flat.data_ptr()), flat.numel() * 4);
+  CHECK(python_check(dir + "/model.ts", ids, reference, "") == 0);
+}
+
+TEST_CASE("exports with consa's fused operators compute what the portable export does", "[torchscript]") {
+  for (const ModelConfig& c : {tiny_config(3, 4, 2, 8), qwen_like_config()}) {
+    CausalLM model = random_model(c, 25);
+    const int64_t length = 29;
+    at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong));
+    for (GateUnit unit : {GateUnit::KvHead, GateUnit::Head})
+      for (AttentionSpan swa : {AttentionSpan::sliding(6), AttentionSpan::sliding(5, 2)}) {
+        Assignment a = random_assignment(model, unit, swa, 7);
+        TorchScriptOptions options;
+        options.query_block = 8;
+        options.fused_kernels = true;
+        ScriptedLM fused(build_scripted_model(model, a, options), a);
+        options.fused_kernels = false;
+        ScriptedLM portable(build_scripted_model(model, a, options), a);
+        at::NoGradGuard no_grad;
+        const at::Tensor reference = gated_logits(model, a, ids);
+        INFO(gate_unit_name(unit) << " window " << swa.window << " sinks " << swa.sinks << " qk_norm " << c.qk_norm);
+        CHECK(max_abs_diff(fused.forward(ids), reference) <= 1e-5);
+        // decode_step after a prompt, in a cache with room to spare (masked positions).
+        ScriptedLM::Cache cache = fused.new_cache(2, length + 4);
+        std::vector<at::Tensor> steps = {fused.extend(ids.narrow(1, 0, 5), cache, false)};
+        for (int64_t t = 5; t < length; ++t) steps.push_back(fused.decode_step(ids.narrow(1, t, 1), cache));
+        CHECK(max_abs_diff(at::cat(steps, 1), reference) <= 1e-5);
+        // The fused file calls consa's operators where the portable one calls aten's.
+        auto code_of = [](ScriptedLM& m) {
+          std::string text;
+          for (const auto& method : m.module().attr("layer_0").toModule().get_methods())
+            text += method.graph()->toString();
+          return text;
+        };
+        const std::string fused_code = code_of(fused), portable_code = code_of(portable);
+        for (const char* op : {"consa::rms_norm", "consa::add_rms_norm", "consa::rope", "consa::decode_attention"})
+          CHECK(fused_code.find(op) != std::string::npos);
+        CHECK(portable_code.find("consa::") == std::string::npos);
+      }
   }
-  const std::string python = python_with_torch();
-  REQUIRE_FALSE(python.empty());  // install Debian's python3-torch (scripts/install_deps.sh does)
-  const std::string command = python + " " + CONSA_SOURCE_DIR + "/scripts/check_torchscript.py " + dir + "/model.ts " +
-                              dir + "/ids.txt " + dir + "/logits.f32 > " + dir + "/python.log 2>&1";
-  const int rc = std::system(command.c_str());
-  INFO(read_text(dir + "/python.log"));
-  CHECK(rc == 0);
+}
+
+TEST_CASE("a fused-operator export saves, reloads in consa, and runs in Python with libconsa_ops.so", "[torchscript]") {
+  CausalLM model = random_model(qwen_like_config(), 26);
+  Assignment a = random_assignment(model, GateUnit::Head, AttentionSpan::sliding(6, 2), 8);
+  const std::string dir = scratch_dir("ts-fused");
+  TorchScriptOptions options;
+  options.fused_kernels = true;
+  export_torchscript(model, a, dir + "/model.ts", options);
+  ScriptedLM loaded = ScriptedLM::load(dir + "/model.ts", at::kCPU);
+  at::Tensor ids = at::randint(0, 61, {1, 30}, at::TensorOptions().dtype(at::kLong));
+  at::NoGradGuard no_grad;
+  const at::Tensor reference = gated_logits(model, a, ids);
+  CHECK(max_abs_diff(loaded.forward(ids), reference) <= 1e-5);
+  CHECK(python_check(dir + "/model.ts", ids, reference, std::string("--ops-library ") + CONSA_OPS_LIBRARY) == 0);
+  // Without the library the script says what to pass instead of TorchScript's unknown-op error.
+  CHECK(python_check(dir + "/model.ts", ids, reference, "") == 2);
+  CHECK_THAT(read_text(dir + "/python.log"), contains("pass --ops-library"));
 }
 
 TEST_CASE("loading rejects files that are not consa TorchScript exports", "[torchscript]") {

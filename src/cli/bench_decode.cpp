@@ -71,8 +71,8 @@ void warm_up(ScriptedLM& scripted, at::Device device, int64_t batch, int64_t voc
 
 // One row: prefill `context` tokens (median of repeats), then eager decode steps through extend,
 // then (with graphs) as many through a CUDA graph, in the same cache.
-nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s, int64_t batch, int64_t context,
-                       int64_t vocab) {
+nlohmann::json measure(ScriptedLM& scripted, const std::string& kernels, double rho, const DecodeSettings& s,
+                       int64_t batch, int64_t context, int64_t vocab) {
   const Assignment& a = scripted.assignment();
   const bool graphs = s.graphs && GraphedDecoder::supported(scripted);
   const auto ids = at::TensorOptions().dtype(at::kLong).device(s.device);
@@ -95,7 +95,7 @@ nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s
   at::Tensor token = at::zeros({batch, 1}, ids);
   const double eager_s =
       median_step_seconds(s.steps, token, s.device, [&](const at::Tensor& t) { return scripted.extend(t, *cache, true); });
-  nlohmann::json row = {{"sparsity", rho}, {"batch", batch}, {"context", context},
+  nlohmann::json row = {{"kernels", kernels}, {"sparsity", rho}, {"batch", batch}, {"context", context},
                         {"query_block", scripted.module().attr("query_block").toInt()},
                         {"prefill_chunk", s.prefill_chunk > 0 ? std::min(s.prefill_chunk, context) : context},
                         {"prefill_tokens_per_s", batch * context / median(prefill_s)},
@@ -114,7 +114,7 @@ nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s
     for (int64_t i = 0; i < kTracedSteps; ++i) token = scripted.extend(token, *cache, true).argmax(-1);
     wait_for_device(s.device);
     std::ostringstream name;
-    name << s.trace_dir << "/decode_b" << batch << "_rho" << rho << "_" << context << ".json";
+    name << s.trace_dir << "/decode_" << kernels << "_b" << batch << "_rho" << rho << "_" << context << ".json";
     compat::stop_trace(name.str());
   }
   const int64_t bytes_per_element = static_cast<int64_t>(c10::elementSize(scripted.dtype()));
@@ -126,7 +126,7 @@ nlohmann::json measure(ScriptedLM& scripted, double rho, const DecodeSettings& s
 
 void print_row(const nlohmann::json& r) {
   const double kv = r["kv_bytes"].get<double>(), analytic = r["kv_bytes_analytic"].get<double>();
-  std::cout << std::fixed << std::setw(5) << r["batch"].get<int64_t>() << std::setprecision(2) << std::setw(6) << r["sparsity"].get<double>()
+  std::cout << std::setw(7) << r["kernels"].get<std::string>() << std::fixed << std::setw(6) << r["batch"].get<int64_t>() << std::setprecision(2) << std::setw(6) << r["sparsity"].get<double>()
             << std::setw(9) << r["context"].get<int64_t>() << std::setprecision(0) << std::setw(15)
             << r["prefill_tokens_per_s"].get<double>() << std::setprecision(2) << std::setw(11)
             << r["decode_eager_ms_per_step"].get<double>() << std::setw(11);
@@ -154,6 +154,7 @@ int bench_decode(int argc, char** argv) {
       ("decode-steps", "timed decode steps per path", cxxopts::value<int64_t>()->default_value("32"))
       ("repeats", "prefill repetitions (median)", cxxopts::value<int64_t>()->default_value("3"))
       ("query-block", "prefill's queries per attention block (0: 1024 up to batch 8, then 8192 / batch)", cxxopts::value<int64_t>()->default_value("0"))
+      ("kernels", "the export's operators, a list: aten (portable) and/or fused (consa's operators, --kernels fused of consa export)", cxxopts::value<std::string>()->default_value("aten"))
       ("graphs", "also decode through a CUDA graph of decode_step (CUDA only)", cxxopts::value<bool>()->default_value("true"))
       ("device", "cpu, cuda or cuda:N", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "float32, bfloat16, float16", cxxopts::value<std::string>()->default_value("bfloat16"))
@@ -181,6 +182,9 @@ int bench_decode(int argc, char** argv) {
   CONSA_CHECK(s.prefill_chunk >= 0, "--prefill-chunk must be >= 0 (0: chosen by batch)");
   CONSA_CHECK(s.query_block >= 0, "--query-block must be >= 0 (0: chosen by batch)");
   CONSA_CHECK(std::all_of(batches.begin(), batches.end(), [](int64_t b) { return b > 0; }), "--batch: sizes must be > 0");
+  const std::vector<std::string> kernel_choices = parse_name_list(args["kernels"].as<std::string>());
+  for (const std::string& name : kernel_choices)
+    CONSA_CHECK(name == "aten" || name == "fused", "--kernels: '", name, "' is not a choice; expected aten, fused or both (aten,fused)");
 
   const int64_t budget = args.count("memory-budget") ? parse_byte_size(args["memory-budget"].as<std::string>(), "--memory-budget") : 0;
   CONSA_CHECK(budget == 0 || args["batch"].has_default(), "--memory-budget chooses the batch: leave out --batch");
@@ -190,11 +194,14 @@ int bench_decode(int argc, char** argv) {
   std::cout << "shape " << args["shape"].as<std::string>() << " (" << with_commas(model->parameter_count())
             << " parameters), " << dtype_name(dtype) << " on " << s.device.str() << ", window " << swa.window
             << ", sinks " << swa.sinks << "; decode ms/step eager (extend) and, where supported, through a CUDA graph\n\n"
-            << "batch   rho  context  prefill tok/s      eager      graph  decode tok/s  KV bytes        analytic        ratio\n";
+            << "kernels batch   rho  context  prefill tok/s      eager      graph  decode tok/s  KV bytes        analytic        ratio\n";
   nlohmann::json results = nlohmann::json::array();
-  for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity")) {
+  for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity"))
+  for (const std::string& kernels : kernel_choices) {
     const Assignment a = uniform_assignment(model, swa, rho);
-    ScriptedLM scripted(build_scripted_model(model, a), a);
+    TorchScriptOptions export_options;
+    export_options.fused_kernels = kernels == "fused";
+    ScriptedLM scripted(build_scripted_model(model, a, export_options), a);
     if (budget > 0) {
       // Serving at a fixed memory budget: the batch follows from what the KV cache of one
       // sequence costs at each context (weights plus KV cache; activations are not counted).
@@ -213,7 +220,7 @@ int bench_decode(int argc, char** argv) {
         DecodeSettings chunked = s;
         chunked.prefill_chunk = s.prefill_chunk > 0 ? s.prefill_chunk : std::max<int64_t>(256, kBudgetPrefillTokens / batch);
         warm_up(scripted, s.device, std::min<int64_t>(batch, 8), config.vocab_size);
-        nlohmann::json row = measure(scripted, rho, chunked, batch, context, config.vocab_size);
+        nlohmann::json row = measure(scripted, kernels, rho, chunked, batch, context, config.vocab_size);
         row["memory_budget_bytes"] = budget;
         row["weight_bytes"] = weight_bytes;
         row["kv_bytes_per_sequence"] = fa + sw;
@@ -228,7 +235,7 @@ int bench_decode(int argc, char** argv) {
       scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
       warm_up(scripted, s.device, batch, config.vocab_size);
       for (double context : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
-        nlohmann::json row = measure(scripted, rho, s, batch, static_cast<int64_t>(context), config.vocab_size);
+        nlohmann::json row = measure(scripted, kernels, rho, s, batch, static_cast<int64_t>(context), config.vocab_size);
         print_row(row);
         results.push_back(row);
       }

@@ -26,6 +26,10 @@ int run_export(int argc, char** argv) {
       ("assignment", "assignment.json to apply instead of the source's own", cxxopts::value<std::string>())
       ("dtype", "weights dtype of the export: float32, bfloat16, float16 (default: as stored)", cxxopts::value<std::string>())
       ("query-block", "torchscript: queries per attention block in prefill", cxxopts::value<int64_t>()->default_value("1024"))
+      ("kernels", "torchscript: aten (portable: aten operators only, loads in LibTorch 1.13+ and Python) or fused "
+                  "(consa's RMSNorm, RoPE and decode-attention operators: fewer kernels per decode step; Python "
+                  "loads libconsa_ops.so with torch.ops.load_library first)",
+       cxxopts::value<std::string>()->default_value("aten"))
       ("overwrite", "replace an existing --out")
       ("h,help", "show this help");
   options.parse_positional({"source"});
@@ -36,6 +40,11 @@ int run_export(int argc, char** argv) {
   const std::string format = args["format"].as<std::string>();
   CONSA_CHECK(format == "hf" || format == "torchscript", "consa export: --format '", format,
               "' is not available; supported: hf, torchscript");
+  const std::string kernels = args["kernels"].as<std::string>();
+  CONSA_CHECK(kernels == "aten" || kernels == "fused", "consa export: --kernels '", kernels,
+              "' is not available; supported: aten, fused");
+  CONSA_CHECK(format == "torchscript" || args["kernels"].has_default(),
+              "consa export: --kernels applies to --format torchscript only");
   const std::string out = args["out"].as<std::string>();
   check_output_path(out, args.count("overwrite") > 0, "--out");
   const ModelSource source =
@@ -54,13 +63,14 @@ int run_export(int argc, char** argv) {
   } else {
     TorchScriptOptions ts;
     ts.query_block = args["query-block"].as<int64_t>();
+    ts.fused_kernels = kernels == "fused";
     export_torchscript(model, assignment, out, ts);
   }
   std::cout << "exported " << source.model_dir << " ("
             << (source.assignment_path.empty() ? "its own attention layout" : "under " + source.assignment_path)
             << ") to " << out << " as " << format << ": " << gate_unit_name(assignment.unit) << " units, "
             << assignment.achieved_sparsity() << " on SWA, window " << assignment.swa.window << ", sinks "
-            << assignment.swa.sinks << "\n";
+            << assignment.swa.sinks << (format == "torchscript" ? ", kernels " + kernels : std::string()) << "\n";
   return 0;
 }
 

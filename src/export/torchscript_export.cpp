@@ -1,6 +1,7 @@
 #include "consa/export/torchscript_export.h"
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/jit/frontend/resolver.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/csrc/jit/serialization/import.h>
 
@@ -11,6 +12,7 @@
 #include "consa/core/atomic_file.h"
 #include "consa/core/error.h"
 #include "consa/export/hybrid_layout.h"
+#include "consa/kernels/torch_ops.h"
 #include "consa/model/rope.h"
 
 namespace consa {
@@ -24,19 +26,59 @@ enum AttendMode : int64_t { kCausal = 0, kWindow = 1, kPerHead = 2 };
 
 // One decoder layer. Dtype codes are ScalarType numbers (TorchScript source has no torch.float32
 // without Python): 4 = int64.
-std::string layer_source(const ModelConfig& c) {
-  const std::string qkv_bias = c.qkv_bias ? "self.qkv_b" : "None";
-  std::ostringstream s;
-  s << R"JIT(
+// Resolves `consa.<op>` in the sources below to consa's registered operators (torch.ops.consa in
+// Python; C++'s native resolver knows only `torch`, which it maps to aten).
+struct ConsaOpsResolver : torch::jit::Resolver {
+  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string& name, torch::jit::GraphFunction& m,
+                                                         const torch::jit::SourceRange& loc) override {
+    if (name == "consa") return std::make_shared<torch::jit::BuiltinModule>("consa");
+    return torch::jit::nativeResolver()->resolveValue(name, m, loc);
+  }
+  c10::TypePtr resolveType(const std::string& name, const torch::jit::SourceRange& loc) override {
+    return torch::jit::nativeResolver()->resolveType(name, loc);
+  }
+};
+
+torch::jit::ResolverPtr source_resolver(bool fused) {
+  if (fused) return std::make_shared<ConsaOpsResolver>();
+  return torch::jit::nativeResolver();
+}
+
+// RMSNorm over the last dimension, as the model computes it.
+std::string rms_source(bool fused) {
+  if (fused) return R"JIT(
+def _rms(self, x: Tensor, w: Tensor) -> Tensor:
+    return consa.rms_norm(x, w, self.eps)
+)JIT";
+  return R"JIT(
 def _rms(self, x: Tensor, w: Tensor) -> Tensor:
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
     return w * h.to(x.dtype)
+)JIT";
+}
 
+// With `fused`, RMSNorm, RoPE, the residual add before the post-attention norm and the decode
+// attention call consa's operators (consa/kernels/torch_ops.h) instead of aten ones.
+std::string layer_source(const ModelConfig& c, bool fused) {
+  const std::string qkv_bias = c.qkv_bias ? "self.qkv_b" : "None";
+  std::ostringstream s;
+  s << rms_source(fused);
+  if (fused)
+    s << R"JIT(
 def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x [B, T, H, D], before the heads move ahead of the positions
+    return consa.rope(x, cos, sin)
+)JIT";
+  else
+    s << R"JIT(
+def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x [B, H, T, D]
     half = self.head_dim // 2
     rotated = torch.cat([-x[:, :, :, half:], x[:, :, :, :half]], -1)
     return x * cos + rotated * sin
+)JIT";
+  s << R"JIT(
 
 def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, mode: int) -> Tensor:
     # q [B, n*G, tq, D] (the G query heads of a group adjacent); k, v [B, n, tk, D];
@@ -76,13 +118,27 @@ def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor,
     s << R"JIT(    q = self._rms(q, self.q_norm)
     k = self._rms(k, self.k_norm)
 )JIT";
-  s << R"JIT(    return self._rope(q.transpose(1, 2), cos, sin), self._rope(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+  if (fused)
+    s << R"JIT(    return self._rope(q, cos, sin).transpose(1, 2), self._rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
+)JIT";
+  else
+    s << R"JIT(    return self._rope(q.transpose(1, 2), cos, sin), self._rope(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+)JIT";
+  s << R"JIT(
 
 def _output(self, x: Tensor, outs: List[Tensor]) -> Tensor:
     # The attention heads (full-cache slice, then sliding) through o_proj, the residual and the MLP.
     heads = torch.cat(outs, 1).transpose(1, 2).reshape(x.size(0), x.size(1), self.num_heads * self.head_dim)
-    x = x + torch.linear(heads, self.o_w, )JIT" << (c.o_bias ? "self.o_b" : "None") << R"JIT()
+    attended = torch.linear(heads, self.o_w, )JIT" << (c.o_bias ? "self.o_b" : "None") << R"JIT()
+)JIT";
+  if (fused)
+    s << R"JIT(    x, h = consa.add_rms_norm(attended, x, self.post_norm, self.eps)
+)JIT";
+  else
+    s << R"JIT(    x = x + attended
     h = self._rms(x, self.post_norm)
+)JIT";
+  s << R"JIT(
     gate_up = torch.linear(h, self.gate_up_w, None)  # gate and up projections stacked
     inner = gate_up.size(-1) // 2
     mlp = torch.silu(gate_up[:, :, :inner]) * gate_up[:, :, inner:]
@@ -92,11 +148,18 @@ def _attend_one(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     # One query per sequence, q [B, n*G, 1, D]; k, v [B, n, tk, D]; bias fp32, 0 (visible) or
     # -inf, broadcasting to [n, G, tk]. Scale, mask and the fp32 cast are one kernel: a decode
     # step is bound by how many kernels it launches.
-    b = q.size(0)
+)JIT";
+  if (fused)
+    s << R"JIT(    return consa.decode_attention(q, k, v, bias, self.scale)
+)JIT";
+  else
+    s << R"JIT(    b = q.size(0)
     n = k.size(1)
     scores = torch.matmul(q.reshape(b, n, self.group, self.head_dim), k.transpose(2, 3))
     probs = torch.softmax(torch.add(bias, scores, alpha=self.scale), -1).to(q.dtype)
     return torch.matmul(probs, v).view(b, n * self.group, 1, self.head_dim)
+)JIT";
+  s << R"JIT(
 
 def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, full_v: Tensor,
             ring_k: Tensor, ring_v: Tensor, ring_pos: Tensor, ring_keep: Tensor, ring_slots: Tensor,
@@ -177,15 +240,10 @@ def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slot: Te
 }
 
 // The model: embeddings, the layers (unrolled: one call each), final norm and head.
-std::string model_source(const ModelConfig& c) {
+std::string model_source(const ModelConfig& c, bool fused) {
   std::ostringstream s;
   const int64_t slot_entry = 4 * c.num_layers, length_entry = slot_entry + 1;
-  s << R"JIT(
-def _rms(self, x: Tensor, w: Tensor) -> Tensor:
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-    return w * h.to(x.dtype)
-
+  s << rms_source(fused) << R"JIT(
 def init_cache(self, batch: int, capacity: int) -> List[Tensor]:
     dev = self.embed_tokens.device
     dt = self.embed_tokens.dtype
@@ -285,7 +343,7 @@ void add_parameter(Module& m, const std::string& name, const at::Tensor& t) {
 }
 
 Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const ModelConfig& c,
-                   const AttentionSpan& swa, int64_t index) {
+                   const AttentionSpan& swa, int64_t index, bool fused) {
   Module m("__torch__.consa.HybridLayer" + std::to_string(index));
   const SelfAttentionImpl& a = *layer.self_attn;
   add_parameter(m, "input_norm", layer.input_layernorm->weight);
@@ -317,12 +375,12 @@ Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const
   int_attr("full_mode", all_full ? kCausal : kPerHead);
   m.register_attribute("eps", c10::FloatType::get(), c.rms_norm_eps);
   m.register_attribute("scale", c10::FloatType::get(), 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-  m.define(layer_source(c));
+  m.define(layer_source(c, fused), source_resolver(fused));
   return m;
 }
 
-nlohmann::json format_info(const ModelConfig& c, const Assignment& a, int64_t query_block) {
-  return {{"format", "consa.torchscript"},
+nlohmann::json format_info(const ModelConfig& c, const Assignment& a, const TorchScriptOptions& options) {
+  nlohmann::json info = {{"format", "consa.torchscript"},
           {"version", kTorchScriptFormatVersion},
           {"architecture", architecture_name(c.arch)},
           {"vocab_size", c.vocab_size},
@@ -333,16 +391,20 @@ nlohmann::json format_info(const ModelConfig& c, const Assignment& a, int64_t qu
           {"head_dim", c.head_dim},
           {"window", a.swa.window},
           {"sinks", a.swa.sinks},
-          {"query_block", query_block},
+          {"query_block", options.query_block},
+          {"kernels", options.fused_kernels ? "fused" : "aten"},
           {"methods", {"forward(input_ids) -> logits", "init_cache(batch, capacity) -> cache",
                        "extend(input_ids, cache, last_only) -> logits",
                        "decode_step(input_ids, cache, position) -> logits"}}};
+  if (options.fused_kernels) info["ops_library"] = kernels::kTorchOpsLibrary;  // torch.ops.load_library it first
+  return info;
 }
 
 }  // namespace
 
 Module build_scripted_model(CausalLM& model, const Assignment& assignment, const TorchScriptOptions& options) {
   CONSA_CHECK(options.query_block > 0, "torchscript export: query_block must be > 0");
+  if (options.fused_kernels) kernels::register_torch_ops();  // the source below calls them
   at::NoGradGuard no_grad;
   std::vector<LayerHeadLayout> layouts;
   CausalLM work = hybrid_model_copy(model, assignment, &layouts);
@@ -356,7 +418,7 @@ Module build_scripted_model(CausalLM& model, const Assignment& assignment, const
   for (int64_t l = 0; l < c.num_layers; ++l) {
     full_kv_heads.push_back(layouts[l].full_kv_heads);
     top.register_module("layer_" + std::to_string(l),
-                        build_layer(*work->model->layer_list[l], layouts[l], c, assignment.swa, l));
+                        build_layer(*work->model->layer_list[l], layouts[l], c, assignment.swa, l, options.fused_kernels));
   }
   top.register_attribute("full_kv_heads", c10::ListType::ofInts(), c10::List<int64_t>(full_kv_heads));
   top.register_attribute("num_kv_heads", c10::IntType::get(), c.num_kv_heads);
@@ -365,7 +427,7 @@ Module build_scripted_model(CausalLM& model, const Assignment& assignment, const
   top.register_attribute("sinks", c10::IntType::get(), assignment.swa.sinks);
   top.register_attribute("query_block", c10::IntType::get(), options.query_block);
   top.register_attribute("eps", c10::FloatType::get(), c.rms_norm_eps);
-  top.define(model_source(c));
+  top.define(model_source(c, options.fused_kernels), source_resolver(options.fused_kernels));
   return top;
 }
 
@@ -379,7 +441,7 @@ void export_torchscript(CausalLM& model, const Assignment& assignment, const std
   stored.weights_checksum = assignment.weights_checksum;  // the weights it was learned on
   torch::jit::ExtraFilesMap extra{
       {"assignment.json", stored.to_json(4096, static_cast<int64_t>(c10::elementSize(model->dtype()))).dump(2)},
-      {"consa.json", format_info(model->config(), assignment, options.query_block).dump(2)}};
+      {"consa.json", format_info(model->config(), assignment, options).dump(2)}};
   std::ostringstream bytes;
   module.save(bytes, extra);
   write_file_atomically(path, bytes.str());
@@ -403,6 +465,7 @@ ScriptedLM ScriptedLM::load(const std::string& path, at::Device device) {
                 ": not a TorchScript file (not a zip archive); expected a model written by consa export --format torchscript");
   }
   torch::jit::ExtraFilesMap extra{{"assignment.json", ""}, {"consa.json", ""}};
+  kernels::register_torch_ops();  // exports made with --kernels fused call them
   Module module;
   try {
     module = torch::jit::load(path, device, extra);

@@ -184,5 +184,26 @@ at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Te
   return at::lerp(swa, full, z.to(full.scalar_type()).view({1, 1, -1, 1}));
 }
 
+bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& bias) {
+#if CONSA_WITH_CUDA_KERNELS
+  return detail::decode_attention_cuda_takes(q, k, v, bias);
+#else
+  return false;
+#endif
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                            double scale, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && detail::decode_attention_cuda_takes(q, k, v, bias)) return detail::decode_attention_cuda(q, k, v, bias, scale);
+#endif
+  // The portable export's decode attention op for op: scale, bias and the fp32 cast in one add.
+  const int64_t b = q.size(0), n = k.size(1), group = q.size(1) / n, dim = q.size(3);
+  const at::Tensor scores = at::matmul(q.reshape({b, n, group, dim}), k.transpose(2, 3));
+  const at::Tensor probs = at::softmax(at::add(bias, scores, scale), -1).to(q.scalar_type());
+  return at::matmul(probs, v).view({b, n * group, 1, dim});
+}
+
 }  // namespace kernels
 }  // namespace consa

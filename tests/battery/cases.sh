@@ -494,6 +494,15 @@ case_15_inspect_succeeds() {
 case_15_generate_succeeds() {
   expect ok '' --stderr 'decode 3 tokens' -- "$C" generate base/model.ts --prompt-ids 1,2,3 --max-new-tokens 3
 }
+case_15_export_unknown_kernels() {
+  expect fail "--kernels 'cuda' is not available; supported: aten, fused" -- "$C" export base/run --format torchscript --kernels cuda --out "$(D)/m.ts"
+}
+case_15_export_kernels_for_hf() {
+  expect fail "--kernels applies to --format torchscript only" -- "$C" export base/run --format hf --kernels fused --out "$(D)/hf"
+}
+case_15_export_fused_torchscript_succeeds() {
+  expect ok '' --creates "$(D)/m.ts" --stdout 'kernels fused' -- "$C" export base/run --format torchscript --kernels fused --out "$(D)/m.ts"
+}
 case_15_export_hf_succeeds() {
   expect ok '' --stdout 'exported base/model' -- "$C" export base/run --format hf --out "$(D)/hf"
 }

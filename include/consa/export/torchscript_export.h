@@ -12,7 +12,8 @@
 // min(sinks + window, capacity) slots. The cache list is [per layer: full_k, full_v, ring_k,
 // ring_v] + [ring slot positions (-1 = empty), [length, capacity] (CPU int64)]; extend updates
 // it in place.
-// Only ops LibTorch 1.13 has are used, so files load in 1.13 and 2.x, C++ and Python.
+// By default only ops LibTorch 1.13 has are used, so files load in 1.13 and 2.x, C++ and Python;
+// TorchScriptOptions::fused_kernels trades that for consa's own operators.
 // Extra files: assignment.json (in stored head order) and consa.json (format and shapes).
 #include <torch/csrc/jit/api/module.h>
 
@@ -28,6 +29,11 @@ constexpr int kTorchScriptFormatVersion = 1;
 
 struct TorchScriptOptions {
   int64_t query_block = 1024;  // queries per attention block in extend (bounds the score matrix)
+  // Call consa's operators (torch.ops.consa.*, consa/kernels/torch_ops.h) for RMSNorm, RoPE, the
+  // residual add + norm and decode attention: fewer, fused kernels on a GPU. Such a file loads
+  // where they are registered: in consa, or in Python after
+  // torch.ops.load_library("libconsa_ops.so"). Off (the default): aten operators only.
+  bool fused_kernels = false;
 };
 
 torch::jit::Module build_scripted_model(CausalLM& model, const Assignment& assignment,

@@ -45,5 +45,17 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 // and returns dz in fp32.
 at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z, bool fused);
 
+// Attention of one query per sequence (a decode step): q [B, n G, 1, D] over a cache's keys and
+// values k, v [B, n, T, D], with an fp32 bias (0 visible, -inf masked) [T] or [n, G, T];
+// softmax(q k^T * scale + bias) v -> [B, n G, 1, D]. The math path rounds the scores and the
+// probabilities to the dtype as the matmuls store them; the kernel (split-K flash-decoding, on
+// CUDA for head_dim 64/128/256 and G <= 8) keeps them in fp32 and never reads a key that no
+// query head of its group sees.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                            double scale, bool fused);
+// Whether decode_attention(..., fused = true) runs the kernel on these tensors.
+bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& bias);
+
 }  // namespace kernels
 }  // namespace consa

@@ -128,4 +128,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at:
   return {full_grad, swa_grad, partial.sum(0)};
 }
 
+bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias) {
+  if (q.dim() != 4 || k.dim() != 4 || q.size(2) != 1 || k.sizes() != v.sizes() || q.size(0) != k.size(0) ||
+      q.size(3) != k.size(3) || k.size(1) == 0 || q.size(1) % k.size(1) != 0)
+    return false;
+  const int64_t n = k.size(1), group = q.size(1) / n, keys = k.size(2);
+  const bool bias_shape = (bias.dim() == 1 && bias.size(0) == keys) ||
+                          (bias.dim() == 3 && bias.size(0) == n && bias.size(1) == group && bias.size(2) == keys);
+  if (!bias_shape || bias.scalar_type() != at::kFloat || bias.device() != k.device() || keys == 0) return false;
+  const at::ScalarType type = k.scalar_type();
+  if ((type != at::kFloat && type != at::kHalf && type != at::kBFloat16) ||
+      !cuda::decode_attention_takes(element_type(type), k.size(3), group))
+    return false;
+  return cuda_kernels_take({k, v}, k.size(3), 256) && q.is_cuda() && q.device() == k.device() &&
+         q.scalar_type() == type;
+}
+
+at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                                 double scale) {
+  const c10::cuda::CUDAGuard guard(k.device());
+  const cuda::ElementType type = element_type(k.scalar_type());
+  const at::Tensor query = q.contiguous(), bias_rows = bias.contiguous();
+  const int64_t batch = k.size(0), n = k.size(1), group = q.size(1) / n, keys = k.size(2), dim = k.size(3);
+  at::Tensor out = at::empty(q.sizes(), k.options());
+  cuda::DecodeAttentionArgs a{};
+  a.q = query.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.bias = bias_rows.data_ptr<float>();
+  a.bias_stride = bias.dim() == 1 ? 0 : keys;
+  a.out = out.data_ptr();
+  a.batch = batch;
+  a.kv_heads = n;
+  a.group = group;
+  a.keys = keys;
+  a.head_dim = dim;
+  a.scale = static_cast<float>(scale);
+  a.splits = cuda::decode_attention_splits(type, dim, batch * n, keys);
+  at::Tensor o_part, lse_part;
+  if (a.splits > 1) {
+    o_part = at::empty({batch * n * group, a.splits, dim}, k.options().dtype(at::kFloat));
+    lse_part = at::empty({batch * n * group, a.splits}, k.options().dtype(at::kFloat));
+    a.o_part = o_part.data_ptr<float>();
+    a.lse_part = lse_part.data_ptr<float>();
+  }
+  check_launch(cuda::decode_attention(type, a, current_stream(k)), "decode_attention");
+  return out;
+}
+
 }  // namespace consa::kernels::detail

@@ -33,4 +33,11 @@ at::Tensor gated_mix_forward_cuda(const at::Tensor& full, const at::Tensor& swa,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at::Tensor& dy, const at::Tensor& full,
                                                                        const at::Tensor& swa, const at::Tensor& z);
 
+// One query per sequence q [B, n G, 1, D] over k, v [B, n, T, D] (contiguous, the cache
+// tensors) with an fp32 bias [T] or [n, G, T]; out [B, n G, 1, D]. decode_attention_cuda_takes
+// says whether the kernel runs these shapes.
+bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias);
+at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                                 double scale);
+
 }  // namespace consa::kernels::detail

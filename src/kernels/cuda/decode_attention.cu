@@ -1,0 +1,244 @@
+// Attention of one query per sequence over a KV cache (a decode step), split over the keys
+// (flash-decoding): each block reads one split of one KV head's keys once for all G query heads
+// of its group and keeps an online softmax in fp32; a second kernel merges the splits by their
+// log-sum-exp. Keys whose bias is -inf for every query head of the group are never read, so a
+// cache allocated past the current position costs nothing beyond its bias.
+#include <algorithm>
+#include <cmath>
+
+#include "common.cuh"
+
+namespace consa::kernels::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kUnroll = 4;  // key passes loaded before any is used: bytes in flight per lane
+
+__device__ __forceinline__ float neg_inf() { return -INFINITY; }
+
+// One running softmax: max score m, sum of exp(s - m) l, and the weighted values acc (one pack).
+template <int V>
+struct Running {
+  float m, l, acc[V];
+};
+
+template <int V>
+__device__ __forceinline__ void running_add(Running<V>& r, float s, const float (&v)[V]) {
+  if (s == neg_inf()) return;
+  const float m = fmaxf(r.m, s);
+  const float keep = __expf(r.m - m), p = __expf(s - m);  // r.m = -inf gives keep = 0
+  r.l = r.l * keep + p;
+#pragma unroll
+  for (int k = 0; k < V; ++k) r.acc[k] = r.acc[k] * keep + p * v[k];
+  r.m = m;
+}
+
+// Grid: (splits, batch * kv_heads). q [B, n, G, D], k/v [B, n, T, D], bias rows [n * G] of
+// `bias_stride` (0: one row for all). With one split the block writes `out` [B, n, G, D]
+// directly; otherwise o_part [B n G, splits, D] (normalised) and lse_part [B n G, splits].
+template <typename T, int D, int MaxG>
+__global__ void __launch_bounds__(kThreads) decode_partial_kernel(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ bias,
+    int64_t bias_stride, T* __restrict__ out, float* __restrict__ o_part, float* __restrict__ lse_part, int kv_heads,
+    int group, int64_t keys, int64_t chunk, float scale) {
+  constexpr int V = Pack<T>::kSize;
+  constexpr int kLanes = D / V;          // lanes that hold one key
+  constexpr int kKeysPerWarp = 32 / kLanes;
+  constexpr int kGroupsPerBlock = kWarps * kKeysPerWarp;  // running softmaxes per query head
+  static_assert(kLanes >= 1 && kLanes <= 32 && 32 % kLanes == 0, "head_dim must be 1 to 32 packs");
+
+  const int split = blockIdx.x, splits = gridDim.x;
+  const int64_t bh = blockIdx.y;  // b * kv_heads + h
+  const int h = static_cast<int>(bh % kv_heads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane / kLanes, part = lane % kLanes;  // which key of the warp's pass; which pack of it
+  const int64_t begin = split * chunk, end = min(keys, begin + chunk);
+
+  // The group's queries, pre-scaled, in fp32 registers (this lane's pack of each).
+  float qv[MaxG][V];
+#pragma unroll
+  for (int g = 0; g < MaxG; ++g) {
+    if (g < group) {
+      const Pack<T> p = load_pack(q + ((bh * group + g) * D) + part * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) qv[g][i] = to_float(p.v[i]) * scale;
+    }
+  }
+  Running<V> run[MaxG];
+#pragma unroll
+  for (int g = 0; g < MaxG; ++g) {
+    run[g].m = neg_inf();
+    run[g].l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) run[g].acc[i] = 0.0f;
+  }
+
+  const T* k_head = k + bh * keys * D;
+  const T* v_head = v + bh * keys * D;
+  const float* bias_head = bias + static_cast<int64_t>(h) * group * bias_stride;
+  constexpr int kStride = kGroupsPerBlock;  // keys one pass of the block covers
+  // The loop bound is the warp's first key, the same in every lane: the lane sums below need
+  // the whole warp at every step.
+  for (int64_t w0 = begin + warp * kKeysPerWarp; w0 < end; w0 += kStride * kUnroll) {
+    const int64_t t0 = w0 + sub;
+    Pack<T> kp[kUnroll], vp[kUnroll];
+    float b[kUnroll][MaxG];
+    bool seen[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t t = t0 + u * kStride;
+      seen[u] = false;
+#pragma unroll
+      for (int g = 0; g < MaxG; ++g) {
+        b[u][g] = (g < group && t < end) ? bias_head[g * bias_stride + t] : neg_inf();
+        seen[u] = seen[u] || b[u][g] != neg_inf();
+      }
+      if (seen[u]) {
+        kp[u] = load_pack(k_head + t * D + part * V);
+        vp[u] = load_pack(v_head + t * D + part * V);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      // Lanes of one key agree on `seen`, but the sum below needs every lane of the warp.
+      float kf[V], vf[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        kf[i] = seen[u] ? to_float(kp[u].v[i]) : 0.0f;
+        vf[i] = seen[u] ? to_float(vp[u].v[i]) : 0.0f;
+      }
+#pragma unroll
+      for (int g = 0; g < MaxG; ++g) {
+        if (g >= group) continue;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < V; ++i) s += qv[g][i] * kf[i];
+        s = sum_over_lanes<kLanes>(s) + b[u][g];
+        running_add(run[g], seen[u] ? s : neg_inf(), vf);
+      }
+    }
+  }
+
+  // Merge the block's kGroupsPerBlock running softmaxes of each query head in shared memory.
+  __shared__ float m_shared[kGroupsPerBlock][MaxG], l_shared[kGroupsPerBlock][MaxG];
+  __shared__ float acc_shared[kGroupsPerBlock][MaxG][D];
+  const int slot = warp * kKeysPerWarp + sub;
+#pragma unroll
+  for (int g = 0; g < MaxG; ++g) {
+    if (g >= group) continue;
+    if (part == 0) {
+      m_shared[slot][g] = run[g].m;
+      l_shared[slot][g] = run[g].l;
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc_shared[slot][g][part * V + i] = run[g].acc[i];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < group * D; e += kThreads) {
+    const int g = e / D, d = e % D;
+    float m = neg_inf();
+    for (int s = 0; s < kGroupsPerBlock; ++s) m = fmaxf(m, m_shared[s][g]);
+    float l = 0.0f, acc = 0.0f;
+    if (m != neg_inf()) {
+      for (int s = 0; s < kGroupsPerBlock; ++s) {
+        const float w = __expf(m_shared[s][g] - m);
+        l += l_shared[s][g] * w;
+        acc += acc_shared[s][g][d] * w;
+      }
+    }
+    const int64_t row = bh * group + g;
+    const float o = l > 0.0f ? acc / l : 0.0f;  // no visible key: 0, not NaN
+    if (splits == 1) {
+      out[row * D + d] = from_float<T>(o);
+    } else {
+      o_part[(row * splits + split) * D + d] = o;
+      if (d == 0) lse_part[row * splits + split] = l > 0.0f ? m + __logf(l) : neg_inf();
+    }
+  }
+}
+
+// One block per query row [B n G]: out = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse).
+template <typename T>
+__global__ void decode_combine_kernel(const float* __restrict__ o_part, const float* __restrict__ lse_part,
+                                      T* __restrict__ out, int splits, int dim) {
+  const int64_t row = blockIdx.x;
+  const float* lse = lse_part + row * splits;
+  float m = neg_inf();
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, lse[s]);
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float total = 0.0f, acc = 0.0f;
+    if (m != neg_inf()) {
+      for (int s = 0; s < splits; ++s) {
+        const float w = __expf(lse[s] - m);
+        total += w;
+        acc += w * o_part[(row * splits + s) * dim + d];
+      }
+    }
+    out[row * dim + d] = from_float<T>(total > 0.0f ? acc / total : 0.0f);
+  }
+}
+
+template <typename T, int D, int MaxG>
+const char* launch_decode(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const int64_t chunk = (a.keys + a.splits - 1) / a.splits;
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.batch * a.kv_heads));
+  auto* out = static_cast<T*>(a.out);
+  decode_partial_kernel<T, D, MaxG><<<grid, kThreads, 0, stream>>>(
+      static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v), a.bias, a.bias_stride, out,
+      a.o_part, a.lse_part, static_cast<int>(a.kv_heads), static_cast<int>(a.group), a.keys, chunk, a.scale);
+  if (a.splits > 1)
+    decode_combine_kernel<T><<<static_cast<unsigned>(a.batch * a.kv_heads * a.group), D < 128 ? D : 128, 0, stream>>>(
+        a.o_part, a.lse_part, out, static_cast<int>(a.splits), D);
+  return launch_status();
+}
+
+// The query heads per KV head, rounded up to a compiled bucket: registers scale with it.
+template <typename T, int D>
+const char* launch_for_group(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  if (a.group <= 2) return launch_decode<T, D, 2>(a, stream);
+  if (a.group <= 4) return launch_decode<T, D, 4>(a, stream);
+  return launch_decode<T, D, 8>(a, stream);
+}
+
+int pack_elements(ElementType type) { return type == ElementType::Float32 ? 4 : 8; }
+
+}  // namespace
+
+bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group) {
+  return group >= 1 && group <= kDecodeMaxGroup && (head_dim == 64 || head_dim == 128 || head_dim == 256) &&
+         head_dim / pack_elements(type) <= 32;
+}
+
+int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t kv_rows, int64_t keys) {
+  static const int multiprocessors = [] {
+    int device = 0, value = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device);
+    return value > 0 ? value : 132;
+  }();
+  const int64_t lanes = head_dim / pack_elements(type);
+  const int64_t block_keys = kWarps * (32 / lanes) * kUnroll;  // keys one block iteration reads
+  // Enough blocks to fill the GPU several times over, but no split shorter than one iteration.
+  const int64_t wanted = (8LL * multiprocessors + kv_rows - 1) / kv_rows;
+  const int64_t most = (keys + block_keys - 1) / block_keys;
+  return std::max<int64_t>(1, std::min(wanted, most));
+}
+
+const char* decode_attention(ElementType type, const DecodeAttentionArgs& a, void* stream) {
+  if (!decode_attention_takes(type, a.head_dim, a.group)) return "decode_attention: unsupported head_dim or group";
+  const auto s = static_cast<cudaStream_t>(stream);
+  return dispatch(type, [&](auto* tag) -> const char* {
+    using T = element_of<decltype(tag)>;
+    constexpr int V = Pack<T>::kSize;
+    switch (a.head_dim) {
+      case 64: return launch_for_group<T, 64>(a, s);
+      case 128: return launch_for_group<T, 128>(a, s);
+      default:
+        if constexpr (256 / V <= 32) return launch_for_group<T, 256>(a, s);
+        return "decode_attention: head_dim 256 needs 16-bit elements";
+    }
+  });
+}
+
+}  // namespace consa::kernels::cuda

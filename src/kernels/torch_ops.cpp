@@ -1,0 +1,49 @@
+#include "consa/kernels/torch_ops.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "consa/kernels/fused_ops.h"
+
+namespace consa::kernels {
+namespace {
+
+// The kernels take contiguous tensors on a GPU; elsewhere the math path takes any strides.
+bool on_kernels(const at::Tensor& x) { return fused_kernels_built() && x.is_cuda(); }
+at::Tensor for_kernels(const at::Tensor& x) { return on_kernels(x) ? x.contiguous() : x; }
+
+at::Tensor rms_norm_op(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return rms_norm(for_kernels(x), weight, eps, on_kernels(x));
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_op(const at::Tensor& x, const at::Tensor& residual,
+                                                   const at::Tensor& weight, double eps) {
+  auto [sum, normed] = add_rms_norm(for_kernels(x), for_kernels(residual), weight, eps, on_kernels(x));
+  return {sum, normed};
+}
+
+at::Tensor rope_op(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return rope(for_kernels(x), for_kernels(cos), for_kernels(sin), on_kernels(x));
+}
+
+at::Tensor decode_attention_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                               double scale) {
+  return decode_attention(q, k, v, bias, scale, on_kernels(k));
+}
+
+}  // namespace
+
+// One registration for every backend (CompositeImplicitAutograd): each function picks the
+// kernel or the math path itself.
+TORCH_LIBRARY(consa, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm_op);
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm_op);
+  m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor", &rope_op);
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor", &decode_attention_op);
+}
+
+void register_torch_ops() {}  // linking this object file runs TORCH_LIBRARY's registration
+
+}  // namespace consa::kernels
