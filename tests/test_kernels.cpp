@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <iostream>
+#include <map>
+#include <tuple>
 #include <sstream>
 
 #include "catch_compat.h"
@@ -384,7 +386,9 @@ TEST_CASE("CUDA decode-attention kernel matches softmax attention over full cach
     const at::Tensor want = decode_attention_brute_force(rounded[0].to(at::kDouble), rounded[1], rounded[2], bias, scale);
     auto run = [&](at::ScalarType type, bool fused) {
       const at::Tensor qt = rounded[0].to(type), kt = rounded[1].to(type), vt = rounded[2].to(type);
-      if (fused) REQUIRE(kernels::decode_attention_kernel_takes(qt, kt, vt, bias));
+      // A key of head_dim 256 in fp32 is 64 packs, more than a warp: the math path takes it.
+      const bool takes = !(type == at::kFloat && s.dim == 256);
+      if (fused) REQUIRE(kernels::decode_attention_kernel_takes(qt, kt, vt, bias) == takes);
       return kernels::decode_attention(qt, kt, vt, bias, scale, fused);
     };
     const double e32 = rel_err(run(at::kFloat, true).cpu(), want), m32 = rel_err(run(at::kFloat, false).cpu(), want);
@@ -397,5 +401,56 @@ TEST_CASE("CUDA decode-attention kernel matches softmax attention over full cach
     CHECK(e32 <= 1e-5);
     CHECK(e16 <= 1e-2);
     CHECK(e16 <= 1.5 * m16 + 1e-3);  // fp32 scores: never worse than the math path's bf16 roundings
+  }
+}
+
+TEST_CASE("CUDA decode-step QKV kernel: norms, RoPE and cache writes match the math path", "[cuda]") {
+  REQUIRE(fused_kernels_built());
+  at::manual_seed(17);
+  // heads, KV heads, of which full, head_dim, q/k norms
+  for (auto [heads, kv, full, dim, norms] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
+           {16, 8, 2, 128, true}, {16, 8, 8, 128, false}, {8, 4, 0, 64, true}, {4, 2, 1, 256, true}}) {
+    const int64_t batch = 3, capacity = 40, ring = 9, position = 37, slot = 5;
+    const double eps = 1e-6;
+    at::Tensor qkv = at::randn({batch, 1, (heads + 2 * kv) * dim}, cuda_f32) * 2;
+    at::Tensor q_norm = norms ? at::randn({dim}, cuda_f32) : at::Tensor();
+    at::Tensor k_norm = norms ? at::randn({dim}, cuda_f32) : at::Tensor();
+    at::Tensor angles = at::full({1, dim / 2}, static_cast<double>(position), cuda_f32) *
+                        at::pow(10000.0, -at::arange(0, dim / 2, cuda_f32) * 2.0 / dim).unsqueeze(0);
+    at::Tensor emb = at::cat({angles, angles}, -1);
+    const auto ids = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
+    const at::Tensor pos = at::full({1}, position, ids), slots = at::full({1}, slot, ids);
+    std::map<std::string, double> errors;
+    std::vector<at::Tensor> want;  // q and the four caches in fp64 (the math path on fp64 inputs)
+    for (at::ScalarType type : {at::kDouble, at::kFloat, at::kBFloat16})
+      for (bool fused : {false, true}) {
+        if (type == at::kDouble && fused) continue;
+        auto cast = [&](const at::Tensor& t) { return t.defined() ? t.to(at::kBFloat16).to(type) : t; };
+        std::vector<at::Tensor> caches;
+        for (int64_t slots_of : {capacity, capacity, ring, ring})
+          caches.push_back(at::zeros({batch, slots_of == capacity ? full : kv - full, slots_of, dim}, cuda_f32.dtype(type)));
+        const at::Tensor q = kernels::decode_qkv(cast(qkv), cast(q_norm), cast(k_norm), eps, cast(emb.cos()),
+                                                 cast(emb.sin()), pos, slots, caches[0], caches[1], caches[2], caches[3],
+                                                 fused);
+        if (fused && type == at::kFloat)
+          REQUIRE(kernels::decode_qkv_kernel_takes(cast(qkv), cast(q_norm), cast(k_norm), cast(emb.cos()),
+                                                   cast(emb.sin()), pos, slots, caches[0], caches[1], caches[2],
+                                                   caches[3]));
+        std::vector<at::Tensor> got = {q, caches[0], caches[1], caches[2], caches[3]};
+        if (type == at::kDouble) {
+          want = got;
+          continue;
+        }
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); ++i)
+          if (want[i].numel() > 0) worst = std::max(worst, rel_err(got[i].cpu(), want[i].cpu()));
+        errors[std::string(type == at::kFloat ? "fp32" : "bf16") + (fused ? " kernel" : " math")] = worst;
+      }
+    std::cout << "cuda kernels: decode_qkv H" << heads << " kv" << kv << " full" << full << " D" << dim << " norms " << norms
+              << ": fp32 kernel " << errors["fp32 kernel"] << " (math " << errors["fp32 math"] << "), bf16 kernel "
+              << errors["bf16 kernel"] << " (math " << errors["bf16 math"] << ")\n";
+    CHECK(errors["fp32 kernel"] <= 1e-5);
+    CHECK(errors["bf16 kernel"] <= 1e-2);
+    CHECK(errors["bf16 kernel"] <= 1.5 * errors["bf16 math"] + 1e-3);
   }
 }

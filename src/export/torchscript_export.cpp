@@ -141,8 +141,9 @@ def _output(self, x: Tensor, outs: List[Tensor]) -> Tensor:
   s << R"JIT(
     gate_up = torch.linear(h, self.gate_up_w, None)  # gate and up projections stacked
     inner = gate_up.size(-1) // 2
-    mlp = torch.silu(gate_up[:, :, :inner]) * gate_up[:, :, inner:]
-    return x + torch.linear(mlp, self.down_w, None)
+)JIT" << (fused ? "    mlp = consa.swiglu(gate_up[:, :, :inner], gate_up[:, :, inner:])\n"
+                    : "    mlp = torch.silu(gate_up[:, :, :inner]) * gate_up[:, :, inner:]\n")
+    << R"JIT(    return x + torch.linear(mlp, self.down_w, None)
 
 def _attend_one(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     # One query per sequence, q [B, n*G, 1, D]; k, v [B, n, tk, D]; bias fp32, 0 (visible) or
@@ -219,20 +220,29 @@ def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slot: Te
     # One token at `position` ([1], on the device) in shapes that do not depend on it: the full
     # groups attend over the whole cache, masked past the position by the biases decode_step
     # builds once for all layers; the ring as in forward.
-    q, k, v = self._project(x, cos, sin)
     nf = self.full_kv_heads
     g = self.group
-    outs: List[Tensor] = []
+)JIT";
+  if (fused)  // one kernel from the projection to q and the cache writes
+    s << "    qkv = torch.linear(self._rms(x, self.input_norm), self.qkv_w, " << qkv_bias << ")\n"
+      << "    q = consa.decode_qkv(qkv, " << (c.qk_norm ? "self.q_norm, self.k_norm" : "None, None")
+      << ", self.eps, cos, sin, position, slot, full_k, full_v, ring_k, ring_v)\n";
+  else
+    s << R"JIT(    q, k, v = self._project(x, cos, sin)
     if nf > 0:
         full_k.index_copy_(2, position, k[:, :nf])
         full_v.index_copy_(2, position, v[:, :nf])
+    if nf < self.num_kv_heads:
+        ring_k.index_copy_(2, slot, k[:, nf:])
+        ring_v.index_copy_(2, slot, v[:, nf:])
+)JIT";
+  s << R"JIT(    outs: List[Tensor] = []
+    if nf > 0:
         bias = full_bias
         if self.full_mode == 2:
             bias = torch.where(self.head_full.view(nf, g, 1), full_bias, full_window_bias)
         outs.append(self._attend_one(q[:, :nf * g], full_k, full_v, bias))
     if nf < self.num_kv_heads:
-        ring_k.index_copy_(2, slot, k[:, nf:])
-        ring_v.index_copy_(2, slot, v[:, nf:])
         outs.append(self._attend_one(q[:, nf * g:], ring_k, ring_v, ring_bias))
     return self._output(x, outs)
 )JIT";
@@ -363,7 +373,7 @@ Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const
   const int64_t full_heads = layout.full_kv_heads * c.group_size();
   std::vector<uint8_t> head_full(layout.head_full.begin(), layout.head_full.begin() + full_heads);
   const bool all_full = std::all_of(head_full.begin(), head_full.end(), [](uint8_t f) { return f != 0; });
-  m.register_buffer("head_full", at::tensor(head_full, at::kByte).to(at::kBool));
+  m.register_buffer("head_full", at::tensor(head_full, at::kByte).to(at::kBool).to(layer.input_layernorm->weight.device()));
   auto int_attr = [&](const char* name, int64_t v) { m.register_attribute(name, c10::IntType::get(), v); };
   int_attr("num_heads", c.num_heads);
   int_attr("num_kv_heads", c.num_kv_heads);

@@ -205,5 +205,45 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return at::matmul(probs, v).view({b, n * group, 1, dim});
 }
 
+bool decode_qkv_kernel_takes(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm,
+                             const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                             const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
+                             const at::Tensor& ring_k, const at::Tensor& ring_v) {
+#if CONSA_WITH_CUDA_KERNELS
+  return detail::decode_qkv_cuda_takes(qkv, q_norm, k_norm, cos, sin, position, slot, full_k, full_v, ring_k, ring_v);
+#else
+  return false;
+#endif
+}
+
+at::Tensor decode_qkv(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,
+                      const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position, const at::Tensor& slot,
+                      const at::Tensor& full_k, const at::Tensor& full_v, const at::Tensor& ring_k,
+                      const at::Tensor& ring_v, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && detail::decode_qkv_cuda_takes(qkv, q_norm, k_norm, cos, sin, position, slot, full_k, full_v, ring_k, ring_v))
+    return detail::decode_qkv_cuda(qkv, q_norm, k_norm, eps, cos, sin, position, slot, full_k, full_v, ring_k, ring_v);
+#endif
+  // The portable export's _project and cache writes, op for op.
+  const int64_t b = qkv.size(0), dim = cos.size(-1), full = full_k.size(1), kv = full + ring_k.size(1);
+  const int64_t heads = qkv.size(-1) / dim - 2 * kv;
+  at::Tensor q = qkv.narrow(-1, 0, heads * dim).view({b, 1, heads, dim});
+  at::Tensor k = qkv.narrow(-1, heads * dim, kv * dim).view({b, 1, kv, dim});
+  const at::Tensor v = qkv.narrow(-1, (heads + kv) * dim, kv * dim).view({b, 1, kv, dim}).transpose(1, 2);
+  if (q_norm.defined()) q = rms_norm_math(q, q_norm, eps);
+  if (k_norm.defined()) k = rms_norm_math(k, k_norm, eps);
+  q = rope_math(q, cos, sin).transpose(1, 2);
+  k = rope_math(k, cos, sin).transpose(1, 2);
+  if (full > 0) {
+    full_k.index_copy_(2, position, k.narrow(1, 0, full));
+    full_v.index_copy_(2, position, v.narrow(1, 0, full));
+  }
+  if (full < kv) {
+    ring_k.index_copy_(2, slot, k.narrow(1, full, kv - full));
+    ring_v.index_copy_(2, slot, v.narrow(1, full, kv - full));
+  }
+  return q;
+}
+
 }  // namespace kernels
 }  // namespace consa

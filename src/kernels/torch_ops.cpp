@@ -33,6 +33,19 @@ at::Tensor decode_attention_op(const at::Tensor& q, const at::Tensor& k, const a
   return decode_attention(q, k, v, bias, scale, on_kernels(k));
 }
 
+at::Tensor swiglu_op(const at::Tensor& gate, const at::Tensor& up) {
+  return swiglu(gate, up, on_kernels(gate));  // strided halves of a stacked projection: the math path
+}
+
+at::Tensor decode_qkv_op(const at::Tensor& qkv, const c10::optional<at::Tensor>& q_norm,
+                         const c10::optional<at::Tensor>& k_norm, double eps, const at::Tensor& cos,
+                         const at::Tensor& sin, const at::Tensor& position, const at::Tensor& slot,
+                         const at::Tensor& full_k, const at::Tensor& full_v, const at::Tensor& ring_k,
+                         const at::Tensor& ring_v) {
+  return decode_qkv(qkv, q_norm.value_or(at::Tensor()), k_norm.value_or(at::Tensor()), eps, cos, sin, position, slot,
+                    full_k, full_v, ring_k, ring_v, on_kernels(qkv));
+}
+
 }  // namespace
 
 // One registration for every backend (CompositeImplicitAutograd): each function picks the
@@ -42,6 +55,11 @@ TORCH_LIBRARY(consa, m) {
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm_op);
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor", &rope_op);
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor", &decode_attention_op);
+  m.def("swiglu(Tensor gate, Tensor up) -> Tensor", &swiglu_op);
+  // The caches are written in place: the (a!) annotations keep TorchScript from reordering them.
+  m.def("decode_qkv(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin, Tensor position, "
+        "Tensor slot, Tensor(a!) full_k, Tensor(b!) full_v, Tensor(c!) ring_k, Tensor(d!) ring_v) -> Tensor",
+        &decode_qkv_op);
 }
 
 void register_torch_ops() {}  // linking this object file runs TORCH_LIBRARY's registration

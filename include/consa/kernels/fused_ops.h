@@ -57,5 +57,19 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& bias);
 
+// A decode step (one token per sequence) from its QKV projection qkv [B, 1, (H + 2 kv) D] to
+// attention's query: q and k normalised by q_norm / k_norm (undefined: no norm) and rotated by
+// cos/sin [1, D]; k and v of the first full_k.size(1) KV heads written into full_k/full_v
+// [B, *, capacity, D] at `position`, the others into ring_k/ring_v [B, *, ring, D] at `slot`
+// (int64 [1] each); returns q [B, H, 1, D]. The kernel does all of it in one launch.
+at::Tensor decode_qkv(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,
+                      const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position, const at::Tensor& slot,
+                      const at::Tensor& full_k, const at::Tensor& full_v, const at::Tensor& ring_k,
+                      const at::Tensor& ring_v, bool fused);
+bool decode_qkv_kernel_takes(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm,
+                             const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                             const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
+                             const at::Tensor& ring_k, const at::Tensor& ring_v);
+
 }  // namespace kernels
 }  // namespace consa

@@ -5,6 +5,10 @@
 //   add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor sum, Tensor normed)
 //   rope(Tensor x, Tensor cos, Tensor sin) -> Tensor            x [B, T, H, D], tables [T, D]
 //   decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor
+//   swiglu(Tensor gate, Tensor up) -> Tensor
+//   decode_qkv(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin,
+//              Tensor position, Tensor slot, Tensor(a!) full_k, Tensor(b!) full_v,
+//              Tensor(c!) ring_k, Tensor(d!) ring_v) -> Tensor     (the caches written in place)
 // Each runs consa's CUDA kernel where this build has them and the tensors are on a GPU, and its
 // math path elsewhere (consa/kernels/fused_ops.h); they are inference operators (no autograd
 // of their own). The same registration is built as libconsa_ops.so, which Python loads with

@@ -77,36 +77,42 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(
   const T* k_head = k + bh * keys * D;
   const T* v_head = v + bh * keys * D;
   const float* bias_head = bias + static_cast<int64_t>(h) * group * bias_stride;
+  // A split whose keys no query head sees (a cache allocated past the position) reads no key:
+  // its bias alone (1/64 of the key and value bytes at head_dim 128) says so.
+  bool any_seen = false;
+  for (int64_t t = begin + threadIdx.x; t < end && !any_seen; t += kThreads)
+    for (int g = 0; g < group; ++g) any_seen = any_seen || bias_head[g * bias_stride + t] != neg_inf();
+  const bool split_seen = __syncthreads_or(any_seen);
+
   constexpr int kStride = kGroupsPerBlock;  // keys one pass of the block covers
   // The loop bound is the warp's first key, the same in every lane: the lane sums below need
-  // the whole warp at every step.
-  for (int64_t w0 = begin + warp * kKeysPerWarp; w0 < end; w0 += kStride * kUnroll) {
+  // the whole warp at every step. Keys, values and biases are loaded together, kUnroll passes
+  // ahead of their use, so one memory latency covers them all.
+  for (int64_t w0 = split_seen ? begin + warp * kKeysPerWarp : end; w0 < end; w0 += kStride * kUnroll) {
     const int64_t t0 = w0 + sub;
     Pack<T> kp[kUnroll], vp[kUnroll];
     float b[kUnroll][MaxG];
-    bool seen[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t t = t0 + u * kStride;
-      seen[u] = false;
+      const bool inside = t < end;
 #pragma unroll
-      for (int g = 0; g < MaxG; ++g) {
-        b[u][g] = (g < group && t < end) ? bias_head[g * bias_stride + t] : neg_inf();
-        seen[u] = seen[u] || b[u][g] != neg_inf();
-      }
-      if (seen[u]) {
+      for (int g = 0; g < MaxG; ++g) b[u][g] = (g < group && inside) ? bias_head[g * bias_stride + t] : neg_inf();
+      if (inside) {
         kp[u] = load_pack(k_head + t * D + part * V);
         vp[u] = load_pack(v_head + t * D + part * V);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) kp[u].v[i] = vp[u].v[i] = from_float<T>(0.0f);
       }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      // Lanes of one key agree on `seen`, but the sum below needs every lane of the warp.
       float kf[V], vf[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        kf[i] = seen[u] ? to_float(kp[u].v[i]) : 0.0f;
-        vf[i] = seen[u] ? to_float(vp[u].v[i]) : 0.0f;
+        kf[i] = to_float(kp[u].v[i]);
+        vf[i] = to_float(vp[u].v[i]);
       }
 #pragma unroll
       for (int g = 0; g < MaxG; ++g) {
@@ -114,8 +120,8 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(
         float s = 0.0f;
 #pragma unroll
         for (int i = 0; i < V; ++i) s += qv[g][i] * kf[i];
-        s = sum_over_lanes<kLanes>(s) + b[u][g];
-        running_add(run[g], seen[u] ? s : neg_inf(), vf);
+        s = sum_over_lanes<kLanes>(s);
+        running_add(run[g], b[u][g] == neg_inf() ? neg_inf() : s + b[u][g], vf);
       }
     }
   }
@@ -210,19 +216,20 @@ bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group) {
          head_dim / pack_elements(type) <= 32;
 }
 
-int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t kv_rows, int64_t keys) {
+int64_t decode_attention_splits(int64_t kv_rows, int64_t keys) {
   static const int multiprocessors = [] {
     int device = 0, value = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device);
     return value > 0 ? value : 132;
   }();
-  const int64_t lanes = head_dim / pack_elements(type);
-  const int64_t block_keys = kWarps * (32 / lanes) * kUnroll;  // keys one block iteration reads
-  // Enough blocks to fill the GPU several times over, but no split shorter than one iteration.
-  const int64_t wanted = (8LL * multiprocessors + kv_rows - 1) / kv_rows;
-  const int64_t most = (keys + block_keys - 1) / block_keys;
-  return std::max<int64_t>(1, std::min(wanted, most));
+  // About four blocks per multiprocessor in all, each split at least kMinSplitKeys long (a
+  // block's fixed cost: its queries, the merge, the partial write) and at most kMaxSplits per
+  // head (the merge kernel walks them in sequence).
+  constexpr int64_t kMinSplitKeys = 256, kMaxSplits = 64;
+  const int64_t wanted = (4LL * multiprocessors + kv_rows - 1) / kv_rows;
+  const int64_t most = (keys + kMinSplitKeys - 1) / kMinSplitKeys;
+  return std::max<int64_t>(1, std::min({wanted, most, kMaxSplits}));
 }
 
 const char* decode_attention(ElementType type, const DecodeAttentionArgs& a, void* stream) {

@@ -164,7 +164,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   a.keys = keys;
   a.head_dim = dim;
   a.scale = static_cast<float>(scale);
-  a.splits = cuda::decode_attention_splits(type, dim, batch * n, keys);
+  a.splits = cuda::decode_attention_splits(batch * n, keys);
   at::Tensor o_part, lse_part;
   if (a.splits > 1) {
     o_part = at::empty({batch * n * group, a.splits, dim}, k.options().dtype(at::kFloat));
@@ -174,6 +174,66 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   }
   check_launch(cuda::decode_attention(type, a, current_stream(k)), "decode_attention");
   return out;
+}
+
+namespace {
+// The decode step's shapes: qkv [B, 1, (H + 2 kv) D], caches [B, kv heads of each, *, D].
+struct QkvShape {
+  int64_t batch, heads, kv_heads, full_heads, dim;
+};
+QkvShape qkv_shape(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& full_k, const at::Tensor& ring_k) {
+  const int64_t dim = cos.size(-1), kv_heads = full_k.size(1) + ring_k.size(1);
+  return {qkv.size(0), qkv.size(-1) / dim - 2 * kv_heads, kv_heads, full_k.size(1), dim};
+}
+}  // namespace
+
+bool decode_qkv_cuda_takes(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm,
+                           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                           const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
+                           const at::Tensor& ring_k, const at::Tensor& ring_v) {
+  if (qkv.dim() != 3 || qkv.size(1) != 1 || cos.dim() != 2 || cos.size(0) != 1 || cos.sizes() != sin.sizes() ||
+      full_k.dim() != 4 || ring_k.dim() != 4 || full_k.sizes() != full_v.sizes() || ring_k.sizes() != ring_v.sizes())
+    return false;
+  const QkvShape s = qkv_shape(qkv, cos, full_k, ring_k);
+  if (!cuda::decode_qkv_takes(s.dim) || s.heads <= 0 || qkv.size(-1) != (s.heads + 2 * s.kv_heads) * s.dim ||
+      full_k.size(0) != s.batch || ring_k.size(0) != s.batch || full_k.size(3) != s.dim || ring_k.size(3) != s.dim)
+    return false;
+  for (const at::Tensor& index : {position, slot})
+    if (index.scalar_type() != at::kLong || index.numel() != 1 || index.device() != qkv.device()) return false;
+  if ((q_norm.defined() && q_norm.numel() != s.dim) || (k_norm.defined() && k_norm.numel() != s.dim)) return false;
+  return cuda_kernels_take({qkv, q_norm, k_norm, cos, sin, full_k, full_v, ring_k, ring_v}, s.dim, 256);
+}
+
+at::Tensor decode_qkv_cuda(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,
+                           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                           const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
+                           const at::Tensor& ring_k, const at::Tensor& ring_v) {
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  const QkvShape s = qkv_shape(qkv, cos, full_k, ring_k);
+  at::Tensor q = at::empty({s.batch, s.heads, 1, s.dim}, qkv.options());
+  cuda::DecodeQkvArgs a{};
+  a.qkv = qkv.data_ptr();
+  a.q_norm = data_or_null(q_norm);
+  a.k_norm = data_or_null(k_norm);
+  a.cos = cos.data_ptr();
+  a.sin = sin.data_ptr();
+  a.eps = static_cast<float>(eps);
+  a.position = position.data_ptr<int64_t>();
+  a.slot = slot.data_ptr<int64_t>();
+  a.full_k = full_k.data_ptr();
+  a.full_v = full_v.data_ptr();
+  a.ring_k = ring_k.data_ptr();
+  a.ring_v = ring_v.data_ptr();
+  a.q_out = q.data_ptr();
+  a.batch = s.batch;
+  a.heads = s.heads;
+  a.kv_heads = s.kv_heads;
+  a.full_heads = s.full_heads;
+  a.head_dim = s.dim;
+  a.capacity = full_k.size(2);
+  a.ring = ring_k.size(2);
+  check_launch(cuda::decode_qkv(element_type(qkv.scalar_type()), a, current_stream(qkv)), "decode_qkv");
+  return q;
 }
 
 }  // namespace consa::kernels::detail

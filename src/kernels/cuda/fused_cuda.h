@@ -40,4 +40,15 @@ bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const
 at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                                  double scale);
 
+// The decode step's split, q/k norms, RoPE and cache writes (consa/kernels/fused_ops.h,
+// kernels::decode_qkv), where the kernel takes the tensors as they are.
+bool decode_qkv_cuda_takes(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm,
+                           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                           const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
+                           const at::Tensor& ring_k, const at::Tensor& ring_v);
+at::Tensor decode_qkv_cuda(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,
+                           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                           const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
+                           const at::Tensor& ring_k, const at::Tensor& ring_v);
+
 }  // namespace consa::kernels::detail

@@ -72,7 +72,23 @@ struct DecodeAttentionArgs {
 // Whether the kernel takes this head_dim (64, 128 or 256 within 32 packs) and group (<= 8).
 bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group);
 // How many splits the keys of `kv_rows` = batch * kv_heads heads are cut into on this GPU.
-int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t kv_rows, int64_t keys);
+int64_t decode_attention_splits(int64_t kv_rows, int64_t keys);
 const char* decode_attention(ElementType type, const DecodeAttentionArgs& args, void* stream);
+
+// A decode step's projection output qkv [batch, 1, (heads + 2 kv_heads) head_dim] to attention's
+// inputs: q and k RMS-normalised by q_norm / k_norm [head_dim] (null: no norm) and rotated by
+// cos/sin [1, head_dim]; k and v of the first full_heads KV heads written into full_k/full_v
+// [batch, full_heads, capacity, head_dim] at *position, the rest into ring_k/ring_v
+// [batch, kv_heads - full_heads, ring, head_dim] at *slot (both int64 on the device); q into
+// q_out [batch, heads, 1, head_dim]. head_dim 64, 128 or 256.
+struct DecodeQkvArgs {
+  const void *qkv, *q_norm, *k_norm, *cos, *sin;
+  float eps;
+  const int64_t *position, *slot;
+  void *full_k, *full_v, *ring_k, *ring_v, *q_out;
+  int64_t batch, heads, kv_heads, full_heads, head_dim, capacity, ring;
+};
+bool decode_qkv_takes(int64_t head_dim);
+const char* decode_qkv(ElementType type, const DecodeQkvArgs& args, void* stream);
 
 }  // namespace consa::kernels::cuda
