@@ -216,20 +216,47 @@ bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group) {
          head_dim / pack_elements(type) <= 32;
 }
 
-int64_t decode_attention_splits(int64_t kv_rows, int64_t keys) {
-  static const int multiprocessors = [] {
-    int device = 0, value = 0;
+namespace {
+
+// Blocks of this kernel instance the whole GPU holds at once (once per instance and process).
+template <typename T, int D, int MaxG>
+int64_t resident_blocks() {
+  static const int64_t blocks = [] {
+    int device = 0, multiprocessors = 0, per_multiprocessor = 0;
     cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device);
-    return value > 0 ? value : 132;
+    cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, decode_partial_kernel<T, D, MaxG>, kThreads, 0);
+    return static_cast<int64_t>(std::max(1, multiprocessors) * std::max(1, per_multiprocessor));
   }();
-  // About four blocks per multiprocessor in all, each split at least kMinSplitKeys long (a
-  // block's fixed cost: its queries, the merge, the partial write) and at most kMaxSplits per
-  // head (the merge kernel walks them in sequence).
+  return blocks;
+}
+
+template <typename T, int D>
+int64_t resident_blocks_for_group(int64_t group) {
+  if (group <= 2) return resident_blocks<T, D, 2>();
+  if (group <= 4) return resident_blocks<T, D, 4>();
+  return resident_blocks<T, D, 8>();
+}
+
+}  // namespace
+
+int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t group, int64_t kv_rows, int64_t keys) {
+  if (!decode_attention_takes(type, head_dim, group)) return 1;
+  int64_t resident = 1;
+  dispatch(type, [&](auto* tag) -> const char* {
+    using T = element_of<decltype(tag)>;
+    constexpr int V = Pack<T>::kSize;
+    if (head_dim == 64) resident = resident_blocks_for_group<T, 64>(group);
+    else if (head_dim == 128) resident = resident_blocks_for_group<T, 128>(group);
+    else if constexpr (256 / V <= 32) resident = resident_blocks_for_group<T, 256>(group);
+    return nullptr;
+  });
+  // As many splits as keep every block resident in one wave (a second, partial wave would take
+  // as long as the first), each at least kMinSplitKeys long (a block's fixed cost: its queries,
+  // the merge, the partial write) and at most kMaxSplits per head (the merge walks them in turn).
   constexpr int64_t kMinSplitKeys = 256, kMaxSplits = 64;
-  const int64_t wanted = (4LL * multiprocessors + kv_rows - 1) / kv_rows;
   const int64_t most = (keys + kMinSplitKeys - 1) / kMinSplitKeys;
-  return std::max<int64_t>(1, std::min({wanted, most, kMaxSplits}));
+  return std::max<int64_t>(1, std::min({resident / kv_rows, most, kMaxSplits}));
 }
 
 const char* decode_attention(ElementType type, const DecodeAttentionArgs& a, void* stream) {

@@ -164,7 +164,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   a.keys = keys;
   a.head_dim = dim;
   a.scale = static_cast<float>(scale);
-  a.splits = cuda::decode_attention_splits(batch * n, keys);
+  a.splits = cuda::decode_attention_splits(type, dim, group, batch * n, keys);
   at::Tensor o_part, lse_part;
   if (a.splits > 1) {
     o_part = at::empty({batch * n * group, a.splits, dim}, k.options().dtype(at::kFloat));

@@ -72,7 +72,7 @@ struct DecodeAttentionArgs {
 // Whether the kernel takes this head_dim (64, 128 or 256 within 32 packs) and group (<= 8).
 bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group);
 // How many splits the keys of `kv_rows` = batch * kv_heads heads are cut into on this GPU.
-int64_t decode_attention_splits(int64_t kv_rows, int64_t keys);
+int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t group, int64_t kv_rows, int64_t keys);
 const char* decode_attention(ElementType type, const DecodeAttentionArgs& args, void* stream);
 
 // A decode step's projection output qkv [batch, 1, (heads + 2 kv_heads) head_dim] to attention's
