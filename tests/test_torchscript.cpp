@@ -237,7 +237,7 @@ TEST_CASE("exports with consa's fused operators compute what the portable export
         };
         const std::string fused_code = code_of(fused), portable_code = code_of(portable);
         for (const char* op : {"consa::rms_norm", "consa::add_rms_norm", "consa::rope", "consa::decode_attention",
-                               "consa::decode_qkv", "consa::swiglu"})
+                               "consa::decode_qkv", "consa::swiglu", "consa::hybrid_decode_attention"})
           CHECK(fused_code.find(op) != std::string::npos);
         CHECK(portable_code.find("consa::") == std::string::npos);
       }

@@ -128,7 +128,9 @@ def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor,
 
 def _output(self, x: Tensor, outs: List[Tensor]) -> Tensor:
     # The attention heads (full-cache slice, then sliding) through o_proj, the residual and the MLP.
-    heads = torch.cat(outs, 1).transpose(1, 2).reshape(x.size(0), x.size(1), self.num_heads * self.head_dim)
+    # (one slice: no concatenation, which would copy it)
+    attention = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+    heads = attention.transpose(1, 2).reshape(x.size(0), x.size(1), self.num_heads * self.head_dim)
     attended = torch.linear(heads, self.o_w, )JIT" << (c.o_bias ? "self.o_b" : "None") << R"JIT()
 )JIT";
   if (fused)
@@ -237,14 +239,25 @@ def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slot: Te
         ring_v.index_copy_(2, slot, v[:, nf:])
 )JIT";
   s << R"JIT(    outs: List[Tensor] = []
-    if nf > 0:
-        bias = full_bias
-        if self.full_mode == 2:
-            bias = torch.where(self.head_full.view(nf, g, 1), full_bias, full_window_bias)
+    bias = full_bias
+    if nf > 0 and self.full_mode == 2:
+        bias = torch.where(self.head_full.view(nf, g, 1), full_bias, full_window_bias)
+)JIT";
+  if (fused)  // both slices in one launch
+    s << R"JIT(    if nf > 0 and nf < self.num_kv_heads:
+        outs.append(consa.hybrid_decode_attention(q, full_k, full_v, bias, ring_k, ring_v, ring_bias, self.scale))
+    elif nf > 0:
+        outs.append(self._attend_one(q, full_k, full_v, bias))
+    else:
+        outs.append(self._attend_one(q, ring_k, ring_v, ring_bias))
+)JIT";
+  else
+    s << R"JIT(    if nf > 0:
         outs.append(self._attend_one(q[:, :nf * g], full_k, full_v, bias))
     if nf < self.num_kv_heads:
         outs.append(self._attend_one(q[:, nf * g:], ring_k, ring_v, ring_bias))
-    return self._output(x, outs)
+)JIT";
+  s << R"JIT(    return self._output(x, outs)
 )JIT";
   return s.str();
 }

@@ -185,9 +185,10 @@ at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Te
 }
 
 bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& bias) {
+                                   const at::Tensor& bias, const at::Tensor& k2, const at::Tensor& v2,
+                                   const at::Tensor& bias2) {
 #if CONSA_WITH_CUDA_KERNELS
-  return detail::decode_attention_cuda_takes(q, k, v, bias);
+  return detail::decode_attention_cuda_takes(q, k, v, bias, k2, v2, bias2);
 #else
   return false;
 #endif
@@ -214,6 +215,19 @@ bool decode_qkv_kernel_takes(const at::Tensor& qkv, const at::Tensor& q_norm, co
 #else
   return false;
 #endif
+}
+
+at::Tensor hybrid_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& bias, const at::Tensor& k2, const at::Tensor& v2,
+                                   const at::Tensor& bias2, double scale, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && detail::decode_attention_cuda_takes(q, k, v, bias, k2, v2, bias2))
+    return detail::decode_attention_cuda(q, k, v, bias, scale, k2, v2, bias2);
+#endif
+  const int64_t first = k.size(1) * (q.size(1) / (k.size(1) + k2.size(1)));  // the full slice's query heads
+  return at::cat({decode_attention(q.narrow(1, 0, first), k, v, bias, scale, false),
+                  decode_attention(q.narrow(1, first, q.size(1) - first), k2, v2, bias2, scale, false)},
+                 1);
 }
 
 at::Tensor decode_qkv(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,

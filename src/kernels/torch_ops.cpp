@@ -33,6 +33,12 @@ at::Tensor decode_attention_op(const at::Tensor& q, const at::Tensor& k, const a
   return decode_attention(q, k, v, bias, scale, on_kernels(k));
 }
 
+at::Tensor hybrid_decode_attention_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& bias, const at::Tensor& k2, const at::Tensor& v2,
+                                      const at::Tensor& bias2, double scale) {
+  return hybrid_decode_attention(q, k, v, bias, k2, v2, bias2, scale, on_kernels(k));
+}
+
 at::Tensor swiglu_op(const at::Tensor& gate, const at::Tensor& up) {
   return swiglu(gate, up, on_kernels(gate));  // strided halves of a stacked projection: the math path
 }
@@ -55,6 +61,9 @@ TORCH_LIBRARY(consa, m) {
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm_op);
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor", &rope_op);
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor", &decode_attention_op);
+  m.def("hybrid_decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, Tensor k2, Tensor v2, Tensor bias2, "
+        "float scale) -> Tensor",
+        &hybrid_decode_attention_op);
   m.def("swiglu(Tensor gate, Tensor up) -> Tensor", &swiglu_op);
   // The caches are written in place: the (a!) annotations keep TorchScript from reordering them.
   m.def("decode_qkv(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin, Tensor position, "

@@ -53,9 +53,18 @@ at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Te
 // query head of its group sees.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                             double scale, bool fused);
-// Whether decode_attention(..., fused = true) runs the kernel on these tensors.
+// Both slices of a hybrid layer in one call (one launch for the kernel): q [B, (n + n2) G, 1, D]
+// over the full caches k, v [B, n, T, D] with `bias` for its first n G heads and over the ring
+// k2, v2 [B, n2, R, D] with `bias2` for the rest; equals torch.cat of the two decode_attention
+// calls along the heads.
+at::Tensor hybrid_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& bias, const at::Tensor& k2, const at::Tensor& v2,
+                                   const at::Tensor& bias2, double scale, bool fused);
+// Whether decode_attention (or, with k2, v2, bias2, hybrid_decode_attention) with fused = true
+// runs the kernel on these tensors.
 bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& bias);
+                                   const at::Tensor& bias, const at::Tensor& k2 = {}, const at::Tensor& v2 = {},
+                                   const at::Tensor& bias2 = {});
 
 // A decode step (one token per sequence) from its QKV projection qkv [B, 1, (H + 2 kv) D] to
 // attention's query: q and k normalised by q_norm / k_norm (undefined: no norm) and rotated by

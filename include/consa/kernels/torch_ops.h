@@ -5,6 +5,8 @@
 //   add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor sum, Tensor normed)
 //   rope(Tensor x, Tensor cos, Tensor sin) -> Tensor            x [B, T, H, D], tables [T, D]
 //   decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor
+//   hybrid_decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, Tensor k2, Tensor v2,
+//                           Tensor bias2, float scale) -> Tensor     (full caches and rings at once)
 //   swiglu(Tensor gate, Tensor up) -> Tensor
 //   decode_qkv(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin,
 //              Tensor position, Tensor slot, Tensor(a!) full_k, Tensor(b!) full_v,

@@ -34,14 +34,16 @@ __device__ __forceinline__ void running_add(Running<V>& r, float s, const float 
   r.m = m;
 }
 
-// Grid: (splits, batch * kv_heads). q [B, n, G, D], k/v [B, n, T, D], bias rows [n * G] of
-// `bias_stride` (0: one row for all). With one split the block writes `out` [B, n, G, D]
-// directly; otherwise o_part [B n G, splits, D] (normalised) and lse_part [B n G, splits].
+// Grid: (splits, batch * (n0 + n1)): each block takes one split of one KV head of source 0 (the
+// full cache, n0 heads) or source 1 (the ring, n1 heads), whose query heads are adjacent in q
+// [B, (n0 + n1) G, D]. A source's bias rows [n G] have `bias_stride` (0: one row for all). With one
+// split the block writes `out` [B, (n0 + n1) G, D] directly; otherwise o_part [rows, splits, D]
+// (normalised) and lse_part [rows, splits].
 template <typename T, int D, int MaxG>
-__global__ void __launch_bounds__(kThreads) decode_partial_kernel(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ bias,
-    int64_t bias_stride, T* __restrict__ out, float* __restrict__ o_part, float* __restrict__ lse_part, int kv_heads,
-    int group, int64_t keys, int64_t chunk, float scale) {
+__global__ void __launch_bounds__(kThreads) decode_partial_kernel(const T* __restrict__ q, DecodeSource s0,
+                                                                  DecodeSource s1, T* __restrict__ out,
+                                                                  float* __restrict__ o_part,
+                                                                  float* __restrict__ lse_part, int group, float scale) {
   constexpr int V = Pack<T>::kSize;
   constexpr int kLanes = D / V;          // lanes that hold one key
   constexpr int kKeysPerWarp = 32 / kLanes;
@@ -49,11 +51,16 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(
   static_assert(kLanes >= 1 && kLanes <= 32 && 32 % kLanes == 0, "head_dim must be 1 to 32 packs");
 
   const int split = blockIdx.x, splits = gridDim.x;
-  const int64_t bh = blockIdx.y;  // b * kv_heads + h
-  const int h = static_cast<int>(bh % kv_heads);
+  const int64_t bh = blockIdx.y;  // b * (n0 + n1) + j: the query rows bh * group + g
+  const int64_t heads = s0.kv_heads + s1.kv_heads, b = bh / heads;
+  const int j = static_cast<int>(bh % heads);
+  const bool ring = j >= s0.kv_heads;
+  const DecodeSource& src = ring ? s1 : s0;
+  const int h = ring ? j - static_cast<int>(s0.kv_heads) : j;
+  const int64_t keys = src.keys, chunk = (keys + splits - 1) / splits;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / kLanes, part = lane % kLanes;  // which key of the warp's pass; which pack of it
-  const int64_t begin = split * chunk, end = min(keys, begin + chunk);
+  const int64_t begin = min(keys, split * chunk), end = min(keys, begin + chunk);
 
   // The group's queries, pre-scaled, in fp32 registers (this lane's pack of each).
   float qv[MaxG][V];
@@ -74,9 +81,11 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(
     for (int i = 0; i < V; ++i) run[g].acc[i] = 0.0f;
   }
 
-  const T* k_head = k + bh * keys * D;
-  const T* v_head = v + bh * keys * D;
-  const float* bias_head = bias + static_cast<int64_t>(h) * group * bias_stride;
+  const int64_t kv_row = b * src.kv_heads + h;
+  const T* k_head = static_cast<const T*>(src.k) + kv_row * keys * D;
+  const T* v_head = static_cast<const T*>(src.v) + kv_row * keys * D;
+  const int64_t bias_stride = src.bias_stride;
+  const float* bias_head = src.bias + static_cast<int64_t>(h) * group * bias_stride;
   // A split whose keys no query head sees (a cache allocated past the position) reads no key:
   // its bias alone (1/64 of the key and value bytes at head_dim 128) says so.
   bool any_seen = false;
@@ -187,14 +196,14 @@ __global__ void decode_combine_kernel(const float* __restrict__ o_part, const fl
 
 template <typename T, int D, int MaxG>
 const char* launch_decode(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  const int64_t chunk = (a.keys + a.splits - 1) / a.splits;
-  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.batch * a.kv_heads));
+  const int64_t heads = a.sources[0].kv_heads + a.sources[1].kv_heads;
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.batch * heads));
   auto* out = static_cast<T*>(a.out);
-  decode_partial_kernel<T, D, MaxG><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v), a.bias, a.bias_stride, out,
-      a.o_part, a.lse_part, static_cast<int>(a.kv_heads), static_cast<int>(a.group), a.keys, chunk, a.scale);
+  decode_partial_kernel<T, D, MaxG><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(a.q), a.sources[0],
+                                                                   a.sources[1], out, a.o_part, a.lse_part,
+                                                                   static_cast<int>(a.group), a.scale);
   if (a.splits > 1)
-    decode_combine_kernel<T><<<static_cast<unsigned>(a.batch * a.kv_heads * a.group), D < 128 ? D : 128, 0, stream>>>(
+    decode_combine_kernel<T><<<static_cast<unsigned>(a.batch * heads * a.group), D < 128 ? D : 128, 0, stream>>>(
         a.o_part, a.lse_part, out, static_cast<int>(a.splits), D);
   return launch_status();
 }

@@ -128,47 +128,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at:
   return {full_grad, swa_grad, partial.sum(0)};
 }
 
-bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias) {
-  if (q.dim() != 4 || k.dim() != 4 || q.size(2) != 1 || k.sizes() != v.sizes() || q.size(0) != k.size(0) ||
-      q.size(3) != k.size(3) || k.size(1) == 0 || q.size(1) % k.size(1) != 0)
-    return false;
-  const int64_t n = k.size(1), group = q.size(1) / n, keys = k.size(2);
+namespace {
+// Whether k, v, bias make one source of `group` query heads per KV head for the kernel.
+bool decode_source_takes(const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias, int64_t group) {
+  if (k.dim() != 4 || k.sizes() != v.sizes() || k.size(1) == 0 || k.size(2) == 0) return false;
+  const int64_t n = k.size(1), keys = k.size(2);
   const bool bias_shape = (bias.dim() == 1 && bias.size(0) == keys) ||
                           (bias.dim() == 3 && bias.size(0) == n && bias.size(1) == group && bias.size(2) == keys);
-  if (!bias_shape || bias.scalar_type() != at::kFloat || bias.device() != k.device() || keys == 0) return false;
+  return bias_shape && bias.scalar_type() == at::kFloat && bias.device() == k.device() &&
+         cuda_kernels_take({k, v}, k.size(3), 256);
+}
+
+cuda::DecodeSource decode_source(const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias_rows) {
+  return {k.data_ptr(), v.data_ptr(), bias_rows.data_ptr<float>(), bias_rows.dim() == 1 ? 0 : k.size(2), k.size(1),
+          k.size(2)};
+}
+}  // namespace
+
+bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                                 const at::Tensor& k2, const at::Tensor& v2, const at::Tensor& bias2) {
+  const int64_t kv_heads = k.dim() == 4 ? k.size(1) + (k2.defined() && k2.dim() == 4 ? k2.size(1) : 0) : 0;
+  if (q.dim() != 4 || q.size(2) != 1 || kv_heads == 0 || q.size(1) % kv_heads != 0 || q.size(0) != k.size(0) ||
+      q.size(3) != k.size(3))
+    return false;
+  const int64_t group = q.size(1) / kv_heads;
   const at::ScalarType type = k.scalar_type();
   if ((type != at::kFloat && type != at::kHalf && type != at::kBFloat16) ||
-      !cuda::decode_attention_takes(element_type(type), k.size(3), group))
+      !cuda::decode_attention_takes(element_type(type), k.size(3), group) || !decode_source_takes(k, v, bias, group))
     return false;
-  return cuda_kernels_take({k, v}, k.size(3), 256) && q.is_cuda() && q.device() == k.device() &&
-         q.scalar_type() == type;
+  if (k2.defined() && (!decode_source_takes(k2, v2, bias2, group) || k2.scalar_type() != type ||
+                       k2.device() != k.device() || k2.size(0) != k.size(0) || k2.size(3) != k.size(3)))
+    return false;
+  return q.is_cuda() && q.device() == k.device() && q.scalar_type() == type;
 }
 
 at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
-                                 double scale) {
+                                 double scale, const at::Tensor& k2, const at::Tensor& v2, const at::Tensor& bias2) {
   const c10::cuda::CUDAGuard guard(k.device());
   const cuda::ElementType type = element_type(k.scalar_type());
-  const at::Tensor query = q.contiguous(), bias_rows = bias.contiguous();
-  const int64_t batch = k.size(0), n = k.size(1), group = q.size(1) / n, keys = k.size(2), dim = k.size(3);
-  at::Tensor out = at::empty(q.sizes(), k.options());
+  const at::Tensor query = q.contiguous(), rows = bias.contiguous(), rows2 = k2.defined() ? bias2.contiguous() : rows;
   cuda::DecodeAttentionArgs a{};
   a.q = query.data_ptr();
-  a.k = k.data_ptr();
-  a.v = v.data_ptr();
-  a.bias = bias_rows.data_ptr<float>();
-  a.bias_stride = bias.dim() == 1 ? 0 : keys;
+  a.sources[0] = decode_source(k, v, rows);
+  if (k2.defined()) a.sources[1] = decode_source(k2, v2, rows2);
+  const int64_t batch = k.size(0), heads = a.sources[0].kv_heads + a.sources[1].kv_heads, dim = k.size(3);
+  at::Tensor out = at::empty(q.sizes(), k.options());
   a.out = out.data_ptr();
   a.batch = batch;
-  a.kv_heads = n;
-  a.group = group;
-  a.keys = keys;
+  a.group = q.size(1) / heads;
   a.head_dim = dim;
   a.scale = static_cast<float>(scale);
-  a.splits = cuda::decode_attention_splits(type, dim, group, batch * n, keys);
+  a.splits = cuda::decode_attention_splits(type, dim, a.group, batch * heads,
+                                           std::max(a.sources[0].keys, a.sources[1].keys));
   at::Tensor o_part, lse_part;
   if (a.splits > 1) {
-    o_part = at::empty({batch * n * group, a.splits, dim}, k.options().dtype(at::kFloat));
-    lse_part = at::empty({batch * n * group, a.splits}, k.options().dtype(at::kFloat));
+    o_part = at::empty({batch * heads * a.group, a.splits, dim}, k.options().dtype(at::kFloat));
+    lse_part = at::empty({batch * heads * a.group, a.splits}, k.options().dtype(at::kFloat));
     a.o_part = o_part.data_ptr<float>();
     a.lse_part = lse_part.data_ptr<float>();
   }

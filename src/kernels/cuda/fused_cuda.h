@@ -34,11 +34,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at:
                                                                        const at::Tensor& swa, const at::Tensor& z);
 
 // One query per sequence q [B, n G, 1, D] over k, v [B, n, T, D] (contiguous, the cache
-// tensors) with an fp32 bias [T] or [n, G, T]; out [B, n G, 1, D]. decode_attention_cuda_takes
-// says whether the kernel runs these shapes.
-bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias);
+// tensors) with an fp32 bias [T] or [n, G, T]; out [B, n G, 1, D]. With k2, v2, bias2 (a second
+// source of n2 KV heads, the ring) q holds n G + n2 G heads and both sources run in one launch.
+// decode_attention_cuda_takes says whether the kernel runs these shapes.
+bool decode_attention_cuda_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                                 const at::Tensor& k2 = {}, const at::Tensor& v2 = {}, const at::Tensor& bias2 = {});
 at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
-                                 double scale);
+                                 double scale, const at::Tensor& k2 = {}, const at::Tensor& v2 = {},
+                                 const at::Tensor& bias2 = {});
 
 // The decode step's split, q/k norms, RoPE and cache writes (consa/kernels/fused_ops.h,
 // kernels::decode_qkv), where the kernel takes the tensors as they are.

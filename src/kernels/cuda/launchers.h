@@ -51,27 +51,33 @@ const char* gated_mix_backward(ElementType type, const void* dy, const void* ful
                                void* full_grad, void* swa_grad, float* z_grad_partial, int64_t positions,
                                int64_t heads, int64_t dim, void* stream);
 
-// Decode attention: one query per sequence, q [batch, kv_heads, group, head_dim], over keys and
-// values [batch, kv_heads, keys, head_dim], with an fp32 additive bias (0 or -inf) per key:
-// bias_stride 0 shares one row [keys] among all query heads, bias_stride = keys gives each query
-// head h * group + g its own row. scores = q.k * scale + bias, softmax and the weighted values
-// in fp32, out [batch, kv_heads, group, head_dim] rounded once. The keys are cut into `splits`
-// (decode_attention_splits) whose partial results o_part [rows, splits, head_dim] and lse_part
-// [rows, splits] (fp32, rows = batch * kv_heads * group; unused with one split) are merged by a
-// second kernel. A query that sees no key gets zeros.
+// Decode attention: one query per sequence over one or two KV sources (a layer's full caches and
+// its rings), each keys and values [batch, kv_heads, keys, head_dim] with an fp32 additive bias
+// (0 or -inf) per key: bias_stride 0 shares one row [keys] among the source's query heads,
+// bias_stride = keys gives each query head h * group + g of the source its own row. q [batch,
+// (n0 + n1) group, head_dim] holds the query heads of source 0's KV heads, then source 1's (n1 = 0:
+// one source). scores = q.k * scale + bias, softmax and the weighted values in fp32, out like q,
+// rounded once. The keys are cut into `splits` (decode_attention_splits) whose partial results
+// o_part [rows, splits, head_dim] and lse_part [rows, splits] (fp32, rows = batch (n0 + n1) group;
+// unused with one split) are merged by a second kernel. A query that sees no key gets zeros.
 constexpr int64_t kDecodeMaxGroup = 8;
-struct DecodeAttentionArgs {
-  const void *q, *k, *v;
+struct DecodeSource {
+  const void *k, *v;
   const float* bias;
-  int64_t bias_stride;
+  int64_t bias_stride, kv_heads, keys;
+};
+struct DecodeAttentionArgs {
+  const void* q;
+  DecodeSource sources[2];
   void* out;
   float *o_part, *lse_part;
-  int64_t batch, kv_heads, group, keys, head_dim, splits;
+  int64_t batch, group, head_dim, splits;
   float scale;
 };
 // Whether the kernel takes this head_dim (64, 128 or 256 within 32 packs) and group (<= 8).
 bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group);
-// How many splits the keys of `kv_rows` = batch * kv_heads heads are cut into on this GPU.
+// How many splits the keys (at most `keys` per head) of `kv_rows` = batch (n0 + n1) heads are cut
+// into on this GPU.
 int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t group, int64_t kv_rows, int64_t keys);
 const char* decode_attention(ElementType type, const DecodeAttentionArgs& args, void* stream);
 
