@@ -6,7 +6,8 @@
 # fused operators side by side (consa bench decode --kernels aten,fused). Results land in $OUT:
 # cuda_tests.log, python_check.txt, decode.json and decode.txt.
 #   OUT=/some/dir bash scripts/gpu_decode.sh
-# CONTEXTS, SPARSITY, BATCH and SHAPE replace the defaults below; CUDA_TESTS=0 skips the checks.
+# CONTEXTS, SPARSITY, BATCH and SHAPE replace the defaults below; CUDA_TESTS=0 skips the checks,
+# CUDA_TEST_FILTER (a Catch test spec) runs some of them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -18,7 +19,7 @@ grep "consa: " /tmp/configure.log
 cmake --build build-gpu -j"$(nproc)" >/tmp/build.log 2>&1 || { grep -B2 -A8 "error" /tmp/build.log | head -80; exit 1; }
 status=0
 if [ "${CUDA_TESTS:-1}" = 1 ]; then
-  build-gpu/tests/consa_tests "[cuda]" >"$OUT/cuda_tests.log" 2>&1 || status=1
+  build-gpu/tests/consa_tests "${CUDA_TEST_FILTER:-[cuda]}" >"$OUT/cuda_tests.log" 2>&1 || status=1
   grep -E "^cuda|passed|failed|FAILED" "$OUT/cuda_tests.log" | head -100
   [ $status = 0 ] || grep -B3 -A15 FAILED "$OUT/cuda_tests.log" | head -80
 fi

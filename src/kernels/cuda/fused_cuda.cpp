@@ -178,8 +178,10 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   a.group = q.size(1) / heads;
   a.head_dim = dim;
   a.scale = static_cast<float>(scale);
-  a.splits = cuda::decode_attention_splits(type, dim, a.group, batch * heads,
-                                           std::max(a.sources[0].keys, a.sources[1].keys));
+  // The splits are sized for the source with the most keys (the full caches): its blocks are the
+  // long ones, and the ring's short blocks fill in around them.
+  const cuda::DecodeSource& longest = a.sources[1].keys > a.sources[0].keys ? a.sources[1] : a.sources[0];
+  a.splits = cuda::decode_attention_splits(type, dim, a.group, batch * longest.kv_heads, longest.keys);
   at::Tensor o_part, lse_part;
   if (a.splits > 1) {
     o_part = at::empty({batch * heads * a.group, a.splits, dim}, k.options().dtype(at::kFloat));
