@@ -12,11 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" >/tmp/configure.log 2>&1 \
-  || { tail -30 /tmp/configure.log; exit 1; }
-grep "consa: " /tmp/configure.log
-cmake --build build-gpu -j"$(nproc)" >/tmp/build.log 2>&1 || { grep -B2 -A8 "error" /tmp/build.log | head -80; exit 1; }
+bash scripts/gpu_build_tests.sh || exit 1
 status=0
 if [ "${CUDA_TESTS:-1}" = 1 ]; then
   build-gpu/tests/consa_tests "${CUDA_TEST_FILTER:-[cuda]}" >"$OUT/cuda_tests.log" 2>&1 || status=1
