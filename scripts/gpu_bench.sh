@@ -7,7 +7,8 @@
 #   train      consa bench train: dense / gated / hard steps at 2K, 8K, 16K, Qwen3-0.6B and 1.7B
 #   reference  scripts/reference_train_step.py: the same dense and gated steps in eager PyTorch
 #   decode     consa bench decode: prefill/decode speed and KV bytes at 4K and 32K, rho 0/0.5/0.75,
-#              batches 1 and 8, decoding eagerly and through a CUDA graph
+#              batches 1 and 8, decoding eagerly and through a CUDA graph, portable exports and
+#              exports with consa's fused operators (--kernels aten,fused)
 # and joins the JSON in $OUT into report.md with the goals (scripts/bench_report.py); parts run
 # in earlier invocations with the same $OUT are joined too. TRAIN_ARGS, REFERENCE_ARGS and
 # DECODE_ARGS replace the default options below (e.g. TRAIN_ARGS="--shapes qwen3-0.6b
@@ -20,7 +21,7 @@ PARTS=${PARTS:-train reference decode}
 TIMING="--warmup 1 --steps 2 --repeats 3"
 TRAIN_ARGS=${TRAIN_ARGS:-"$TIMING"}
 REFERENCE_ARGS=${REFERENCE_ARGS:-"$TIMING"}
-DECODE_ARGS=${DECODE_ARGS:-"--shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1,8 --repeats 1"}
+DECODE_ARGS=${DECODE_ARGS:-"--shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1,8 --kernels aten,fused --repeats 1"}
 mkdir -p "$OUT"
 if [ -z "${CONSA:-}" ]; then
   bash scripts/build_gpu.sh
