@@ -1,8 +1,9 @@
 // Attention of one query per sequence over a KV cache (a decode step), split over the keys
 // (flash-decoding): each block reads one split of one KV head's keys once for all G query heads
 // of its group and keeps an online softmax in fp32; a second kernel merges the splits by their
-// log-sum-exp. Keys whose bias is -inf for every query head of the group are never read, so a
-// cache allocated past the current position costs nothing beyond its bias.
+// log-sum-exp. One launch serves a layer's full caches and its rings together. A split whose
+// keys no query head of the group sees is never read, so the part of a cache allocated past the
+// current position costs little more than its bias.
 #include <algorithm>
 #include <cmath>
 
