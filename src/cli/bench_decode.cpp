@@ -196,48 +196,49 @@ int bench_decode(int argc, char** argv) {
             << ", sinks " << swa.sinks << "; decode ms/step eager (extend) and, where supported, through a CUDA graph\n\n"
             << "kernels batch   rho  context  prefill tok/s      eager      graph  decode tok/s  KV bytes        analytic        ratio\n";
   nlohmann::json results = nlohmann::json::array();
-  for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity"))
-  for (const std::string& kernels : kernel_choices) {
+  for (double rho : parse_number_list(args["sparsity"].as<std::string>(), "--sparsity")) {
     const Assignment a = uniform_assignment(model, swa, rho);
-    TorchScriptOptions export_options;
-    export_options.fused_kernels = kernels == "fused";
-    ScriptedLM scripted(build_scripted_model(model, a, export_options), a);
-    if (budget > 0) {
-      // Serving at a fixed memory budget: the batch follows from what the KV cache of one
-      // sequence costs at each context (weights plus KV cache; activations are not counted).
-      const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
-      const int64_t weight_bytes = model->parameter_count() * element;
-      for (double context_value : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
-        const int64_t context = static_cast<int64_t>(context_value);
-        const int64_t capacity = context + s.steps * (s.graphs && GraphedDecoder::supported(scripted) ? 2 : 1);
-        const auto [fa, sw] = a.kv_cache_bytes(capacity, element);
-        const int64_t batch = sequences_within(budget, weight_bytes, fa + sw);
-        CONSA_CHECK(batch > 0, "--memory-budget ", args["memory-budget"].as<std::string>(), ": the weights (", weight_bytes,
-                    " bytes) and one sequence's KV cache at ", context, " tokens (", fa + sw, " bytes) do not fit");
-        // The budget already holds most of the device: prefill in chunks of positions and in
-        // small query blocks, so that activations and scores stay a few GB beside the cache.
-        scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : std::max<int64_t>(16, kBudgetScoreRows / batch));
-        DecodeSettings chunked = s;
-        chunked.prefill_chunk = s.prefill_chunk > 0 ? s.prefill_chunk : std::max<int64_t>(256, kBudgetPrefillTokens / batch);
-        warm_up(scripted, s.device, std::min<int64_t>(batch, 8), config.vocab_size);
-        nlohmann::json row = measure(scripted, kernels, rho, chunked, batch, context, config.vocab_size);
-        row["memory_budget_bytes"] = budget;
-        row["weight_bytes"] = weight_bytes;
-        row["kv_bytes_per_sequence"] = fa + sw;
-        row["decode_tokens_per_s_per_kv_gib"] =
-            row["decode_tokens_per_s"].get<double>() / (static_cast<double>((fa + sw) * batch) / (1 << 30));
-        print_row(row);
-        results.push_back(row);
+    for (const std::string& kernels : kernel_choices) {
+      TorchScriptOptions export_options;
+      export_options.fused_kernels = kernels == "fused";
+      ScriptedLM scripted(build_scripted_model(model, a, export_options), a);
+      if (budget > 0) {
+        // Serving at a fixed memory budget: the batch follows from what the KV cache of one
+        // sequence costs at each context (weights plus KV cache; activations are not counted).
+        const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
+        const int64_t weight_bytes = model->parameter_count() * element;
+        for (double context_value : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
+          const int64_t context = static_cast<int64_t>(context_value);
+          const int64_t capacity = context + s.steps * (s.graphs && GraphedDecoder::supported(scripted) ? 2 : 1);
+          const auto [fa, sw] = a.kv_cache_bytes(capacity, element);
+          const int64_t batch = sequences_within(budget, weight_bytes, fa + sw);
+          CONSA_CHECK(batch > 0, "--memory-budget ", args["memory-budget"].as<std::string>(), ": the weights (", weight_bytes,
+                      " bytes) and one sequence's KV cache at ", context, " tokens (", fa + sw, " bytes) do not fit");
+          // The budget already holds most of the device: prefill in chunks of positions and in
+          // small query blocks, so that activations and scores stay a few GB beside the cache.
+          scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : std::max<int64_t>(16, kBudgetScoreRows / batch));
+          DecodeSettings chunked = s;
+          chunked.prefill_chunk = s.prefill_chunk > 0 ? s.prefill_chunk : std::max<int64_t>(256, kBudgetPrefillTokens / batch);
+          warm_up(scripted, s.device, std::min<int64_t>(batch, 8), config.vocab_size);
+          nlohmann::json row = measure(scripted, kernels, rho, chunked, batch, context, config.vocab_size);
+          row["memory_budget_bytes"] = budget;
+          row["weight_bytes"] = weight_bytes;
+          row["kv_bytes_per_sequence"] = fa + sw;
+          row["decode_tokens_per_s_per_kv_gib"] =
+              row["decode_tokens_per_s"].get<double>() / (static_cast<double>((fa + sw) * batch) / (1 << 30));
+          print_row(row);
+          results.push_back(row);
+        }
+        continue;
       }
-      continue;
-    }
-    for (int64_t batch : batches) {
-      scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
-      warm_up(scripted, s.device, batch, config.vocab_size);
-      for (double context : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
-        nlohmann::json row = measure(scripted, kernels, rho, s, batch, static_cast<int64_t>(context), config.vocab_size);
-        print_row(row);
-        results.push_back(row);
+      for (int64_t batch : batches) {
+        scripted.module().setattr("query_block", s.query_block > 0 ? s.query_block : query_block_for(batch));
+        warm_up(scripted, s.device, batch, config.vocab_size);
+        for (double context : parse_number_list(args["contexts"].as<std::string>(), "--contexts")) {
+          nlohmann::json row = measure(scripted, kernels, rho, s, batch, static_cast<int64_t>(context), config.vocab_size);
+          print_row(row);
+          results.push_back(row);
+        }
       }
     }
   }

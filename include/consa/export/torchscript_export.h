@@ -29,9 +29,9 @@ constexpr int kTorchScriptFormatVersion = 1;
 
 struct TorchScriptOptions {
   int64_t query_block = 1024;  // queries per attention block in extend (bounds the score matrix)
-  // Call consa's operators (torch.ops.consa.*, consa/kernels/torch_ops.h) for RMSNorm, RoPE, the
-  // residual add + norm and decode attention: fewer, fused kernels on a GPU. Such a file loads
-  // where they are registered: in consa, or in Python after
+  // Call consa's operators (torch.ops.consa.*, consa/kernels/torch_ops.h lists them) for the
+  // norms, RoPE, SwiGLU, the decode step's QKV and its attention: fewer, fused kernels on a GPU.
+  // Such a file loads where they are registered: in consa, or in Python after
   // torch.ops.load_library("libconsa_ops.so"). Off (the default): aten operators only.
   bool fused_kernels = false;
 };

@@ -49,8 +49,8 @@ at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Te
 // values k, v [B, n, T, D], with an fp32 bias (0 visible, -inf masked) [T] or [n, G, T];
 // softmax(q k^T * scale + bias) v -> [B, n G, 1, D]. The math path rounds the scores and the
 // probabilities to the dtype as the matmuls store them; the kernel (split-K flash-decoding, on
-// CUDA for head_dim 64/128/256 and G <= 8) keeps them in fp32 and never reads a key that no
-// query head of its group sees.
+// CUDA for head_dim 64/128/256 and G <= 8) keeps them in fp32 and skips every split of keys
+// that no query head of its group sees.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                             double scale, bool fused);
 // Both slices of a hybrid layer in one call (one launch for the kernel): q [B, (n + n2) G, 1, D]
