@@ -8,7 +8,7 @@
 # traced step per configuration (trace_<ce>_<ckpt>.txt, scripts/trace_summary.py).
 #   OUT=/some/dir bash scripts/gpu_train_step.sh
 # SHAPES, SEQ_LENS, MODES, KERNELS, CROSS_ENTROPY and CHECKPOINTING replace the defaults below;
-# CUDA_TESTS=0 skips the checks.
+# CUDA_TESTS=0 skips the checks; CUDA_TEST_FILTER (a Catch test spec) runs some of them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -21,7 +21,9 @@ CROSS_ENTROPY=${CROSS_ENTROPY:-full chunked}
 CHECKPOINTING=${CHECKPOINTING:-true false}
 bash scripts/gpu_build_tests.sh || exit 1
 status=0
-if [ "${CUDA_TESTS:-1}" = 1 ]; then build-gpu/tests/consa_tests "[cuda]" >"$OUT/cuda_tests.log" 2>&1 || status=1; fi
+if [ "${CUDA_TESTS:-1}" = 1 ]; then
+  build-gpu/tests/consa_tests "${CUDA_TEST_FILTER:-[cuda]}" >"$OUT/cuda_tests.log" 2>&1 || status=1
+fi
 if [ -f "$OUT/cuda_tests.log" ]; then
   grep -E "^cuda|passed|failed|FAILED" "$OUT/cuda_tests.log" | head -80
   [ $status = 0 ] || grep -B3 -A15 FAILED "$OUT/cuda_tests.log" | head -80

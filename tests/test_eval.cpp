@@ -1,8 +1,11 @@
 // Evaluation metrics on cases with known answers, the baseline allocators (exact targets, the
 // interleave pattern, attention mass against a closed form, frozen weights), and sweep resumption.
 #include <ATen/core/grad_mode.h>
+#include <torch/serialize/input-archive.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "catch_compat.h"
@@ -240,20 +243,35 @@ TEST_CASE("attention mass outside the window matches the closed form for uniform
   CHECK(max_swa <= min_full);
 }
 
-TEST_CASE("a sweep resumes without redoing finished runs", "[eval]") {
-  const std::string dir = scratch_dir("sweep");
+namespace {
+
+// A sweep recipe on the qwen3_norm fixture (3 stage-1 steps), with `extra` YAML sections.
+Recipe sweep_recipe(const std::string& dir, const std::string& extra) {
   write_text(dir + "/recipe.yaml", "model: {path: " + fixture("qwen3_norm") + "}\n" +
                                        "gates: {window: 8}\n"
                                        "data: {seq_len: 40, batch_size: 2, heldout_batches: 1, value_digits: 3}\n"
-                                       "train: {steps: 3, log_every: 1}\noutput: {dir: " + dir + "/unused}\n");
-  const Recipe recipe = load_recipe(dir + "/recipe.yaml");
+                                       "train: {steps: 3, log_every: 1}\noutput: {dir: " + dir + "/unused}\n" + extra);
+  return load_recipe(dir + "/recipe.yaml");
+}
+
+SweepOptions sweep_options(const std::string& dir, const Recipe& recipe, std::vector<double> targets,
+                           std::vector<std::string> methods) {
   SweepOptions o;
-  o.targets = {0.5, 1.0};
-  o.methods = {"consa", "uniform", "duo"};
+  o.targets = std::move(targets);
+  o.methods = std::move(methods);
   o.out_dir = dir + "/sweep";
   o.eval = small_eval();
   o.eval.value_digits = 3;
   o.eval.perplexity_data = recipe.data;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("a sweep resumes without redoing finished runs", "[eval]") {
+  const std::string dir = scratch_dir("sweep");
+  const Recipe recipe = sweep_recipe(dir, "");
+  SweepOptions o = sweep_options(dir, recipe, {0.5, 1.0}, {"consa", "uniform", "duo"});
   o.baseline.duo_steps = 2;
   std::ostringstream log;
   SweepSummary first = run_sweep(recipe, o, log);
@@ -271,6 +289,58 @@ TEST_CASE("a sweep resumes without redoing finished runs", "[eval]") {
   CHECK_THAT(read_text(o.out_dir + "/sweep.md"), contains("| uniform | 1.000 | 1.000 |"));
   o.methods = {"frobnicate"};
   CHECK_THROWS_WITH(run_sweep(recipe, o, log), contains("unknown baseline method 'frobnicate'"));
+}
+
+TEST_CASE("a sweep's dense row trains the dense model for the recovery's steps and learning rate", "[eval]") {
+  const std::string dir = scratch_dir("sweep_dense");
+  const Recipe recipe = sweep_recipe(
+      dir, "optimizer: {lr: 0.02}\nschedule: {kind: cosine, warmup_steps: 2}\nrecover: {steps: 4, lr: 0.005}\n");
+  SweepOptions o = sweep_options(dir, recipe, {0.5, 0.75}, {"consa", "dense"});
+  const std::vector<SweepRun> runs = sweep_runs(recipe, o);
+  REQUIRE(runs.size() == 3);  // consa at each target, dense once
+  CHECK(runs[2].method == "dense");
+  CHECK(runs[2].target == 0);
+  std::ostringstream log;
+  CHECK(run_sweep(recipe, o, log).ran == 3);
+  // The dense run's updates are stage 2's of a consa run: as many, at the same learning rates.
+  auto stage2_lrs = [](const std::string& run) {
+    std::vector<double> lrs;
+    std::istringstream lines(read_text(run + "/metrics.jsonl"));
+    for (std::string line; std::getline(lines, line);) {
+      const auto m = nlohmann::json::parse(line);
+      if (m.contains("lr") && m["stage"] == 2) lrs.push_back(m["lr"].get<double>());
+    }
+    return lrs;
+  };
+  const std::string dense = sweep_run_dir(o.out_dir, "dense", 0);
+  const std::vector<double> dense_lrs = stage2_lrs(dense);
+  CHECK(dense_lrs.size() == 4);
+  CHECK(dense_lrs == stage2_lrs(sweep_run_dir(o.out_dir, "consa", 0.5)));
+  const double peak = *std::max_element(dense_lrs.begin(), dense_lrs.end());  // recover.lr's schedule
+  CHECK(peak <= 0.005 + 1e-12);
+  CHECK(peak > 0.0025);
+  // Its weights moved, and it keeps full attention everywhere.
+  CausalLM base = load_pretrained(fixture("qwen3_norm"));
+  CausalLM trained = load_pretrained(dense + "/model");
+  CHECK(max_abs_diff(base->model->norm->weight, trained->model->norm->weight) +
+            max_abs_diff(base->model->layer_list[0]->mlp->up_proj->weight, trained->model->layer_list[0]->mlp->up_proj->weight) >
+        0);
+  CHECK(Assignment::load(dense + "/assignment.json").achieved_sparsity() == 0);
+  CHECK_THAT(read_text(o.out_dir + "/sweep.csv"), contains("\ndense,0.0,0.0,"));
+  // It trained on stage 2's sequences: both runs end at the same place in the data.
+  auto data_position = [](const std::string& run) {
+    torch::serialize::InputArchive archive;
+    archive.load_from(run + "/checkpoint.pt");
+    at::Tensor position;
+    archive.read("state/data_sequence", position);
+    return position.item<int64_t>();
+  };
+  CHECK(data_position(dense) == data_position(sweep_run_dir(o.out_dir, "consa", 0.5)));
+  CHECK(data_position(dense) == (3 + 4) * 2);  // (stage 1 + stage 2 steps) x batch_size
+  // Without recovery there is nothing to match.
+  Recipe no_recovery = recipe;
+  no_recovery.recover.steps = 0;
+  CHECK_THROWS_WITH(sweep_runs(no_recovery, o), contains("sweep method dense trains the dense model for recover.steps"));
 }
 
 TEST_CASE("baselines score the full-attention model, whatever layout it was left in", "[eval]") {

@@ -112,7 +112,7 @@ TEST_CASE("assignment.json round-trips and malformed files are refused", "[expor
 
   j["version"] = 9;
   write_text(dir + "/v.json", j.dump());
-  CHECK_THROWS_WITH(Assignment::load(dir + "/v.json"), contains("schema version 9, this consa reads version 1"));
+  CHECK_THROWS_WITH(Assignment::load(dir + "/v.json"), contains("schema version 9, this consa reads versions 1 and 2"));
   j["version"] = 1;
   j["layers"][1]["units"] = {"full"};
   write_text(dir + "/u.json", j.dump());

@@ -2,7 +2,8 @@
 // against its closed form in fp64, and where `fused` is refused. On a GPU ([cuda]): every CUDA
 // kernel against the math path in fp32 and against an fp64 reference in bf16, forward and
 // backward, and a whole Qwen3-shaped model with the kernels against the model without them.
-// Decode attention (inference only) against softmax attention computed key by key in fp64.
+// Decode attention (inference only) against softmax attention computed key by key in fp64; the
+// cross-entropy kernels and chunked linear cross-entropy with them against fp64 and the math path.
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "consa/attention/attention.h"
 #include "consa/kernels/fused_ops.h"
 #include "consa/model/decoder.h"
+#include "consa/train/linear_cross_entropy.h"
 #include "helpers.h"
 
 using namespace consa;
@@ -126,6 +128,26 @@ at::Tensor random_visibility_bias(at::IntArrayRef shape, double visible, const a
 }
 
 }  // namespace
+
+TEST_CASE("cross-entropy's math path equals the log-sum-exp and softmax gradient element by element", "[model]") {
+  at::manual_seed(8);
+  const int64_t rows = 5, vocab = 11;
+  const at::Tensor logits = at::randn({rows, vocab}, f64) * 3;
+  const at::Tensor targets = at::randint(0, vocab, {rows}, at::kLong), coef = at::randn({rows}, f64);
+  const auto [lse, target_logit] = kernels::cross_entropy_rows(logits, targets, /*fused=*/true);  // no kernel here
+  const at::Tensor grad = kernels::cross_entropy_logits_grad(logits.clone(), targets, lse, coef, true);
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(logits[r][j].item<double>());
+    CHECK(lse[r].item<double>() == Approx(std::log(sum)).epsilon(1e-12));
+    const int64_t t = targets[r].item<int64_t>();
+    CHECK(target_logit[r].item<double>() == logits[r][t].item<double>());
+    for (int64_t j = 0; j < vocab; ++j) {
+      const double want = coef[r].item<double>() * (std::exp(logits[r][j].item<double>()) / sum - (j == t ? 1.0 : 0.0));
+      CHECK(grad[r][j].item<double>() == Approx(want).margin(1e-12));
+    }
+  }
+}
 
 TEST_CASE("decode attention's math path equals softmax attention key by key in fp64", "[model]") {
   at::manual_seed(5);
@@ -489,4 +511,61 @@ TEST_CASE("CUDA decode-step QKV kernel: norms, RoPE and cache writes match the m
     CHECK(errors["bf16 kernel"] <= 1e-2);
     CHECK(errors["bf16 kernel"] <= 1.5 * errors["bf16 math"] + 1e-3);
   }
+}
+
+TEST_CASE("CUDA cross-entropy kernels match the math path and fp64, and chunked linear CE with them", "[cuda]") {
+  REQUIRE(fused_kernels_built());
+  at::manual_seed(21);
+  const auto cuda_long = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
+  // Qwen's vocabulary (151,936: no block size divides its packs evenly) and a small one.
+  for (auto [rows, vocab] : std::vector<std::pair<int64_t, int64_t>>{{300, 151936}, {1000, 4096}}) {
+    const at::Tensor logits = at::randn({rows, vocab}, cuda_f32) * 4;
+    const at::Tensor targets = at::randint(0, vocab, {rows}, cuda_long);
+    const at::Tensor coef = at::rand({rows}, cuda_f32) - 0.3;
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      const at::Tensor x = logits.to(dtype);
+      const at::Tensor x64 = x.to(at::kDouble);
+      const at::Tensor lse_ref = at::logsumexp(x64, -1);
+      const at::Tensor grad_ref =
+          (at::softmax(x64, -1) - at::one_hot(targets, vocab).to(at::kDouble)) * coef.to(at::kDouble).unsqueeze(1);
+      const auto [lse, target_logit] = kernels::cross_entropy_rows(x, targets, true);
+      const auto [math_lse, math_target_logit] = kernels::cross_entropy_rows(x, targets, false);
+      const at::Tensor grad = kernels::cross_entropy_logits_grad(x.clone(), targets, lse, coef, true);
+      const at::Tensor math_grad = kernels::cross_entropy_logits_grad(x.clone(), targets, math_lse, coef, false);
+      const double lse_err = rel_err(lse, lse_ref), grad_err = rel_err(grad, grad_ref),
+                   math_grad_err = rel_err(math_grad, grad_ref);
+      std::cout << "cuda cross_entropy " << rows << "x" << vocab << " " << c10::toString(dtype) << ": lse " << lse_err
+                << " (math " << rel_err(math_lse, lse_ref) << "), grad " << grad_err << " (math " << math_grad_err
+                << ")\n";
+      CHECK(lse_err < 1e-6);
+      CHECK(max_abs_diff(target_logit, math_target_logit) == 0);  // the same element, read as fp32
+      CHECK(grad.scalar_type() == dtype);
+      if (dtype == at::kFloat) {
+        CHECK(grad_err < 1e-5);
+      } else {
+        CHECK(grad_err <= std::max(1.05 * math_grad_err, 1e-3));
+      }
+    }
+  }
+  // Chunked linear cross-entropy on a bf16 Qwen3-0.6B head: the kernels against the math path.
+  const int64_t b = 2, l = 600, hidden = 1024, vocab = 151936;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor h0 = (at::randn({b, l, hidden}, cuda_f32)).to(at::kBFloat16);
+  const at::Tensor w0 = (at::randn({vocab, hidden}, cuda_f32) * 0.02).to(at::kBFloat16);
+  const at::Tensor tokens = at::randint(0, vocab, {b, l}, cuda_long);
+  const at::Tensor mask = (at::rand({b, l - 1}, cuda_f32) > 0.2).to(at::kFloat);
+  auto run = [&](bool fused) {
+    at::Tensor h = h0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    at::Tensor loss = linear_cross_entropy(h, w, tokens, mask, int64_t{1} << 28, fused);
+    loss.backward();
+    return std::make_tuple(loss.item<double>(), h.grad(), w.grad());
+  };
+  const auto [loss_k, dh_k, dw_k] = run(true);
+  const auto [loss_m, dh_m, dw_m] = run(false);
+  std::cout << "cuda linear_cross_entropy bf16 " << b << "x" << l << "x" << vocab << ": loss " << loss_k << " vs "
+            << loss_m << ", dh " << rel_err(dh_k, dh_m) << ", dw " << rel_err(dw_k, dw_m) << "\n";
+  CHECK(loss_k == Approx(loss_m).epsilon(1e-6));
+  CHECK(rel_err(dh_k, dh_m) < 1e-2);
+  CHECK(rel_err(dw_k, dw_m) < 1e-2);
+  (void)bf16;
 }

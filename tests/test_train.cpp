@@ -68,7 +68,7 @@ TEST_CASE("recipe errors name the file, the key path and what is allowed", "[tra
                     contains(path) && contains("constraint.target: must be in [0, 1], got 1.5"));
   CHECK_THROWS_WITH(load_recipe(path, {"gates.window=0"}), contains("gates.window: must be in [1, inf], got 0"));
   CHECK_THROWS_WITH(load_recipe(path, {"gates.windw=8"}),
-                    contains("unknown key 'gates.windw'; allowed in gates: unit, window, sinks"));
+                    contains("unknown key 'gates.windw'; allowed in gates: unit, window, windows, sinks"));
   CHECK_THROWS_WITH(load_recipe(path, {"optimizer.lr=fast"}), contains("optimizer.lr: expected a number, got 'fast'"));
   CHECK_THROWS_WITH(load_recipe(path, {"gates.unit=group"}),
                     contains("gates.unit: 'group' is not allowed; allowed: layer, kv_head, head"));

@@ -162,9 +162,19 @@ int run_eval(int argc, char** argv) {
       const auto j = nlohmann::json::parse(read_text_file(gates_path), nullptr, false);
       CONSA_CHECK(j.is_object() && j.contains("log_alpha"), gates_path, ": no log_alpha (is the run's stage 1 finished?)");
       AttentionGates gates(model->config(), recipe->gates);
-      const auto rows = j["log_alpha"].get<std::vector<std::vector<double>>>();
+      // gates.json: log_alpha [layers][units] (level 0); with several windows, window_log_alpha
+      // [levels - 1][layers][units]. The gates hold each layer's levels side by side.
+      std::vector<std::vector<std::vector<double>>> levels{j["log_alpha"].get<std::vector<std::vector<double>>>()};
+      if (gates->levels() > 1) {
+        CONSA_CHECK(j.contains("window_log_alpha"), gates_path, ": no window_log_alpha, the recipe's gates.windows need it");
+        for (const auto& level : j["window_log_alpha"]) levels.push_back(level.get<std::vector<std::vector<double>>>());
+      }
       std::vector<double> flat;
-      for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+      for (size_t l = 0; l < levels[0].size(); ++l)
+        for (const auto& level : levels) {
+          CONSA_CHECK(l < level.size(), gates_path, ": the gate levels list different numbers of layers");
+          flat.insert(flat.end(), level[l].begin(), level[l].end());
+        }
       at::Tensor log_alpha = at::tensor(flat, at::kDouble).to(at::kFloat);
       CONSA_CHECK(log_alpha.numel() == gates->log_alpha.numel(), gates_path, ": log_alpha has ", log_alpha.numel(),
                   " entries, the recipe's gates need ", gates->log_alpha.numel());

@@ -39,24 +39,19 @@ std::vector<std::string> without_options(const std::vector<std::string>& argv, c
 // --devices: the pairs not done yet run side by side, one per device, each as `consa sweep` of
 // that one pair with model.device set (its output in the pair's folder, sweep.log); then the
 // tables are written from every pair's eval.json, as a sequential sweep writes them.
-int sweep_on_devices(const std::vector<std::string>& argv, const SweepOptions& o, const std::vector<std::string>& devices) {
+int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe, const SweepOptions& o,
+                     const std::vector<std::string>& devices) {
   for (const auto& d : devices) parse_device(d);  // refuse a bad name before starting anything
   CONSA_CHECK(!devices.empty(), "consa sweep: --devices: expected a list such as cuda:0,cuda:1");
-  struct Pair {
-    std::string method;
-    double target;
-  };
-  std::vector<Pair> pending;
-  for (const std::string& method : o.methods) {
-    if (method != "consa") parse_baseline_method(method);
-    for (double target : o.targets) {
-      const std::string dir = sweep_run_dir(o.out_dir, method, target);
-      if (std::filesystem::exists(std::filesystem::path(dir) / "eval.json"))
-        std::cout << "sweep: " << method << " at " << target << ": done earlier (" << dir << "/eval.json)\n";
-      else
-        pending.push_back({method, target});
-    }
+  std::vector<SweepRun> pending;
+  for (const SweepRun& run : sweep_runs(recipe, o)) {
+    const std::string dir = sweep_run_dir(o.out_dir, run.method, run.target);
+    if (std::filesystem::exists(std::filesystem::path(dir) / "eval.json"))
+      std::cout << "sweep: " << run.method << " at " << run.target << ": done earlier (" << dir << "/eval.json)\n";
+    else
+      pending.push_back(run);
   }
+  const size_t total = sweep_runs(recipe, o).size();
   std::filesystem::create_directories(o.out_dir);
   const std::vector<std::string> base =
       without_options(argv, {"devices", "methods", "targets", "out"});
@@ -66,7 +61,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const SweepOptions& o
   int failures = 0;
   while (next < pending.size() || !running.empty()) {
     while (next < pending.size() && !free_devices.empty()) {
-      const Pair& p = pending[next];
+      const SweepRun& p = pending[next];
       const std::string device = free_devices.back();
       free_devices.pop_back();
       const std::string dir = sweep_run_dir(o.out_dir, p.method, p.target);
@@ -88,7 +83,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const SweepOptions& o
     if (done < 0) break;
     auto it = running.find(done);
     if (it == running.end()) continue;
-    const Pair& p = pending[it->second.first];
+    const SweepRun& p = pending[it->second.first];
     free_devices.push_back(it->second.second);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       ++failures;
@@ -97,9 +92,9 @@ int sweep_on_devices(const std::vector<std::string>& argv, const SweepOptions& o
     }
     running.erase(it);
   }
-  write_sweep_tables(o);
+  write_sweep_tables(recipe, o);
   std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << pending.size() - failures
-            << " run on " << devices.size() << " devices, " << o.methods.size() * o.targets.size() - pending.size()
+            << " run on " << devices.size() << " devices, " << total - pending.size()
             << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md\n";
   return failures == 0 ? 0 : 1;
 }
@@ -115,7 +110,9 @@ int run_sweep(int argc, char** argv) {
       ("recipe", "the recipe: model, gates (unit, window, sinks), constraint scope, data", cxxopts::value<std::string>())
       ("overrides", "recipe overrides", cxxopts::value<std::vector<std::string>>())
       ("targets", "SWA fractions", cxxopts::value<std::string>()->default_value("0.25,0.5,0.75,0.875"))
-      ("methods", "consa, uniform, random, attention-span, duo", cxxopts::value<std::string>()->default_value("consa,uniform,random,attention-span,duo"))
+      ("methods", "consa, dense, uniform, random, attention-span, duo (default: all but dense, and dense too when the "
+                  "recipe has recover.steps: the dense model trained for the same steps)",
+       cxxopts::value<std::string>()->default_value("consa,uniform,random,attention-span,duo"))
       ("out", "sweep directory (default: the recipe's output.dir + _sweep)", cxxopts::value<std::string>())
       ("duo-steps", "duo: optimisation steps", cxxopts::value<int64_t>()->default_value("200"))
       ("duo-l1", "duo: weight of sum(alpha)", cxxopts::value<double>()->default_value("0.05"))
@@ -141,6 +138,7 @@ int run_sweep(int argc, char** argv) {
     if (!reach.empty()) std::cerr << "consa: warning: --targets: " << reach << "\n";
   }
   o.methods = parse_name_list(args["methods"].as<std::string>());
+  if (args["methods"].has_default() && recipe.recover.steps > 0) o.methods.insert(o.methods.begin() + 1, "dense");
   o.out_dir = args.count("out") ? args["out"].as<std::string>() : recipe.output.dir + "_sweep";
   o.eval = eval_options(args, &recipe);
   o.baseline.duo_steps = args["duo-steps"].as<int64_t>();
@@ -148,7 +146,8 @@ int run_sweep(int argc, char** argv) {
   o.baseline.seed = args["seed"].as<uint64_t>();
   o.baseline.offset = args["offset"].as<int64_t>();
   if (args.count("devices"))
-    return sweep_on_devices(std::vector<std::string>(argv, argv + argc), o, parse_name_list(args["devices"].as<std::string>()));
+    return sweep_on_devices(std::vector<std::string>(argv, argv + argc), recipe, o,
+                            parse_name_list(args["devices"].as<std::string>()));
   const SweepSummary s = run_sweep(recipe, o, std::cout);
   std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << s.ran << " run, " << s.skipped
             << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md; plots: python3 "

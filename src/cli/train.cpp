@@ -61,7 +61,7 @@ Recipe with_budget_resolved(const Recipe& recipe, const ModelConfig* config, KvB
 // for a budget not yet solved.
 void warn_about_reach(const Recipe& resolved, const KvBudgetPlan& plan) {
   if (resolved.constraint.kv_budget.defined() && resolved.train.mode != "dense" && plan.units == 0) return;
-  const std::string reach = target_reach_warning(resolved, resolved.constraint.target);
+  const std::string reach = target_reach_warning(resolved, resolved.constraint.target, &plan);
   if (!reach.empty()) std::cerr << "consa: warning: " << reach << "\n";
 }
 
@@ -130,7 +130,9 @@ int run_train(int argc, char** argv) {
     std::cout << "dense training done: weights in " << recipe.output.dir << "/model\n";
     return 0;
   }
-  std::cout << "expected SWA fraction " << outcome.s_hat << " (target " << outcome.target << ")\n"
+  const bool windows = !recipe.gates.narrower_windows.empty();
+  std::cout << (windows ? "expected bytes saved  " : "expected SWA fraction ") << outcome.s_hat << " (target "
+            << outcome.target << (windows ? " of the savable KV bytes" : "") << ")\n"
             << "per layer            ";
   for (int64_t l = 0; l < outcome.layer_s_hat.size(0); ++l) std::cout << " " << outcome.layer_s_hat[l].item<double>();
   std::cout << "\n";
@@ -162,7 +164,11 @@ int run_validate(int argc, char** argv) {
   if (recipe.constraint.kv_budget.defined() && recipe.train.mode != "dense") {
     const KvBudget& b = recipe.constraint.kv_budget;
     std::ostringstream line;
-    if (plan.units > 0)
+    if (plan.units > 0 && plan.local_unit_bytes.size() > 1)
+      line << "# constraint.kv_budget: " << b.bytes << " bytes at " << b.context << " tokens = " << plan.target
+           << " of the savable bytes over " << plan.units << " units (dense " << plan.dense_bytes
+           << " bytes, all on the narrowest window " << plan.all_swa_bytes << ")\n";
+    else if (plan.units > 0)
       line << "# constraint.kv_budget: " << b.bytes << " bytes at " << b.context << " tokens = SWA fraction "
            << plan.target << " of " << plan.units << " units (dense " << plan.dense_bytes << " bytes, all SWA "
            << plan.all_swa_bytes << ")\n";

@@ -42,62 +42,84 @@ std::string sweep_run_dir(const std::string& out_dir, const std::string& method,
   return (fs::path(out_dir) / (method + "_t" + target_label(target))).string();
 }
 
+std::vector<SweepRun> sweep_runs(const Recipe& recipe, const SweepOptions& o) {
+  std::vector<SweepRun> runs;
+  for (double t : o.targets) CONSA_CHECK(t >= 0 && t <= 1, "sweep: target ", t, " is outside [0, 1]");
+  for (const std::string& method : o.methods) {
+    if (method == "dense") {
+      CONSA_CHECK(recipe.recover.steps > 0, recipe.source,
+                  ": sweep method dense trains the dense model for recover.steps, which is 0; set recover.steps "
+                  "(the recovery that consa runs get)");
+      runs.push_back({method, 0.0});
+      continue;
+    }
+    if (method != "consa") parse_baseline_method(method);  // refuse unknown names before any work
+    for (double target : o.targets) runs.push_back({method, target});
+  }
+  return runs;
+}
+
 SweepSummary run_sweep(const Recipe& recipe, const SweepOptions& o, std::ostream& log) {
   CONSA_CHECK(!o.out_dir.empty(), "sweep: an output directory is required");
-  for (const auto& m : o.methods)
-    if (m != "consa") parse_baseline_method(m);  // refuse unknown names before any work
-  for (double t : o.targets) CONSA_CHECK(t >= 0 && t <= 1, "sweep: target ", t, " is outside [0, 1]");
+  const std::vector<SweepRun> runs = sweep_runs(recipe, o);
+  CONSA_CHECK(recipe.gates.narrower_windows.empty(), recipe.source,
+              ": gates.windows: consa sweep runs over target fractions with one window; train each budget with "
+              "consa train");
   fs::create_directories(o.out_dir);
   SweepSummary summary;
   std::unique_ptr<CausalLM> base;  // the recipe's model, loaded once for the baselines
-  for (const std::string& method : o.methods)
-    for (double target : o.targets) {
-      const std::string dir = sweep_run_dir(o.out_dir, method, target);
-      if (fs::exists(fs::path(dir) / "eval.json")) {
-        log << "sweep: " << method << " at " << target << ": done earlier (" << dir << "/eval.json)\n";
-        ++summary.skipped;
-        continue;
-      }
-      log << "sweep: " << method << " at " << target << " -> " << dir << "\n";
-      fs::create_directories(dir);
-      const auto start = std::chrono::steady_clock::now();
-      if (method == "consa") {
-        Recipe r = recipe;
-        r.constraint.target = target;
-        r.output.dir = dir;
-        TrainControl control;
-        control.resume = fs::exists(fs::path(dir) / "checkpoint.pt");
-        run_training(r, control);
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        const std::string model_dir = fs::exists(fs::path(dir) / "model") ? dir + "/model" : recipe.model.path;
-        CausalLM model = load_pretrained(model_dir, model_load_options(recipe));
-        evaluate_run(model, Assignment::load(dir + "/assignment.json"), o, dir, method, target, seconds);
-      } else {
-        if (!base) base = std::make_unique<CausalLM>(load_pretrained(recipe.model.path, model_load_options(recipe)));
-        BaselineOptions b = o.baseline;
-        b.unit = recipe.gates.unit;
-        b.swa = recipe.gates.swa;
-        b.scope = recipe.constraint.scope;
-        b.target = target;
-        b.data = recipe.data;
-        Assignment a = make_baseline(parse_baseline_method(method), *base, b);
-        a.save(dir + "/assignment.json", recipe.exporting.kv_context);
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        evaluate_run(*base, a, o, dir, method, target, seconds);
-      }
-      ++summary.ran;
+  for (const auto& [method, target] : runs) {
+    const std::string dir = sweep_run_dir(o.out_dir, method, target);
+    if (fs::exists(fs::path(dir) / "eval.json")) {
+      log << "sweep: " << method << " at " << target << ": done earlier (" << dir << "/eval.json)\n";
+      ++summary.skipped;
+      continue;
     }
-  write_sweep_tables(o);
+    log << "sweep: " << method << " at " << target << " -> " << dir << "\n";
+    fs::create_directories(dir);
+    const auto start = std::chrono::steady_clock::now();
+    if (method == "consa" || method == "dense") {
+      Recipe r = recipe;
+      r.constraint.target = target;
+      r.output.dir = dir;
+      TrainControl control;
+      if (method == "dense") {  // the recovery's steps, learning rate and sequences, on the dense model
+        r.train.mode = "dense";
+        r.train.steps = recipe.recover.steps;
+        r.optimizer.lr = recipe.recover.lr;
+        control.first_sequence = recipe.train.steps * recipe.data.batch_size * recipe.optimizer.accumulation;
+      }
+      control.resume = fs::exists(fs::path(dir) / "checkpoint.pt");
+      run_training(r, control);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const std::string model_dir = fs::exists(fs::path(dir) / "model") ? dir + "/model" : recipe.model.path;
+      CausalLM model = load_pretrained(model_dir, model_load_options(recipe));
+      evaluate_run(model, Assignment::load(dir + "/assignment.json"), o, dir, method, target, seconds);
+    } else {
+      if (!base) base = std::make_unique<CausalLM>(load_pretrained(recipe.model.path, model_load_options(recipe)));
+      BaselineOptions b = o.baseline;
+      b.unit = recipe.gates.unit;
+      b.swa = recipe.gates.swa;
+      b.scope = recipe.constraint.scope;
+      b.target = target;
+      b.data = recipe.data;
+      Assignment a = make_baseline(parse_baseline_method(method), *base, b);
+      a.save(dir + "/assignment.json", recipe.exporting.kv_context);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      evaluate_run(*base, a, o, dir, method, target, seconds);
+    }
+    ++summary.ran;
+  }
+  write_sweep_tables(recipe, o);
   return summary;
 }
 
-void write_sweep_tables(const SweepOptions& o) {
+void write_sweep_tables(const Recipe& recipe, const SweepOptions& o) {
   std::vector<json> rows;
-  for (const std::string& method : o.methods)
-    for (double target : o.targets) {
-      const fs::path file = fs::path(sweep_run_dir(o.out_dir, method, target)) / "eval.json";
-      if (fs::exists(file)) rows.push_back(json::parse(read_text_file(file.string())));
-    }
+  for (const auto& [method, target] : sweep_runs(recipe, o)) {
+    const fs::path file = fs::path(sweep_run_dir(o.out_dir, method, target)) / "eval.json";
+    if (fs::exists(file)) rows.push_back(json::parse(read_text_file(file.string())));
+  }
   // Columns: accuracy per (task, length) and overall per length; KV bytes at each length.
   std::vector<std::string> task_length_keys;
   std::vector<int64_t> lengths;

@@ -43,12 +43,6 @@ int64_t integer_key(const json& j, const char* key, const std::string& where, co
   return v.get<int64_t>();
 }
 
-// Marks the k lowest-scoring of `indices` as SWA (stable: ties keep the earlier unit on SWA).
-void mark_lowest_swa(const std::vector<double>& scores, std::vector<int64_t> indices, int64_t k,
-                     std::vector<bool>& full) {
-  std::stable_sort(indices.begin(), indices.end(), [&](int64_t a, int64_t b) { return scores[a] < scores[b]; });
-  for (int64_t i = 0; i < k; ++i) full[indices[i]] = false;
-}
 }  // namespace
 
 BinarizeRule parse_binarize_rule(const std::string& name) { return parse_enum(kRules, name, "binarization rule"); }
@@ -76,6 +70,41 @@ bool Assignment::kv_head_full(int64_t layer, int64_t kv_head) const {
   return true;
 }
 
+AttentionSpan Assignment::unit_span(int64_t layer, int64_t u) const {
+  if (full.at(layer).at(u)) return AttentionSpan::full();
+  const int64_t w = windows.empty() ? 0 : windows.at(layer).at(u);
+  return w > 0 ? AttentionSpan::sliding(w, swa.sinks) : swa;
+}
+
+AttentionSpan Assignment::kv_head_span(int64_t layer, int64_t kv_head) const {
+  switch (unit) {
+    case GateUnit::Layer: return unit_span(layer, 0);
+    case GateUnit::KvHead: return unit_span(layer, kv_head);
+    case GateUnit::Head: {
+      const int64_t group = num_heads / num_kv_heads;
+      AttentionSpan widest = unit_span(layer, kv_head * group);
+      for (int64_t h = kv_head * group + 1; h < (kv_head + 1) * group && !widest.is_full(); ++h) {
+        const AttentionSpan s = unit_span(layer, h);
+        if (s.is_full() || s.window > widest.window) widest = s;
+      }
+      return widest;
+    }
+  }
+  return AttentionSpan::full();
+}
+
+std::vector<int64_t> Assignment::local_windows() const {
+  std::vector<int64_t> out;
+  for (size_t l = 0; l < full.size(); ++l)
+    for (size_t u = 0; u < full[l].size(); ++u) {
+      const AttentionSpan s = unit_span(static_cast<int64_t>(l), static_cast<int64_t>(u));
+      if (!s.is_full() && std::find(out.begin(), out.end(), s.window) == out.end()) out.push_back(s.window);
+    }
+  if (out.empty()) out.push_back(swa.window);
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
 namespace {
 // a * b for the KV-cache figures: both non-negative, and the product refused beyond int64.
 int64_t kv_product(int64_t a, int64_t b, const Assignment& asg, int64_t context) {
@@ -90,15 +119,25 @@ int64_t kv_product(int64_t a, int64_t b, const Assignment& asg, int64_t context)
 
 std::pair<int64_t, int64_t> Assignment::kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
   const int64_t per_position = kv_product(kv_product(2, head_dim, *this, context), bytes_per_element, *this, context);
-  // min(context, window + sinks) without forming a sum that may overflow.
-  const int64_t swa_positions =
-      swa.window >= context || swa.sinks >= context - swa.window ? context : swa.window + swa.sinks;
   const int64_t fa_head = kv_product(context, per_position, *this, context);
-  const int64_t swa_head = kv_product(std::max<int64_t>(swa_positions, 0), per_position, *this, context);
-  int64_t fa_heads = 0, swa_heads = 0;
+  int64_t fa_heads = 0;
+  uint64_t swa_bytes = 0;
   for (int64_t l = 0; l < num_layers; ++l)
-    for (int64_t g = 0; g < num_kv_heads; ++g) ++(kv_head_full(l, g) ? fa_heads : swa_heads);
-  return {kv_product(fa_heads, fa_head, *this, context), kv_product(swa_heads, swa_head, *this, context)};
+    for (int64_t g = 0; g < num_kv_heads; ++g) {
+      const AttentionSpan span = kv_head_span(l, g);
+      if (span.is_full()) {
+        ++fa_heads;
+        continue;
+      }
+      // min(context, window + sinks) without forming a sum that may overflow.
+      const int64_t positions =
+          span.window >= context || span.sinks >= context - span.window ? context : span.window + span.sinks;
+      const uint64_t head = static_cast<uint64_t>(kv_product(std::max<int64_t>(positions, 0), per_position, *this, context));
+      CONSA_CHECK(checked_add(swa_bytes, head, &swa_bytes) && fits_int64(swa_bytes), "assignment: the KV cache of ",
+                  num_layers, " layers x ", num_kv_heads, " KV heads x head_dim ", head_dim, " at ", context,
+                  " tokens is more bytes than int64 counts");
+    }
+  return {kv_product(fa_heads, fa_head, *this, context), static_cast<int64_t>(swa_bytes)};
 }
 
 int64_t Assignment::dense_kv_cache_bytes(int64_t context, int64_t bytes_per_element) const {
@@ -111,8 +150,12 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
   json layers = json::array();
   for (size_t l = 0; l < full.size(); ++l) {
     json types = json::array();
-    for (bool f : full[l]) types.push_back(f ? "full" : "sliding");
-    layers.push_back({{"layer", l}, {"units", types}, {"scores", scores[l]}});
+    json unit_windows = json::array();
+    for (size_t u = 0; u < full[l].size(); ++u) {
+      types.push_back(full[l][u] ? "full" : "sliding");
+      unit_windows.push_back(unit_span(static_cast<int64_t>(l), static_cast<int64_t>(u)).window);
+    }
+    layers.push_back({{"layer", l}, {"units", types}, {"windows", unit_windows}, {"scores", scores[l]}});
   }
   auto [fa, sw] = kv_cache_bytes(kv_context, bytes_per_element);
   json j = {{"schema", "consa.assignment"},
@@ -126,6 +169,7 @@ json Assignment::to_json(int64_t kv_context, int64_t bytes_per_element) const {
             {"weights_checksum", weights_checksum}}},
           {"granularity", gate_unit_name(unit)},
           {"window", swa.window},
+          {"windows", local_windows()},
           {"sinks", swa.sinks},
           {"method", method},
           {"rule", binarize_rule_name(rule)},
@@ -153,8 +197,9 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
   CONSA_CHECK(j.is_object() && j.contains("schema") && j.at("schema") == "consa.assignment", source,
               ": not a consa assignment (missing \"schema\": \"consa.assignment\")");
   const json version = j.contains("version") ? j.at("version") : json(0);
-  CONSA_CHECK(version == kAssignmentSchemaVersion, source, ": assignment schema version ", version.dump(),
-              ", this consa reads version ", kAssignmentSchemaVersion);
+  CONSA_CHECK(version == 1 || version == kAssignmentSchemaVersion, source, ": assignment schema version ",
+              version.dump(), ", this consa reads versions 1 and ", kAssignmentSchemaVersion);
+  const bool per_unit_windows = version == 2;
   Assignment a;
   try {
     const json& m = j.at("model");
@@ -186,6 +231,15 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
       }
       a.full.push_back(f);
       a.scores.push_back(layer.at("scores").get<std::vector<double>>());
+      if (per_unit_windows) {
+        std::vector<int64_t> w;
+        for (const auto& v : layer.at("windows")) {
+          CONSA_CHECK(v.is_number_integer(), source, ": layers[", a.full.size() - 1, "].windows must list integers, got ",
+                      v.dump());
+          w.push_back(v.get<int64_t>());
+        }
+        a.windows.push_back(w);
+      }
     }
   } catch (const json::exception& e) {
     fail(source, ": malformed assignment: ", e.what());
@@ -206,6 +260,21 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
     CONSA_CHECK(static_cast<int64_t>(a.full[l].size()) == units && a.scores[l].size() == a.full[l].size(), source,
                 ": layers[", l, "] has ", a.full[l].size(), " units and ", a.scores[l].size(),
                 " scores; each layer needs ", units, " units for ", gate_unit_name(a.unit), " granularity, a score each");
+  if (per_unit_windows) {
+    int64_t widest = 0;
+    for (size_t l = 0; l < a.full.size(); ++l) {
+      CONSA_CHECK(a.windows[l].size() == a.full[l].size(), source, ": layers[", l, "] has ", a.full[l].size(),
+                  " units and ", a.windows[l].size(), " windows; each unit needs one (0 where full)");
+      for (size_t u = 0; u < a.full[l].size(); ++u) {
+        const int64_t w = a.windows[l][u];
+        CONSA_CHECK(a.full[l][u] ? w == 0 : w > 0, source, ": layers[", l, "].windows[", u, "] is ", w, " for a ",
+                    a.full[l][u] ? "full unit (expected 0)" : "sliding unit (expected a window > 0)");
+        widest = std::max(widest, w);
+      }
+    }
+    CONSA_CHECK(widest == 0 || widest == a.swa.window, source, ": window is ", a.swa.window,
+                " but the widest window the units use is ", widest);
+  }
   return a;
 }
 
@@ -238,14 +307,26 @@ void Assignment::apply(CausalLM& model) const {
   for (int64_t l = 0; l < num_layers; ++l) {
     SelfAttentionImpl& attn = model->attention(l);
     if (unit == GateUnit::Head) {
-      std::vector<float> w(full[l].begin(), full[l].end());
+      // A 0/1 mix per head, in the gates' nested form: level 0 opens full attention, level k
+      // local window k - 1 (widest first); a head with every level closed takes the narrowest.
+      const std::vector<int64_t> local = local_windows();
+      const int64_t levels = static_cast<int64_t>(local.size());
+      std::vector<float> w(levels * num_heads, 0.0f);
+      for (int64_t h = 0; h < num_heads; ++h) {
+        const AttentionSpan span = unit_span(l, h);
+        const int64_t k = span.is_full() ? 0 : std::find(local.begin(), local.end(), span.window) - local.begin() + 1;
+        if (k < levels) w[k * num_heads + h] = 1.0f;
+      }
       const at::Tensor on_host = at::tensor(w);
+      attn.swa_span = AttentionSpan::sliding(local[0], swa.sinks);
+      attn.narrower_spans.clear();
+      for (int64_t k = 1; k < levels; ++k) attn.narrower_spans.push_back(AttentionSpan::sliding(local[k], swa.sinks));
       attn.set_gate_weights(to_device_async(on_host, model->device()), on_host);
-      attn.swa_span = swa;
       continue;
     }
     attn.set_gate_weights({});
-    for (int64_t g = 0; g < num_kv_heads; ++g) attn.group_spans[g] = kv_head_full(l, g) ? AttentionSpan::full() : swa;
+    attn.narrower_spans.clear();
+    for (int64_t g = 0; g < num_kv_heads; ++g) attn.group_spans[g] = kv_head_span(l, g);
   }
 }
 
@@ -257,75 +338,6 @@ Assignment Assignment::for_model(const ModelConfig& config) {
   a.num_kv_heads = config.num_kv_heads;
   a.head_dim = config.head_dim;
   return a;
-}
-
-namespace {
-
-// The exact rule with `swa_count(units in scope)` units on SWA in each scope, lowest scores first.
-template <typename SwaCount>
-Assignment exact_assignment(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
-                            const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope,
-                            SwaCount swa_count) {
-  Assignment a = Assignment::for_model(config);
-  a.unit = unit;
-  a.swa = swa;
-  a.rule = rule;
-  a.target = target;
-  at::Tensor la = unit_scores.detach().to(at::kDouble).cpu().contiguous();
-  const int64_t layers = la.size(0), units = la.size(1);
-  CONSA_CHECK(layers == config.num_layers, "unit scores: ", layers, " layers for a model of ", config.num_layers);
-  std::vector<double> scores(la.data_ptr<double>(), la.data_ptr<double>() + la.numel());
-  std::vector<bool> flat(scores.size(), true);
-  if (rule == BinarizeRule::Threshold) {
-    for (size_t i = 0; i < scores.size(); ++i) flat[i] = scores[i] > 0;
-  } else if (scope == ConstraintScope::PerLayer) {
-    for (int64_t l = 0; l < layers; ++l) {
-      std::vector<int64_t> idx(units);
-      std::iota(idx.begin(), idx.end(), l * units);
-      mark_lowest_swa(scores, idx, swa_count(units, layers), flat);
-    }
-  } else {
-    std::vector<int64_t> idx(scores.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    mark_lowest_swa(scores, idx, swa_count(static_cast<int64_t>(scores.size()), 1), flat);
-  }
-  for (int64_t l = 0; l < layers; ++l) {
-    a.full.emplace_back(flat.begin() + l * units, flat.begin() + (l + 1) * units);
-    a.scores.emplace_back(scores.begin() + l * units, scores.begin() + (l + 1) * units);
-  }
-  return a;
-}
-
-}  // namespace
-
-Assignment assignment_from_scores(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
-                                  const at::Tensor& unit_scores, BinarizeRule rule, double target, ConstraintScope scope) {
-  return exact_assignment(config, unit, swa, unit_scores, rule, target, scope, [&](int64_t units, int64_t) {
-    return static_cast<int64_t>(std::llround(target * static_cast<double>(units)));
-  });
-}
-
-Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
-                    ConstraintScope scope) {
-  return assignment_from_scores(config, gates.options().unit, gates.options().swa, gates.log_alpha, rule, target,
-                                scope);
-}
-
-Assignment assignment_within_kv_budget(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
-                                       const at::Tensor& unit_scores, const KvBudget& budget, ConstraintScope scope) {
-  const KvBudgetPlan plan = plan_kv_budget(config, unit, swa, budget, "constraint.kv_budget");
-  // Per layer, each layer gets an equal share (rounded down, so the shares sum within budget).
-  Assignment a = exact_assignment(config, unit, swa, unit_scores, BinarizeRule::Exact, plan.target, scope,
-                                  [&](int64_t units, int64_t scopes) {
-                                    return swa_units_within(plan, units, budget.bytes / scopes);
-                                  });
-  a.kv_budget = budget;
-  return a;
-}
-
-Assignment binarize_within_kv_budget(const ModelConfig& config, const AttentionGatesImpl& gates, const KvBudget& budget,
-                                     ConstraintScope scope) {
-  return assignment_within_kv_budget(config, gates.options().unit, gates.options().swa, gates.log_alpha, budget, scope);
 }
 
 std::string weights_checksum(CausalLM& model) {
@@ -384,10 +396,29 @@ void print_assignment(std::ostream& out, const Assignment& a, const std::string&
         << (used <= a.kv_budget.bytes ? "" : ", OVER the budget") << "\n";
   }
   out.unsetf(std::ios::fixed);
-  out << "layer  units (F full, S sliding)\n";
+  // One window: S. Several: a digit per window, 1 the widest.
+  const std::vector<int64_t> local = a.local_windows();
+  if (local.size() == 1) {
+    out << "layer  units (F full, S sliding)\n";
+  } else {
+    out << "windows      ";
+    for (size_t k = 0; k < local.size(); ++k)
+      out << (k ? ", " : " ") << k + 1 << " = " << AttentionSpan::sliding(local[k], a.swa.sinks).describe();
+    out << "\nlayer  units (F full, 1-" << local.size() << " the windows above)\n";
+  }
   for (size_t l = 0; l < a.full.size(); ++l) {
     out << std::setw(5) << l << "  ";
-    for (bool f : a.full[l]) out << (f ? 'F' : 'S');
+    for (size_t u = 0; u < a.full[l].size(); ++u) {
+      const AttentionSpan span = a.unit_span(static_cast<int64_t>(l), static_cast<int64_t>(u));
+      if (span.is_full()) {
+        out << 'F';
+      } else if (local.size() == 1) {
+        out << 'S';
+      } else {
+        const size_t k = std::find(local.begin(), local.end(), span.window) - local.begin();
+        out << (k < 9 ? static_cast<char>('1' + k) : '+');
+      }
+    }
     out << "\n";
   }
 }

@@ -2,6 +2,8 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "consa/core/error.h"
+
 namespace consa {
 
 namespace {
@@ -77,12 +79,15 @@ Assignment permuted_assignment(const Assignment& assignment, const std::vector<L
     for (size_t i = 0; i < order.size(); ++i) {
       out.full[l][i] = assignment.full[l][order[i]];
       out.scores[l][i] = assignment.scores[l][order[i]];
+      if (!assignment.windows.empty()) out.windows[l][i] = assignment.windows[l][order[i]];
     }
   }
   return out;
 }
 
 CausalLM hybrid_model_copy(CausalLM& model, const Assignment& assignment, std::vector<LayerHeadLayout>* layouts) {
+  CONSA_CHECK(!assignment.multi_window(), "assignment: units use ", assignment.local_windows().size(),
+              " windows; exports hold one window per model (evaluate a multi-window assignment with consa eval)");
   CausalLM work(model->config(), at::TensorOptions().dtype(model->dtype()).device(model->device()));
   {
     at::NoGradGuard no_grad;

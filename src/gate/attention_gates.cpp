@@ -22,11 +22,18 @@ AttentionGatesImpl::AttentionGatesImpl(const ModelConfig& config, GateOptions op
       hard_concrete_(options.hard_concrete),
       num_heads_(config.num_heads) {
   CONSA_CHECK(!options_.swa.is_full(), "gates: the sliding window must be > 0, got ", options_.swa.window);
+  for (size_t i = 0; i < options_.narrower_windows.size(); ++i) {
+    const int64_t wider = i == 0 ? options_.swa.window : options_.narrower_windows[i - 1];
+    CONSA_CHECK(options_.narrower_windows[i] > 0 && options_.narrower_windows[i] < wider,
+                "gates: windows must be distinct and > 0, listed widest first, got ", options_.narrower_windows[i],
+                " after ", wider);
+  }
   const int64_t units = options_.unit == GateUnit::Layer    ? 1
                         : options_.unit == GateUnit::KvHead ? config.num_kv_heads
                                                             : config.num_heads;
   log_alpha = register_parameter(
-      "log_alpha", at::full({config.num_layers, units}, hard_concrete_.initial_log_alpha(), at::kFloat));
+      "log_alpha",
+      at::full({config.num_layers, units * options_.levels()}, hard_concrete_.initial_log_alpha(), at::kFloat));
 }
 
 at::Tensor AttentionGatesImpl::sample(c10::optional<at::Generator> generator) const {
@@ -35,13 +42,27 @@ at::Tensor AttentionGatesImpl::sample(c10::optional<at::Generator> generator) co
 
 at::Tensor AttentionGatesImpl::deterministic() const { return hard_concrete_.deterministic(log_alpha); }
 
-at::Tensor AttentionGatesImpl::prob_nonzero() const { return hard_concrete_.prob_nonzero(log_alpha); }
+at::Tensor AttentionGatesImpl::prob_nonzero() const { return hard_concrete_.prob_nonzero(level(log_alpha, 0)); }
+
+at::Tensor AttentionGatesImpl::expected_unit_cost(const std::vector<double>& branch_costs) const {
+  CONSA_CHECK(static_cast<int64_t>(branch_costs.size()) == levels() + 1, "gates: ", levels() + 1,
+              " branch costs expected (full, then each window), got ", branch_costs.size());
+  const at::Tensor open = hard_concrete_.prob_nonzero(log_alpha);
+  // From the narrowest window outwards: level k pays its branch if open, else what lies below.
+  at::Tensor cost = at::full({num_layers(), units_per_layer()}, branch_costs.back(), log_alpha.options());
+  for (int64_t k = levels() - 1; k >= 0; --k) {
+    const at::Tensor p = level(open, k);
+    cost = p * branch_costs[k] + (1 - p) * cost;
+  }
+  return cost;
+}
 
 at::Tensor AttentionGatesImpl::head_weights(const at::Tensor& z) const {
   CONSA_CHECK(z.sizes() == log_alpha.sizes(), "gates: z has shape ", z.sizes(), ", expected ",
               log_alpha.sizes());
-  // Query head h belongs to KV group h / (num_heads / num_kv_heads).
-  const int64_t repeat = num_heads_ / z.size(1);
+  // Query head h belongs to KV group h / (num_heads / num_kv_heads); each level's block expands
+  // alike, since the levels' columns are whole blocks of units.
+  const int64_t repeat = num_heads_ / units_per_layer();
   // Expanded by hand: some LibTorch versions' repeat_interleave reads its output size back.
   return repeat == 1 ? z : z.unsqueeze(2).expand({z.size(0), z.size(1), repeat}).reshape({z.size(0), -1});
 }
@@ -54,10 +75,12 @@ void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z, const at::T
   // and one gradient transfer back in backward); the host values decide the skipped branches.
   const at::Tensor on_device =
       z_on_device.defined() ? head_weights(z_on_device) : to_device_async(weights, model->device());
+  const std::vector<AttentionSpan> local = options_.local_spans();
   for (int64_t l = 0; l < num_layers(); ++l) {
     SelfAttentionImpl& attn = model->attention(l);
+    attn.swa_span = local[0];
+    attn.narrower_spans.assign(local.begin() + 1, local.end());
     attn.set_gate_weights(on_device[l], weights[l]);
-    attn.swa_span = options_.swa;
     attn.saturated_gates_have_no_gradient = true;  // z = clamp(...): flat at 0 and 1
   }
 }
@@ -69,7 +92,10 @@ void AttentionGatesImpl::clamp_log_alpha() {
 }
 
 void remove_gates(CausalLM& model) {
-  for (int64_t l = 0; l < model->num_layers(); ++l) model->attention(l).set_gate_weights({});
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    model->attention(l).set_gate_weights({});
+    model->attention(l).narrower_spans.clear();
+  }
 }
 
 }  // namespace consa

@@ -20,8 +20,8 @@ ConstraintScope parse_constraint_scope(const std::string& name) {
 
 const char* constraint_scope_name(ConstraintScope scope) { return enum_name(kScopes, scope); }
 
-SparsityConstraintImpl::SparsityConstraintImpl(int64_t num_layers, ConstraintOptions options)
-    : options_(options) {
+SparsityConstraintImpl::SparsityConstraintImpl(int64_t num_layers, ConstraintOptions options, KvBudgetPlan plan)
+    : options_(options), plan_(std::move(plan)) {
   CONSA_CHECK(options_.target >= 0.0 && options_.target <= 1.0,
               "constraint.target must be in [0, 1], got ", options_.target);
   CONSA_CHECK(options_.warmup_steps >= 0, "constraint.warmup_steps must be >= 0, got ",
@@ -39,9 +39,22 @@ double SparsityConstraintImpl::target_at(int64_t step) const {
 ConstraintTerms SparsityConstraintImpl::evaluate(const AttentionGatesImpl& gates, int64_t step) const {
   ConstraintTerms terms;
   terms.target = target_at(step);
-  at::Tensor keep = gates.prob_nonzero();  // [layers, units]
-  terms.layer_s_hat = 1.0 - keep.mean(1);
-  terms.s_hat = 1.0 - keep.mean();
+  if (gates.levels() == 1) {
+    at::Tensor keep = gates.prob_nonzero();  // [layers, units]
+    terms.layer_s_hat = 1.0 - keep.mean(1);
+    terms.s_hat = 1.0 - keep.mean();
+  } else {
+    CONSA_CHECK(plan_.local_unit_bytes.size() == static_cast<size_t>(gates.levels()),
+                "constraint: gates with ", gates.levels(), " windows need constraint.kv_budget");
+    // Costs relative to a full unit, so the fp32 sums stay near 1.
+    const double full = static_cast<double>(plan_.full_unit_bytes);
+    std::vector<double> costs{1.0};
+    for (int64_t b : plan_.local_unit_bytes) costs.push_back(static_cast<double>(b) / full);
+    const double savable = 1.0 - costs.back();
+    const at::Tensor saved = (1.0 - gates.expected_unit_cost(costs)) / savable;  // [layers, units]
+    terms.layer_s_hat = saved.mean(1);
+    terms.s_hat = saved.mean();
+  }
   at::Tensor gap = (options_.scope == ConstraintScope::Global ? terms.s_hat.reshape({1}) : terms.layer_s_hat) -
                    terms.target;
   terms.penalty = (lambda1 * gap + lambda2 * gap.pow(2)).mean();

@@ -184,6 +184,39 @@ at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Te
   return at::lerp(swa, full, z.to(full.scalar_type()).view({1, 1, -1, 1}));
 }
 
+namespace {
+at::ScalarType reduced(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+#if CONSA_WITH_CUDA_KERNELS
+bool cross_entropy_kernel_takes(const at::Tensor& logits, const at::Tensor& targets) {
+  return logits.scalar_type() != at::kDouble && detail::cross_entropy_cuda_takes(logits, targets);
+}
+#endif
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && cross_entropy_kernel_takes(logits, targets)) return detail::cross_entropy_forward_cuda(logits, targets);
+#endif
+  const at::Tensor x = logits.to(reduced(logits));
+  return {at::logsumexp(x, -1), x.gather(1, targets.unsqueeze(1)).squeeze(1)};
+}
+
+at::Tensor cross_entropy_logits_grad(at::Tensor logits, const at::Tensor& targets, const at::Tensor& lse,
+                                     const at::Tensor& coef, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && cross_entropy_kernel_takes(logits, targets)) {
+    detail::cross_entropy_backward_cuda_(logits, targets, lse, coef);
+    return logits;
+  }
+#endif
+  at::Tensor p = logits.to(reduced(logits));
+  p.sub_(lse.unsqueeze(1)).exp_();
+  p.scatter_add_(1, targets.unsqueeze(1), -at::ones({p.size(0), 1}, p.options()));
+  p.mul_(coef.unsqueeze(1));
+  return p.to(logits.scalar_type());
+}
+
 bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& bias, const at::Tensor& k2, const at::Tensor& v2,
                                    const at::Tensor& bias2) {

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "consa/core/device.h"
@@ -69,10 +70,19 @@ at::Tensor SelfAttentionImpl::attend(const ProjectedQKV& qkv, const PackedDocume
 
 at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv, const PackedDocuments& documents) const {
   const int64_t group = num_heads / num_kv_heads;
+  const int64_t levels = 1 + static_cast<int64_t>(narrower_spans.size());
+  CONSA_CHECK(fa_weight.numel() == levels * num_heads, "gate weights: ", levels, " levels of ", num_heads,
+              " heads expected, got ", fa_weight.numel(), " values");
+  // Branch b's span: full attention, then the local spans widest first. Level k's gate opens
+  // branch k; a head with every level closed takes the last (narrowest) branch.
+  auto branch_span = [&](int64_t b) {
+    return b == 0 ? AttentionSpan::full() : b == 1 ? swa_span : narrower_spans[b - 2];
+  };
   // Which KV groups need each branch. Gates live on the host, so reading z costs no device
-  // synchronisation. A head whose gate is exactly 1 needs no SWA output (its weight is 0, and the
-  // hard-concrete clamp gives such a gate no gradient), one at exactly 0 no FA output.
-  std::vector<int64_t> need_fa, need_swa;
+  // synchronisation. A branch whose weight (the product of the gates above it) is exactly 0 for
+  // every head of a group is skipped there: a gate at exactly 0 or 1 gets no gradient from the
+  // hard-concrete clamp, so neither the output nor any gradient changes.
+  std::vector<std::vector<int64_t>> need(levels + 1);
   // Skipping changes d(out)/dz at saturated gates, so it needs those gradients to be unused.
   const bool may_skip =
       !at::GradMode::is_enabled() || !fa_weight.requires_grad() || saturated_gates_have_no_gradient;
@@ -81,13 +91,22 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv, const Packed
     const at::Tensor zc = z_host.detach().to(at::kFloat).contiguous();
     const float* z = zc.data_ptr<float>();
     for (int64_t g = 0; g < num_kv_heads; ++g) {
-      bool fa = false, swa = false;
-      for (int64_t h = g * group; h < (g + 1) * group; ++h) fa |= z[h] > 0, swa |= z[h] < 1;
-      if (fa) need_fa.push_back(g);
-      if (swa) need_swa.push_back(g);
+      std::vector<bool> needed(levels + 1, false);
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        bool reached = true;  // some weight still flows past the levels above
+        for (int64_t k = 0; k < levels && reached; ++k) {
+          const float w = z[k * num_heads + h];
+          if (w > 0) needed[k] = true;
+          reached = w < 1;
+        }
+        if (reached) needed[levels] = true;
+      }
+      for (int64_t b = 0; b <= levels; ++b)
+        if (needed[b]) need[b].push_back(g);
     }
-  } else {  // compute both branches everywhere
-    for (int64_t g = 0; g < num_kv_heads; ++g) need_fa.push_back(g), need_swa.push_back(g);
+  } else {  // compute every branch everywhere
+    for (auto& groups : need)
+      for (int64_t g = 0; g < num_kv_heads; ++g) groups.push_back(g);
   }
   // The branch output for the listed groups, zeros elsewhere (their weight is 0 there). With
   // more than half the groups listed the branch runs over all of them: gathering the listed
@@ -105,20 +124,32 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv, const Packed
         .index_copy(2, idx, out.view({b, l, n, group, d}))
         .view({b, l, num_heads, d});
   };
-  at::Tensor full = branch(need_fa, AttentionSpan::full());
-  at::Tensor swa = branch(need_swa, swa_span);
-  const at::Tensor& like = full.defined() ? full : swa;
+  std::vector<at::Tensor> outputs;
+  for (int64_t b = 0; b <= levels; ++b) outputs.push_back(branch(need[b], branch_span(b)));
+  const at::Tensor& like = *std::find_if(outputs.begin(), outputs.end(), [](const at::Tensor& t) { return t.defined(); });
   const at::Tensor z_device = to_device_async(fa_weight, like.device());
-  at::Tensor z = z_device.to(like.scalar_type()).view({1, 1, num_heads, 1});
-  if (!swa.defined()) return full * z;
-  if (!full.defined()) return swa * (1 - z);
-  // z * FA + (1 - z) * SWA in one kernel; lerp gives exactly FA at z == 1 and SWA at z == 0.
-  return kernels::gated_mix(full, swa, z_device, fused_kernels);
+  // From the narrowest branch outwards: level k mixes its branch with what lies below it.
+  at::Tensor mixed = outputs[levels];
+  for (int64_t k = levels - 1; k >= 0; --k) {
+    const at::Tensor& open = outputs[k];
+    const at::Tensor zk = levels == 1 ? z_device : z_device.narrow(0, k * num_heads, num_heads);
+    if (!open.defined() && !mixed.defined()) continue;
+    const at::Tensor z = zk.to(like.scalar_type()).view({1, 1, num_heads, 1});
+    if (!mixed.defined()) {
+      mixed = open * z;
+    } else if (!open.defined()) {
+      mixed = mixed * (1 - z);
+    } else {
+      // z * open + (1 - z) * below in one kernel; lerp gives exactly each side at z == 1 and 0.
+      mixed = kernels::gated_mix(open, mixed, zk, fused_kernels);
+    }
+  }
+  return mixed;
 }
 
 void SelfAttentionImpl::set_gate_weights(at::Tensor weights, at::Tensor on_host) {
-  CONSA_CHECK(!weights.defined() || weights.numel() == num_heads, "gate weights: expected ", num_heads,
-              " per-head values, got shape ", weights.sizes());
+  CONSA_CHECK(!weights.defined() || (weights.dim() == 1 && weights.numel() % num_heads == 0 && weights.numel() > 0),
+              "gate weights: expected ", num_heads, " per-head values per level, got shape ", weights.sizes());
   CONSA_CHECK(!on_host.defined() || on_host.device().is_cpu(), "gate weights: host values expected on the CPU, got ",
               on_host.device().str());
   fa_weight = std::move(weights);
@@ -283,7 +314,7 @@ int64_t CausalLMImpl::parameter_count() const {
 DenseView::DenseView(CausalLM& model) : model_(model) {
   for (int64_t l = 0; l < model->num_layers(); ++l) {
     SelfAttentionImpl& a = model->attention(l);
-    saved_.push_back({a.fa_weight, a.fa_weight_on_host, a.group_spans, a.swa_span});
+    saved_.push_back({a.fa_weight, a.fa_weight_on_host, a.group_spans, a.swa_span, a.narrower_spans});
     a.set_gate_weights({});
     a.group_spans.assign(a.group_spans.size(), AttentionSpan::full());
   }
@@ -295,6 +326,7 @@ DenseView::~DenseView() {
     a.set_gate_weights(saved_[l].fa_weight, saved_[l].fa_weight_on_host);
     a.group_spans = saved_[l].group_spans;
     a.swa_span = saved_[l].swa_span;
+    a.narrower_spans = saved_[l].narrower_spans;
   }
 }
 

@@ -222,7 +222,7 @@ std::pair<int, int64_t> Job::load_checkpoint(torch::optim::AdamW* stage1_optimiz
   }
   at::Tensor log_alpha = read("gates/log_alpha");
   CONSA_CHECK(log_alpha.sizes() == gates_->log_alpha.sizes(), path, ": gates have shape ", log_alpha.sizes(),
-              ", the recipe's gates.unit needs ", gates_->log_alpha.sizes());
+              ", the recipe's gates.unit and gates.windows need ", gates_->log_alpha.sizes());
   gates_->log_alpha.copy_(log_alpha);
   constraint_->lambda1.copy_(read("constraint/lambda1"));
   constraint_->lambda2.copy_(read("constraint/lambda2"));
@@ -247,8 +247,18 @@ void Job::write_gates_json(const TrainOutcome& o) {
             {"s_hat", o.s_hat},
             {"layer_s_hat", tensor_to_json(o.layer_s_hat)},
             {"keep_prob", tensor_to_json(o.keep_prob)},
-            {"log_alpha", tensor_to_json(gates_->log_alpha)},
+            {"log_alpha", tensor_to_json(gates_->level(gates_->log_alpha, 0))},
             {"heldout_ce", o.heldout_ce}};
+  if (gates_->levels() > 1) {
+    // Level k >= 1 chooses windows[k - 1] against the narrower ones.
+    std::vector<AttentionSpan> local = r_.gates.local_spans();
+    json windows = json::array(), window_log_alpha = json::array();
+    for (const AttentionSpan& span : local) windows.push_back(span.window);
+    for (int64_t k = 1; k < gates_->levels(); ++k)
+      window_log_alpha.push_back(tensor_to_json(gates_->level(gates_->log_alpha, k)));
+    j["windows"] = windows;
+    j["window_log_alpha"] = window_log_alpha;
+  }
   if (kv_plan_.units > 0) {
     j["kv_budget"] = {{"bytes", r_.constraint.kv_budget.bytes},
                       {"context", r_.constraint.kv_budget.context},

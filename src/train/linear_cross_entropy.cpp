@@ -4,6 +4,7 @@
 
 #include "consa/core/device.h"
 #include "consa/core/error.h"
+#include "consa/kernels/fused_ops.h"
 
 namespace consa {
 
@@ -16,21 +17,21 @@ at::ScalarType reduced(const at::Tensor& t) { return t.scalar_type() == at::kDou
 // mask / count, so the loss is sum(scale * nll).
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& weight,
-                            const at::Tensor& targets, const at::Tensor& scale, int64_t rows) {
+                            const at::Tensor& targets, const at::Tensor& scale, int64_t rows, bool fused) {
     const int64_t n = h.size(0);
     at::Tensor lse = at::empty({n}, h.options().dtype(reduced(h)));
     at::Tensor loss = at::zeros({}, h.options().dtype(reduced(h)));
     for (int64_t r = 0; r < n; r += rows) {
       const int64_t k = std::min(rows, n - r);
-      at::Tensor logits = at::matmul(h.narrow(0, r, k), weight.t()).to(reduced(h));
-      at::Tensor chunk_lse = at::logsumexp(logits, -1);
+      const at::Tensor logits = at::matmul(h.narrow(0, r, k), weight.t());
+      const auto [chunk_lse, target] = kernels::cross_entropy_rows(logits, targets.narrow(0, r, k), fused);
       lse.narrow(0, r, k).copy_(chunk_lse);
-      at::Tensor target = logits.gather(1, targets.narrow(0, r, k).unsqueeze(1)).squeeze(1);
       loss.add_(((chunk_lse - target) * scale.narrow(0, r, k)).sum());
     }
     ctx->save_for_backward({h, weight, targets, scale, lse});
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["weight_grad"] = weight.requires_grad();
+    ctx->saved_data["fused"] = fused;
     return loss;
   }
 
@@ -40,7 +41,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &h = saved[0], &weight = saved[1], &targets = saved[2], &scale = saved[3], &lse = saved[4];
     const int64_t rows = ctx->saved_data["rows"].toInt(), n = h.size(0);
-    const bool weight_grad = ctx->saved_data["weight_grad"].toBool();
+    const bool weight_grad = ctx->saved_data["weight_grad"].toBool(), fused = ctx->saved_data["fused"].toBool();
     const at::Tensor g = grad_output[0].to(reduced(h));
     at::Tensor grad_h = at::empty_like(h);
     // Accumulated over chunks in fp32 (a bf16 sum of many chunks would lose their small terms).
@@ -48,23 +49,22 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     for (int64_t r = 0; r < n; r += rows) {
       const int64_t k = std::min(rows, n - r);
       const at::Tensor hc = h.narrow(0, r, k);
-      at::Tensor p = at::matmul(hc, weight.t()).to(reduced(h));
-      p.sub_(lse.narrow(0, r, k).unsqueeze(1)).exp_();
-      p.scatter_add_(1, targets.narrow(0, r, k).unsqueeze(1), -at::ones({k, 1}, p.options()));
-      p.mul_((scale.narrow(0, r, k) * g).unsqueeze(1));
-      const at::Tensor d_logits = p.to(h.scalar_type());
+      const at::Tensor d_logits =
+          kernels::cross_entropy_logits_grad(at::matmul(hc, weight.t()), targets.narrow(0, r, k), lse.narrow(0, r, k),
+                                             scale.narrow(0, r, k) * g, fused)
+              .to(h.scalar_type());
       grad_h.narrow(0, r, k).copy_(at::matmul(d_logits, weight));
       if (weight_grad) grad_w.add_(at::matmul(d_logits.t(), hc).to(reduced(h)));
     }
     return {grad_h, weight_grad ? grad_w.to(weight.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
-                                const at::Tensor& mask, int64_t chunk_bytes) {
+                                const at::Tensor& mask, int64_t chunk_bytes, bool fused) {
   CONSA_CHECK(hidden.dim() == 3 && weight.dim() == 2 && hidden.size(2) == weight.size(1),
               "linear_cross_entropy: hidden ", hidden.sizes(), " does not match the output weight ", weight.sizes());
   CONSA_CHECK(tokens.dim() == 2 && tokens.size(0) == hidden.size(0) && tokens.size(1) == hidden.size(1) &&
@@ -93,7 +93,7 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
     return -(log_probs.gather(1, targets.unsqueeze(1)).squeeze(1) * m).sum();
   }
   const int64_t rows = std::max<int64_t>(1, chunk_bytes / (4 * weight.size(0)));
-  return LinearCrossEntropy::apply(h, weight, targets, m, rows);
+  return LinearCrossEntropy::apply(h, weight, targets, m, rows, fused);
 }
 
 }  // namespace consa

@@ -17,7 +17,7 @@ at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& 
 
 LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens, const at::Tensor& ce_mask,
                             const at::Tensor& hidden, const at::Tensor& output_weight,
-                            const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden) {
+                            const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden, bool fused_kernels) {
   LossTerms terms;
   at::Tensor total = at::zeros({}, hidden.options().dtype(at::kFloat));
   terms.ce = terms.kl = terms.mse = total;
@@ -25,7 +25,7 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
   if (w.ce > 0) {
     at::Tensor ce = logits.defined() ? next_token_cross_entropy(logits, tokens, ce_mask)
                                      : linear_cross_entropy(hidden, output_weight, tokens, ce_mask,
-                                                            w.chunked_cross_entropy ? int64_t{1} << 30 : 0);
+                                                            w.chunked_cross_entropy ? int64_t{1} << 30 : 0, fused_kernels);
     terms.ce = ce.detach();
     total = total + w.ce * ce;
   }

@@ -228,6 +228,30 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   Section gates = top.child("gates");
   r.gates.unit = parse_gate_unit(gates.text("unit", "kv_head", {"layer", "kv_head", "head"}));
   r.gates.swa.window = gates.integer("window", 1024, 1);
+  r.gates.narrower_windows.clear();
+  if (YAML::Node windows = gates.value("windows")) {
+    const std::string key = gates.where("windows");
+    const bool window_set = static_cast<bool>(gates.value("window"));
+    CONSA_CHECK(windows.IsSequence() && windows.size() > 0, file, ": ", key, ": expected a list of windows, e.g. [128, 1024]");
+    std::vector<int64_t> list;
+    for (const auto& item : windows) {
+      int64_t w = 0;
+      try {
+        w = item.as<int64_t>();
+      } catch (const YAML::Exception&) {
+        fail(file, ": ", key, ": expected integers, got '", item.IsScalar() ? item.Scalar() : std::string("a list or mapping"), "'");
+      }
+      CONSA_CHECK(w >= 1, file, ": ", key, ": windows must be >= 1, got ", w);
+      CONSA_CHECK(std::find(list.begin(), list.end(), w) == list.end(), file, ": ", key, ": window ", w,
+                  " is listed twice");
+      list.push_back(w);
+    }
+    CONSA_CHECK(!window_set || std::find(list.begin(), list.end(), r.gates.swa.window) != list.end(), file,
+                ": gates.window ", r.gates.swa.window, " is not among gates.windows; keep one of the two keys");
+    std::sort(list.rbegin(), list.rend());  // widest first: the nesting's order
+    r.gates.swa.window = list[0];
+    r.gates.narrower_windows.assign(list.begin() + 1, list.end());
+  }
   r.gates.swa.sinks = gates.integer("sinks", 0, 0);
   HardConcreteOptions& hc = r.gates.hard_concrete;
   hc.beta = gates.number("temperature", hc.beta, 1e-3, 100);
@@ -323,6 +347,9 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.train.keep_prob_every = train.integer("keep_prob_every", r.train.keep_prob_every, 1);
   r.train.checkpoint_every = train.integer("checkpoint_every", r.train.checkpoint_every, 1);
   train.finish();
+  CONSA_CHECK(r.gates.narrower_windows.empty() || r.constraint.kv_budget.defined() || r.train.mode == "dense", file,
+              ": gates.windows: several windows need constraint.kv_budget (a fraction of units does not say which "
+              "windows to pay for)");
 
   Section recover = top.child("recover");
   r.recover.steps = recover.integer("steps", r.recover.steps, 0);
@@ -376,8 +403,15 @@ std::string recipe_to_yaml(const Recipe& r) {
       << r.model.kernels << YAML::EndMap;
   const HardConcreteOptions& hc = r.gates.hard_concrete;
   out << YAML::Key << "gates" << YAML::Value << YAML::BeginMap << YAML::Key << "unit" << YAML::Value
-      << gate_unit_name(r.gates.unit) << YAML::Key << "window" << YAML::Value << r.gates.swa.window << YAML::Key
-      << "sinks" << YAML::Value << r.gates.swa.sinks << YAML::Key << "temperature" << YAML::Value << hc.beta
+      << gate_unit_name(r.gates.unit);
+  if (r.gates.narrower_windows.empty()) {
+    out << YAML::Key << "window" << YAML::Value << r.gates.swa.window;
+  } else {
+    std::vector<int64_t> windows{r.gates.swa.window};
+    windows.insert(windows.end(), r.gates.narrower_windows.begin(), r.gates.narrower_windows.end());
+    out << YAML::Key << "windows" << YAML::Value << YAML::Flow << windows;
+  }
+  out << YAML::Key << "sinks" << YAML::Value << r.gates.swa.sinks << YAML::Key << "temperature" << YAML::Value << hc.beta
       << YAML::Key << "limit_l" << YAML::Value << hc.limit_l << YAML::Key << "limit_r" << YAML::Value << hc.limit_r
       << YAML::Key << "init_keep" << YAML::Value << hc.init_keep << YAML::Key << "log_alpha_clamp" << YAML::Value
       << hc.log_alpha_clamp << YAML::EndMap;
@@ -459,8 +493,52 @@ const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "model
                                        "distributed.bucket_mb", "distributed.backend", "distributed.timeout_s",
                                        "objective.chunked_cross_entropy", nullptr};
 
-std::string target_reach_warning(const Recipe& recipe, double target) {
+namespace {
+
+// Several windows: the expected share of the savable bytes when every gate of every level keeps
+// its branch with probability `keep` (nested as AttentionGatesImpl::expected_unit_cost).
+double saving_share(const KvBudgetPlan& plan, double keep) {
+  double cost = static_cast<double>(plan.local_unit_bytes.back());
+  for (size_t k = plan.local_unit_bytes.size() - 1; k-- > 0;)
+    cost = keep * static_cast<double>(plan.local_unit_bytes[k]) + (1 - keep) * cost;
+  cost = keep * static_cast<double>(plan.full_unit_bytes) + (1 - keep) * cost;
+  const double full = static_cast<double>(plan.full_unit_bytes), narrowest = static_cast<double>(plan.swa_unit_bytes);
+  return (full - cost) / (full - narrowest);
+}
+
+std::string window_budget_reach_warning(const Recipe& recipe, double target, const KvBudgetPlan& plan) {
+  const HardConcrete gates(recipe.gates.hard_concrete);
+  const auto [lowest_keep, highest_keep] = gates.keep_probability_range();
+  const double most = saving_share(plan, lowest_keep), least = saving_share(plan, highest_keep);
+  if (target >= least && target <= most) return "";
+  std::ostringstream out;
+  out << "constraint.kv_budget asks for " << target << " of the savable KV bytes, beyond what gates.log_alpha_clamp "
+      << recipe.gates.hard_concrete.log_alpha_clamp << " reaches in expectation with gates.windows: the expected share "
+      << "stays in [" << least << ", " << most << "] and lambda grows without end";
+  if (target > 0 && target < 1) {
+    // The clamp whose bound reaches the target, by bisection (the share is monotone in it), plus one.
+    HardConcreteOptions o = recipe.gates.hard_concrete;
+    double lo = 1e-3, hi = 100;
+    const bool above = target > most;
+    for (int i = 0; i < 100; ++i) {
+      o.log_alpha_clamp = 0.5 * (lo + hi);
+      const auto range = HardConcrete(o).keep_probability_range();
+      const double reach = above ? saving_share(plan, range.first) : saving_share(plan, range.second);
+      ((above ? reach >= target : reach <= target) ? hi : lo) = o.log_alpha_clamp;
+    }
+    out << "; gates.log_alpha_clamp=" << std::ceil(10 * (hi + 1)) / 10 << " reaches it";
+  } else {
+    out << "; the binarized assignment still meets it exactly";
+  }
+  return out.str();
+}
+
+}  // namespace
+
+std::string target_reach_warning(const Recipe& recipe, double target, const KvBudgetPlan* plan) {
   if (recipe.train.mode == "dense") return "";
+  if (!recipe.gates.narrower_windows.empty())
+    return plan && plan->local_unit_bytes.size() > 1 ? window_budget_reach_warning(recipe, target, *plan) : "";
   const HardConcrete gates(recipe.gates.hard_concrete);
   const auto [lowest_keep, highest_keep] = gates.keep_probability_range();
   const double most_swa = 1 - lowest_keep, least_swa = 1 - highest_keep;

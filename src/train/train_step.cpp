@@ -239,7 +239,7 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
     if (buckets_ && train_weights && m + 1 == accumulation) buckets_->arm();
     at::Tensor hidden = model_->hidden_states(tokens, batch.document_ids);
     LossTerms terms = compute_objective(r_.objective, tokens, batch.ce_mask, hidden, model_->output_weight(),
-                                        teacher_logits, teacher_hidden);
+                                        teacher_logits, teacher_hidden, model_->fused_kernels());
     (terms.total / static_cast<double>(accumulation)).backward();
     nonfinite_ = nonfinite_ + (~at::isfinite(terms.total.detach())).to(at::kFloat);
     if (stage1) {

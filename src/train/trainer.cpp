@@ -54,6 +54,7 @@ Recipe Job::as_stages(Recipe r) {
   r.train.steps = 0;
   r.constraint.target = 0;
   r.constraint.kv_budget = {};
+  r.gates.narrower_windows.clear();
   r.exporting.rule = BinarizeRule::Exact;
   return r;
 }
@@ -73,7 +74,7 @@ void Job::load_models() {
   }
   gates_ = AttentionGates(model_->config(), r_.gates);
   kv_plan_ = resolve_kv_budget(r_, model_->config());
-  constraint_ = SparsityConstraint(model_->num_layers(), r_.constraint);
+  constraint_ = SparsityConstraint(model_->num_layers(), r_.constraint, kv_plan_);
 }
 
 void Job::prepare() {
@@ -105,7 +106,9 @@ double Job::heldout_ce() {
     Batch b = heldout_->batch_at(i);
     at::Tensor tokens = b.tokens.to(model_->device());
     const at::Tensor hidden = model_->hidden_states(tokens, b.document_ids);
-    total += linear_cross_entropy(hidden, model_->output_weight(), tokens, b.ce_mask).item<double>();
+    total += linear_cross_entropy(hidden, model_->output_weight(), tokens, b.ce_mask, int64_t{1} << 30,
+                                  model_->fused_kernels())
+                 .item<double>();
   }
   return comm_->sum(total, "the held-out loss") / r_.data.heldout_batches;
 }
@@ -126,6 +129,8 @@ TrainOutcome Job::run() {
   if (control_.resume) {
     std::tie(stage, start) = load_checkpoint(optimizer.get());
     if (main) std::cerr << "resuming " << checkpoint_path() << " at stage " << stage << " step " << start << "\n";
+  } else {
+    next_sequence_ = control_.first_sequence;
   }
   // Every rank has checked the job before rank 0 writes into the directory.
   comm_->barrier("the output directory check");
@@ -280,7 +285,7 @@ TrainOutcome Job::run() {
 KvBudgetPlan resolve_kv_budget(Recipe& r, const ModelConfig& config) {
   if (!r.constraint.kv_budget.defined()) return {};
   const KvBudgetPlan plan =
-      plan_kv_budget(config, r.gates.unit, r.gates.swa, r.constraint.kv_budget, r.source + ": constraint.kv_budget");
+      plan_kv_budget(config, r.gates, r.constraint.kv_budget, r.source + ": constraint.kv_budget");
   r.constraint.target = plan.target;
   return plan;
 }

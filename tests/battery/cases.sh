@@ -117,6 +117,12 @@ case_03_assignment_for_other_weights() {
   expect fail "uniform.json: made for weights fnv1a64:[0-9a-f]+ but .*other holds" \
     -- "$C" export "$(D)/other" --assignment base/uniform.json --format hf --out "$(D)/out"
 }
+case_03_export_multi_window_assignment() {
+  # One unit of base/uniform.json moved from window 4 to window 2: two windows in one model.
+  sed '0,/^        4$/s//        2/' base/uniform.json > "$(D)/a.json"
+  expect fail "a.json: units use several windows \(4, 2\); --format hf holds one window per model" \
+    -- "$C" export base/model --assignment "$(D)/a.json" --format hf --out "$(D)/out"
+}
 case_03_inspect_assignment_truncated() {
   head -c 200 base/uniform.json > "$(D)/a.json"
   expect fail "a.json" -- "$C" inspect "$(D)/a.json"
@@ -230,6 +236,17 @@ case_07_yaml_malformed() {
 case_07_yaml_wrong_type() {
   sed 's/train: {steps: 4,/train: {steps: [1, 2],/' base/recipe.yaml > "$(D)/r.yaml"
   expect fail "r.yaml.*train.steps" -- "$C" validate "$(D)/r.yaml"
+}
+
+case_07_gates_windows_without_budget() {
+  expect fail "gates.windows: several windows need constraint.kv_budget" -- "$C" validate base/recipe.yaml "gates.windows=[2,4]"
+}
+case_07_gates_window_not_among_windows() {
+  expect fail "gates.window 4 is not among gates.windows" -- "$C" validate base/recipe.yaml "gates.windows=[2,8]"
+}
+case_07_gates_windows_with_budget_succeeds() {
+  sed 's/constraint: {target: 0.5}/constraint: {kv_budget: {bytes: 3000, context: 64}}/' base/recipe.yaml > "$(D)/r.yaml"
+  expect ok '' --stdout 'of the savable bytes over 4 units' -- "$C" validate "$(D)/r.yaml" "gates.windows=[2,4]"
 }
 
 # --- 8. validate as strict as train ------------------------------------------------------------

@@ -1,6 +1,8 @@
 #pragma once
 // A sweep: every (method, target) pair on one recipe's model, each evaluated the same way, with
-// the table a user picks a sparsity from. Each pair has its own folder, OUT/<method>_t<target>,
+// the table a user picks a sparsity from. Method "dense" is one run, at target 0: the dense model
+// trained for the recipe's recover.steps at recover.lr, so that every recovered hybrid sits
+// beside the dense model trained on the same tokens. Each pair has its own folder, OUT/<method>_t<target>,
 // finished once its eval.json exists; an interrupted sweep resumes where it stopped (a consa
 // training run from its checkpoint).
 //   OUT/sweep.csv  one row per pair (plots: scripts/plot_sweep.py)
@@ -23,6 +25,14 @@ struct SweepOptions {
   BaselineOptions baseline;  // offset, seed, duo settings (unit, window, target come from the recipe)
 };
 
+struct SweepRun {
+  std::string method;
+  double target = 0;
+};
+// The runs of a sweep, in order: each method at each target, "dense" once at 0. Refuses an
+// unknown method, a target outside [0, 1], and "dense" without recover.steps.
+std::vector<SweepRun> sweep_runs(const Recipe& recipe, const SweepOptions& options);
+
 struct SweepSummary {
   int64_t ran = 0, skipped = 0;
 };
@@ -33,6 +43,6 @@ SweepSummary run_sweep(const Recipe& recipe, const SweepOptions& options, std::o
 std::string sweep_run_dir(const std::string& out_dir, const std::string& method, double target);
 
 // Rebuilds sweep.csv and sweep.md from the finished runs' eval.json files.
-void write_sweep_tables(const SweepOptions& options);
+void write_sweep_tables(const Recipe& recipe, const SweepOptions& options);
 
 }  // namespace consa

@@ -6,6 +6,8 @@
 //               (round(t * units per layer) each) when the constraint scope is per_layer. Under a
 //               KV budget (constraint.kv_budget): the fewest units on SWA, lowest first, whose
 //               cache fits the budget (per layer: each layer within its equal share).
+// With several windows (gates.windows) each unit ends on one span: full or one of the windows
+// (src/export/binarize.cpp says how each rule picks it).
 #include <ATen/ATen.h>
 
 #include <nlohmann/json.hpp>
@@ -22,14 +24,15 @@ enum class BinarizeRule { Threshold, Exact };
 BinarizeRule parse_binarize_rule(const std::string& name);  // "threshold" | "exact"
 const char* binarize_rule_name(BinarizeRule rule);
 
-constexpr int kAssignmentSchemaVersion = 1;
+// Version 2 gives each unit its window; version 1 files (one window) still read.
+constexpr int kAssignmentSchemaVersion = 2;
 
 struct Assignment {
   // Model identity.
   std::string architecture;
   int64_t num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   std::string weights_checksum;  // "fnv1a64:..." over parameter names and bytes
-  // Granularity and the SWA span.
+  // Granularity and the SWA span (with several windows, the widest; the sinks are every window's).
   GateUnit unit = GateUnit::KvHead;
   AttentionSpan swa;
   BinarizeRule rule = BinarizeRule::Exact;
@@ -39,6 +42,9 @@ struct Assignment {
   // Per layer, per unit: true = full attention; and the gate score (log_alpha) behind it.
   std::vector<std::vector<bool>> full;
   std::vector<std::vector<double>> scores;
+  // Per layer, per unit: the window of a unit on SWA (0 where full). Empty, or 0 for a unit on
+  // SWA: swa.window.
+  std::vector<std::vector<int64_t>> windows;
   double target = 0;
   // The budget the assignment was made under (undefined: a target fraction); assignment.json and
   // `consa inspect` then give its bytes beside the fraction.
@@ -51,6 +57,12 @@ struct Assignment {
   double achieved_sparsity() const;  // fraction of units on SWA
   // Whether KV head g of `layer` needs a full-length cache (some query head of it keeps FA).
   bool kv_head_full(int64_t layer, int64_t kv_head) const;
+  // The span of one unit, and of KV head g of `layer` (the widest of the query heads that share it).
+  AttentionSpan unit_span(int64_t layer, int64_t unit) const;
+  AttentionSpan kv_head_span(int64_t layer, int64_t kv_head) const;
+  // The windows that SWA units use, widest first ({swa.window} when there is one, or none on SWA).
+  std::vector<int64_t> local_windows() const;
+  bool multi_window() const { return local_windows().size() > 1; }
 
   // KV-cache bytes for one sequence of `context` tokens: {full-attention part, SWA part}.
   // FA KV heads hold `context` positions; SWA ones min(context, window + sinks). Throws
@@ -73,6 +85,7 @@ struct Assignment {
   void apply(CausalLM& model) const;
 };
 
+// With several windows the exact rule needs a KV budget (binarize_within_kv_budget).
 Assignment binarize(const ModelConfig& config, const AttentionGatesImpl& gates, BinarizeRule rule, double target,
                     ConstraintScope scope);
 // The same rules over any per-unit scores [layers, units] (higher = keep full attention).
@@ -85,6 +98,14 @@ Assignment binarize_within_kv_budget(const ModelConfig& config, const AttentionG
                                      ConstraintScope scope);
 Assignment assignment_within_kv_budget(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa,
                                        const at::Tensor& unit_scores, const KvBudget& budget, ConstraintScope scope);
+
+// Several windows: one span per unit from its nested gates' logits `level_scores`
+// [layers, levels x units] (AttentionGatesImpl's layout). threshold: the first level whose logit
+// is > 0 opens its branch (every level closed: the narrowest window). exact: within `budget`
+// (needed), by the greedy rule of src/export/binarize.cpp; never over the budget.
+Assignment assignment_from_window_scores(const ModelConfig& config, const GateOptions& gates,
+                                         const at::Tensor& level_scores, BinarizeRule rule, const KvBudget& budget,
+                                         ConstraintScope scope);
 
 // The layout a checkpoint declares itself, as an assignment: a consa hybrid export's kv_head or
 // head split, or else per-layer windows (layer units; transformers' layer_types, Mistral's

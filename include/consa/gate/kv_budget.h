@@ -6,8 +6,11 @@
 // of a model costs the same, so expected bytes are affine in the expected SWA fraction s:
 //   E[bytes] = dense - s * (dense - all_swa)
 // and a budget is one exact fraction, which the Lagrangian then holds (SparsityConstraint).
+// With several windows (gates.windows) a unit costs what its span caches, and s is the expected
+// share of the bytes that putting every unit on the narrowest window would save.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "consa/attention/attention.h"
 #include "consa/gate/attention_gates.h"
@@ -25,9 +28,10 @@ struct KvBudget {
 struct KvBudgetPlan {
   int64_t units = 0;               // gate units of the model
   int64_t full_unit_bytes = 0;     // one unit's cache at `context` on full attention
-  int64_t swa_unit_bytes = 0;      // and on SWA
+  int64_t swa_unit_bytes = 0;      // and on SWA (the narrowest window)
+  std::vector<int64_t> local_unit_bytes;  // on each local span, widest first (one: swa_unit_bytes)
   int64_t dense_bytes = 0;         // every unit full
-  int64_t all_swa_bytes = 0;       // every unit on SWA
+  int64_t all_swa_bytes = 0;       // every unit on SWA (the narrowest window)
   double target = 0;               // the SWA fraction whose expected bytes are the budget, in [0, 1]
   double expected_bytes(double swa_fraction) const {
     return static_cast<double>(dense_bytes) - swa_fraction * static_cast<double>(dense_bytes - all_swa_bytes);
@@ -38,6 +42,9 @@ struct KvBudgetPlan {
 // `where`: head units (query heads share their KV heads, so bytes are not a sum over units), a
 // context that a window already covers (SWA would save nothing), and a budget below the all-SWA
 // cache. A budget at or above the dense cache gives fraction 0.
+KvBudgetPlan plan_kv_budget(const ModelConfig& config, const GateOptions& gates, const KvBudget& budget,
+                            const std::string& where);
+// One window.
 KvBudgetPlan plan_kv_budget(const ModelConfig& config, GateUnit unit, const AttentionSpan& swa, const KvBudget& budget,
                             const std::string& where);
 

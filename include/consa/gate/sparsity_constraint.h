@@ -7,6 +7,9 @@
 // Scope global: one s_hat over all units and one (lambda1, lambda2). Scope per_layer: each layer
 // has its own s_hat and lambda pair, so every layer reaches the same SWA fraction; the penalty is
 // the mean of the per-layer terms.
+// With several windows (gates.windows) the constrained quantity is bytes: s_hat is the expected
+// share of the savable KV bytes (kv_budget.h), from each unit's expected cost under its nested
+// gates, and the target is the budget's share. With one window the two are the same number.
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
@@ -32,14 +35,15 @@ struct ConstraintOptions {
 
 struct ConstraintTerms {
   at::Tensor penalty;          // scalar, differentiable in log_alpha and the lambdas
-  at::Tensor s_hat;            // scalar expected SWA fraction over all units
+  at::Tensor s_hat;            // scalar expected SWA fraction over all units (several windows: savable bytes' share)
   at::Tensor layer_s_hat;      // [layers]
   double target = 0.0;         // t at this step
 };
 
 class SparsityConstraintImpl : public torch::nn::Module {
  public:
-  SparsityConstraintImpl(int64_t num_layers, ConstraintOptions options);
+  // `plan`: options.kv_budget against the model (plan_kv_budget); needed with several windows.
+  SparsityConstraintImpl(int64_t num_layers, ConstraintOptions options, KvBudgetPlan plan = {});
 
   double target_at(int64_t step) const;
   ConstraintTerms evaluate(const AttentionGatesImpl& gates, int64_t step) const;
@@ -51,6 +55,7 @@ class SparsityConstraintImpl : public torch::nn::Module {
 
  private:
   ConstraintOptions options_;
+  KvBudgetPlan plan_;
 };
 TORCH_MODULE(SparsityConstraint);
 

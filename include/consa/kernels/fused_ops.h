@@ -45,6 +45,16 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 // and returns dz in fp32.
 at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Tensor& z, bool fused);
 
+// Cross-entropy of logits [rows, vocab] against int64 targets [rows]: {log-sum-exp, the target's
+// logit} per row, in fp32 (fp64 for fp64 logits). The kernel reads the logits once; the math path
+// converts them to fp32 first.
+std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, bool fused);
+// The gradient of sum_r coef[r] (lse[r] - logits[r, targets[r]]) with respect to the logits, in
+// their dtype: coef (exp(logits - lse) - onehot(targets)) in fp32, rounded once. The kernel
+// writes it over `logits`, which the caller hands over.
+at::Tensor cross_entropy_logits_grad(at::Tensor logits, const at::Tensor& targets, const at::Tensor& lse,
+                                     const at::Tensor& coef, bool fused);
+
 // Attention of one query per sequence (a decode step): q [B, n G, 1, D] over a cache's keys and
 // values k, v [B, n, T, D], with an fp32 bias (0 visible, -inf masked) [T] or [n, G, T];
 // softmax(q k^T * scale + bias) v -> [B, n G, 1, D]. The math path rounds the scores and the

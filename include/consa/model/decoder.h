@@ -52,12 +52,16 @@ class SelfAttentionImpl : public torch::nn::Module {
   // One span per KV group; runs of equal spans are computed in one backend call.
   std::vector<AttentionSpan> group_spans;
   // Gated mode (set by AttentionGates::apply): when defined, every query head h outputs
-  // fa_weight[h] * FA + (1 - fa_weight[h]) * SWA(swa_span), and group_spans is not used.
-  at::Tensor fa_weight;  // [num_heads], on the host or the model's device
+  // fa_weight[h] * FA + (1 - fa_weight[h]) * SWA(swa_span), and group_spans is not used. With
+  // narrower_spans (several windows), fa_weight holds one row of num_heads per level, and the
+  // local part nests: row k (k >= 1) mixes local span k - 1 (swa_span first) with the narrower
+  // ones (AttentionGatesImpl).
+  at::Tensor fa_weight;  // [levels x num_heads], on the host or the model's device
   // fa_weight's values on the host when fa_weight lives on the device: they decide which
   // branches run without reading the device. Set together with fa_weight by set_gate_weights.
   at::Tensor fa_weight_on_host;
   AttentionSpan swa_span;
+  std::vector<AttentionSpan> narrower_spans;  // gated mode's windows below swa_span, widest first
   // Set by hard-concrete gates, whose clamp gives a gate at exactly 0 or 1 no gradient: the
   // branch its weight zeroes can then be skipped even while the gates train.
   bool saturated_gates_have_no_gradient = false;
@@ -145,6 +149,7 @@ class DenseView {
     at::Tensor fa_weight, fa_weight_on_host;
     std::vector<AttentionSpan> group_spans;
     AttentionSpan swa_span;
+    std::vector<AttentionSpan> narrower_spans;
   };
   CausalLM& model_;
   std::vector<Saved> saved_;

@@ -12,8 +12,10 @@ namespace consa {
 // [B, L], mask [B, L - 1] (1: scored). Logits are formed in the weights' dtype and reduced in fp32.
 // Differentiable in hidden and weight. `chunk_bytes`: the fp32 logits one chunk may hold; 0 forms
 // the scored positions' logits whole, through autograd (faster, more memory). A mask on the host
-// selects the scored positions before any projection, without reading the device.
+// selects the scored positions before any projection, without reading the device. `fused`: each
+// chunk's reductions and gradient as consa's CUDA kernels where they run (kernels::cross_entropy_rows),
+// which read and write the chunk's logits once in their own dtype instead of an fp32 copy.
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
-                                const at::Tensor& mask, int64_t chunk_bytes = int64_t{1} << 30);
+                                const at::Tensor& mask, int64_t chunk_bytes = int64_t{1} << 30, bool fused = false);
 
 }  // namespace consa

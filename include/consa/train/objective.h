@@ -12,7 +12,8 @@ struct ObjectiveWeights {
   double mse = 0.0;
   // Cross-entropy alone comes from the hidden states of the scored positions (linear_cross_entropy):
   // from their whole logits, or (true) in chunks that never hold them whole: 25 GiB less at 8K on
-  // Qwen3-0.6B, 6-10% slower (docs/performance.md).
+  // Qwen3-0.6B, 6-10% slower with ATen ops and 4% faster with consa's CUDA kernels (1.7B: 1.3%
+  // slower; docs/performance.md).
   bool chunked_cross_entropy = false;
   bool needs_teacher() const { return kl > 0 || mse > 0; }
 };
@@ -25,10 +26,11 @@ struct LossTerms {
 // tokens [B, L]; ce_mask [B, L-1] (on the host, only its scored positions are projected);
 // hidden [B, L, H], the student's final hidden states, and output_weight [V, H], its output
 // projection. Student logits are formed whole only for the KL term; cross-entropy alone runs
-// through linear_cross_entropy's chunks. Teacher tensors may be undefined when their weight is 0.
+// through linear_cross_entropy's chunks, with consa's CUDA kernels when `fused_kernels`. Teacher tensors may be undefined when their weight is 0.
 LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens, const at::Tensor& ce_mask,
                             const at::Tensor& hidden, const at::Tensor& output_weight,
-                            const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden);
+                            const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden,
+                            bool fused_kernels = false);
 
 // Masked mean next-token cross-entropy (fp32). Reads nothing back from the device.
 at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& mask);

@@ -101,7 +101,9 @@ std::map<std::string, std::string> resume_fingerprint(const Recipe& recipe);
 // Empty, or a one-line warning that `target` (an expected SWA fraction) lies beyond what
 // gates.log_alpha_clamp lets the gates reach in expectation, with the clamp that would reach it.
 // Targets 0 and 1 are never reached in expectation; the exact binarization still meets them.
-std::string target_reach_warning(const Recipe& recipe, double target);
+// With several windows, `target` is the budget's share of the savable bytes and `plan` its
+// solution (plan_kv_budget), whose costs decide the reach; without a plan nothing is said.
+std::string target_reach_warning(const Recipe& recipe, double target, const KvBudgetPlan* plan = nullptr);
 // The keys that may change on --resume: more steps, logging and checkpoint intervals, where it
 // runs (device, attention kernels, collectives' backend and timeout) and how it exports.
 extern const char* const kResumeFreeKeys[];

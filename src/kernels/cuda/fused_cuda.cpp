@@ -94,6 +94,34 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& dy, con
   return {gate_grad, up_grad};
 }
 
+bool cross_entropy_cuda_takes(const at::Tensor& logits, const at::Tensor& targets) {
+  return logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0) &&
+         targets.scalar_type() == at::kLong && targets.is_contiguous() && targets.device() == logits.device() &&
+         logits.size(0) < (int64_t{1} << 31) && cuda_kernels_take({logits}, logits.size(1), int64_t{1} << 40);
+}
+
+std::pair<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& logits, const at::Tensor& targets) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t rows = logits.size(0);
+  at::Tensor lse = at::empty({rows}, logits.options().dtype(at::kFloat));
+  at::Tensor target_logit = at::empty({rows}, logits.options().dtype(at::kFloat));
+  check_launch(cuda::cross_entropy_forward(element_type(logits.scalar_type()), logits.data_ptr(),
+                                           targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                                           target_logit.data_ptr<float>(), rows, logits.size(1), current_stream(logits)),
+               "cross_entropy_forward");
+  return {lse, target_logit};
+}
+
+void cross_entropy_backward_cuda_(at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse,
+                                  const at::Tensor& coef) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor l = lse.to(at::kFloat).contiguous(), c = coef.to(at::kFloat).contiguous();
+  check_launch(cuda::cross_entropy_backward(element_type(logits.scalar_type()), logits.data_ptr(),
+                                            targets.data_ptr<int64_t>(), l.data_ptr<float>(), c.data_ptr<float>(),
+                                            logits.size(0), logits.size(1), current_stream(logits)),
+               "cross_entropy_backward");
+}
+
 at::Tensor rope_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool transpose) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options());

@@ -33,6 +33,13 @@ at::Tensor gated_mix_forward_cuda(const at::Tensor& full, const at::Tensor& swa,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_mix_backward_cuda(const at::Tensor& dy, const at::Tensor& full,
                                                                        const at::Tensor& swa, const at::Tensor& z);
 
+// Logits [rows, vocab] and int64 targets [rows] (contiguous, on one GPU): {lse, target logit}
+// in fp32, and the in-place gradient (cuda::cross_entropy_forward and _backward).
+bool cross_entropy_cuda_takes(const at::Tensor& logits, const at::Tensor& targets);
+std::pair<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& logits, const at::Tensor& targets);
+void cross_entropy_backward_cuda_(at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse,
+                                  const at::Tensor& coef);
+
 // One query per sequence q [B, n G, 1, D] over k, v [B, n, T, D] (contiguous, the cache
 // tensors) with an fp32 bias [T] or [n, G, T]; out [B, n G, 1, D]. With k2, v2, bias2 (a second
 // source of n2 KV heads, the ring) q holds n G + n2 G heads and both sources run in one launch.

@@ -51,6 +51,16 @@ const char* gated_mix_backward(ElementType type, const void* dy, const void* ful
                                void* full_grad, void* swa_grad, float* z_grad_partial, int64_t positions,
                                int64_t heads, int64_t dim, void* stream);
 
+// Cross-entropy over logits [rows, vocab], read once and reduced in fp32: lse[r] = log sum_j
+// exp(logits[r, j]) and target_logit[r] = logits[r, targets[r]]. The backward overwrites the
+// logits with the gradient of sum_r coef[r] (lse[r] - logits[r, targets[r]]):
+// round(coef[r] * (exp(logits - lse[r]) - onehot(targets[r]))). vocab must be a multiple of 16
+// bytes' worth of elements.
+const char* cross_entropy_forward(ElementType type, const void* logits, const int64_t* targets, float* lse,
+                                  float* target_logit, int64_t rows, int64_t vocab, void* stream);
+const char* cross_entropy_backward(ElementType type, void* logits, const int64_t* targets, const float* lse,
+                                   const float* coef, int64_t rows, int64_t vocab, void* stream);
+
 // Decode attention: one query per sequence over one or two KV sources (a layer's full caches and
 // its rings), each keys and values [batch, kv_heads, keys, head_dim] with an fp32 additive bias
 // (0 or -inf) per key: bias_stride 0 shares one row [keys] among the source's query heads,
