@@ -276,6 +276,112 @@ TEST_CASE("the exact rule with several windows never exceeds the budget and no m
   }
 }
 
+namespace {
+
+// Each unit's option log-probabilities under nested gates with these logits (closed form).
+std::vector<std::vector<double>> option_log_probs(const at::Tensor& scores, int64_t levels, const HardConcrete& hc) {
+  const int64_t units = scores.size(1) / levels;
+  const at::Tensor open = hc.prob_nonzero(scores).clamp(1e-12, 1 - 1e-12);
+  std::vector<std::vector<double>> out;
+  for (int64_t l = 0; l < scores.size(0); ++l)
+    for (int64_t u = 0; u < units; ++u) {
+      std::vector<double> lp;
+      double closed = 0;
+      for (int64_t k = 0; k < levels; ++k) {
+        const double p = open[l][k * units + u].item<double>();
+        lp.push_back(closed + std::log(p));
+        closed += std::log1p(-p);
+      }
+      lp.push_back(closed);
+      out.push_back(lp);
+    }
+  return out;
+}
+
+int64_t option_of(const Assignment& a, const GateOptions& o, int64_t l, int64_t u) {
+  const AttentionSpan s = a.unit_span(l, u);
+  if (s.is_full()) return 0;
+  const std::vector<AttentionSpan> local = o.local_spans();
+  for (size_t k = 0; k < local.size(); ++k)
+    if (local[k].window == s.window) return static_cast<int64_t>(k) + 1;
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("the exact rule with several windows is the most probable choice within the budget", "[windows]") {
+  // Brute force over every choice of small models: the rule's total log-probability is the best
+  // that fits.
+  std::mt19937_64 rng(21);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  at::manual_seed(6);
+  for (int trial = 0; trial < 150; ++trial) {
+    const ModelConfig c = tiny_config(pick(1, 2), 4, pick(1, 2) == 1 ? 2 : 4, 8);
+    GateOptions o;
+    o.unit = GateUnit::KvHead;
+    o.swa = AttentionSpan::sliding(pick(20, 60), pick(0, 3));
+    o.narrower_windows = {pick(6, 19)};
+    if (pick(0, 1)) o.narrower_windows.push_back(pick(1, 5));
+    const int64_t levels = o.levels(), units = c.num_kv_heads, n = c.num_layers * units;
+    const int64_t context = 100 + pick(0, 50);
+    const KvBudgetPlan range = plan_kv_budget(c, o, {std::numeric_limits<int64_t>::max(), context, 2}, "b");
+    const KvBudget budget{std::uniform_int_distribution<int64_t>(range.all_swa_bytes, range.dense_bytes)(rng), context, 2};
+    const at::Tensor scores = at::randn({c.num_layers, levels * units}, at::kDouble) * 2;
+    const Assignment a = assignment_from_window_scores(c, o, scores, BinarizeRule::Exact, budget, ConstraintScope::Global);
+    const auto lp = option_log_probs(scores, levels, HardConcrete(o.hard_concrete));
+    std::vector<int64_t> cost{range.full_unit_bytes};
+    cost.insert(cost.end(), range.local_unit_bytes.begin(), range.local_unit_bytes.end());
+    double chosen = 0;
+    for (int64_t i = 0; i < n; ++i) chosen += lp[i][option_of(a, o, i / units, i % units)];
+    double best = -INFINITY;
+    std::vector<int64_t> combo(n, 0);
+    for (;;) {
+      int64_t used = 0;
+      double total = 0;
+      for (int64_t i = 0; i < n; ++i) used += cost[combo[i]], total += lp[i][combo[i]];
+      if (used <= budget.bytes) best = std::max(best, total);
+      int64_t i = 0;
+      while (i < n && ++combo[i] == levels + 1) combo[i++] = 0;
+      if (i == n) break;
+    }
+    INFO("trial " << trial << ": " << n << " units, " << levels << " levels, budget " << budget.bytes);
+    CHECK(chosen == Approx(best).margin(1e-9));
+    const auto [fa, sw] = a.kv_cache_bytes(context, 2);
+    CHECK(fa + sw <= budget.bytes);
+  }
+}
+
+TEST_CASE("on models too large for the exact table the greedy rule still fits the budget", "[windows]") {
+  // 48 layers x 8 KV heads, a prime context and windows of coprime spans: the table would need
+  // 384 units x millions of budget steps, so the greedy rule decides.
+  const ModelConfig c = tiny_config(48, 8, 8, 8);
+  GateOptions o;
+  o.swa = AttentionSpan::sliding(7);
+  o.narrower_windows = {3};
+  const int64_t context = 65537, levels = 2, units = 8;
+  const KvBudgetPlan range = plan_kv_budget(c, o, {std::numeric_limits<int64_t>::max(), context, 1}, "b");
+  at::manual_seed(12);
+  const at::Tensor scores = at::randn({48, levels * units}, at::kDouble) * 2;
+  const auto lp = option_log_probs(scores, levels, HardConcrete(o.hard_concrete));
+  std::vector<int64_t> cost{range.full_unit_bytes};
+  cost.insert(cost.end(), range.local_unit_bytes.begin(), range.local_unit_bytes.end());
+  for (const int64_t bytes : {range.all_swa_bytes, (range.dense_bytes + range.all_swa_bytes) / 3, range.dense_bytes - 1}) {
+    const KvBudget budget{bytes, context, 1};
+    const Assignment a = assignment_from_window_scores(c, o, scores, BinarizeRule::Exact, budget, ConstraintScope::Global);
+    const auto [fa, sw] = a.kv_cache_bytes(context, 1);
+    INFO("budget " << bytes);
+    CHECK(fa + sw <= bytes);
+    int64_t used = 0;
+    for (int64_t i = 0; i < 48 * units; ++i) used += cost[option_of(a, o, i / units, i % units)];
+    CHECK(used == fa + sw);
+    for (int64_t i = 0; i < 48 * units; ++i) {
+      const int64_t b0 = option_of(a, o, i / units, i % units);
+      for (int64_t b = 0; b < b0; ++b)
+        if (lp[i][b] > lp[i][b0] + 1e-12) CHECK(used - cost[b0] + cost[b] > bytes);
+    }
+  }
+}
+
 TEST_CASE("the threshold rule opens the first level above 0, and the exact rule needs a budget", "[windows]") {
   const ModelConfig c = tiny_config(1, 4, 4, 8);
   const GateOptions o = three_windows();

@@ -10,6 +10,7 @@
 #include "consa/core/atomic_file.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 #include "consa/eval/baselines.h"
 #include "consa/gate/attention_gates.h"
 #include "consa/eval/evaluate.h"
@@ -234,6 +235,10 @@ int run_assign(int argc, char** argv) {
     o.kv_budget = recipe.constraint.kv_budget;
     o.scope = recipe.constraint.scope;
     o.data = recipe.data;
+    std::vector<int64_t> windows{recipe.gates.swa.window};
+    windows.insert(windows.end(), recipe.gates.narrower_windows.begin(), recipe.gates.narrower_windows.end());
+    CONSA_CHECK(windows.size() == 1 || args.count("window"), recipe.source, ": gates.windows lists ",
+                join_integers(windows), "; a baseline takes one window, so pass --window W");
   }
   if (args.count("target")) o.target = args["target"].as<double>(), o.kv_budget = {};  // the flag over the recipe
   if (args.count("unit")) o.unit = parse_gate_unit(args["unit"].as<std::string>());

@@ -4,11 +4,14 @@
 //
 // Several windows: each unit has options full, then each window widest first, costing what its
 // span caches at the budget's context. A unit's option has the probability of its branch under
-// the nested gates (P(z > 0) per level). The exact rule starts with every unit full and, while
-// the cache exceeds the budget, takes the cheapest move: the unit and narrower option that lose
-// the least log-probability per byte saved (a loss may be negative: a gain). Then, while a
-// unit's wider option is more probable and still fits, it takes the best gain per byte. So the
-// result never exceeds the budget, and no single move to a more probable option would fit.
+// the nested gates (P(z > 0) per level). The exact rule picks one option per unit with the
+// highest total log-probability whose cache fits the budget: a multiple-choice knapsack, solved
+// exactly by dynamic programming over the budget in units of the costs' greatest common divisor.
+// Where that table would pass kMaxTableCells, a greedy rule stands in: it starts with every unit
+// full and, while the cache exceeds the budget, takes the move (one unit to a narrower option)
+// that loses the least log-probability per byte saved; then, while a unit's wider option is more
+// probable and still fits, the best gain per byte. Either way the result never exceeds the
+// budget, and no single move to a more probable option would fit.
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
@@ -110,10 +113,49 @@ Assignment binarize_within_kv_budget(const ModelConfig& config, const AttentionG
 
 namespace {
 
-// One scope's units (indices into the flat [layers x units] order) under the greedy rule above,
-// within `share` bytes; `cost[b]` is option b's bytes, `log_p[u][b]` unit u's log-probability.
+constexpr int64_t kMaxTableCells = int64_t{1} << 26;  // one byte each: 64 MiB
+
+// The exact rule by dynamic programming, or false (nothing chosen) when the table would exceed
+// kMaxTableCells. best[c] is the highest total log-probability of the units so far within c
+// budget steps; pick[i][c] the option unit i took there.
+bool choose_exactly(const std::vector<int64_t>& units, const std::vector<int64_t>& cost,
+                    const std::vector<std::vector<double>>& log_p, int64_t share, std::vector<int64_t>& choice) {
+  int64_t step = 0;
+  for (int64_t c : cost) step = std::gcd(step, c);
+  const int64_t n = static_cast<int64_t>(units.size());
+  const int64_t capacity = std::min(share, cost[0] * n) / step;
+  if (n == 0 || (capacity + 1) > kMaxTableCells / n) return false;
+  const int64_t options = static_cast<int64_t>(cost.size());
+  constexpr double kNone = -std::numeric_limits<double>::infinity();
+  std::vector<double> best(capacity + 1, 0.0), next(capacity + 1);
+  std::vector<uint8_t> pick(static_cast<size_t>(n * (capacity + 1)));
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill(next.begin(), next.end(), kNone);
+    uint8_t* row = pick.data() + i * (capacity + 1);
+    for (int64_t c = 0; c <= capacity; ++c)
+      for (int64_t b = 0; b < options; ++b) {
+        const int64_t need = cost[b] / step;
+        if (need > c || best[c - need] == kNone) continue;
+        const double value = best[c - need] + log_p[units[i]][b];
+        if (value > next[c]) next[c] = value, row[c] = static_cast<uint8_t>(b);
+      }
+    best.swap(next);
+  }
+  CONSA_CHECK(best[capacity] != kNone, "binarize: every unit on its narrowest window still exceeds ", share, " bytes");
+  for (int64_t i = n - 1, c = capacity; i >= 0; --i) {
+    const int64_t b = pick[i * (capacity + 1) + c];
+    choice[units[i]] = b;
+    c -= cost[b] / step;
+  }
+  return true;
+}
+
+// One scope's units (indices into the flat [layers x units] order) within `share` bytes;
+// `cost[b]` is option b's bytes, `log_p[u][b]` unit u's log-probability. Exact where the table
+// fits, else the greedy rule above.
 void choose_within(const std::vector<int64_t>& units, const std::vector<int64_t>& cost,
                    const std::vector<std::vector<double>>& log_p, int64_t share, std::vector<int64_t>& choice) {
+  if (choose_exactly(units, cost, log_p, share, choice)) return;
   const int64_t options = static_cast<int64_t>(cost.size());
   int64_t used = 0;
   for (int64_t u : units) choice[u] = 0, used += cost[0];

@@ -493,6 +493,12 @@ case_15_eval_negative_length() {
 case_15_eval_depth_outside_unit_interval() {
   expect fail "--depths: 1.5 is outside \[0, 1\]" -- "$C" eval base/model --depths 0.5,1.5
 }
+case_15_assign_recipe_with_several_windows() {
+  sed -e 's/constraint: {target: 0.5}/constraint: {kv_budget: {bytes: 3000, context: 64}}/' \
+    -e 's/window: 4}/windows: [2, 4]}/' base/recipe.yaml > "$(D)/r.yaml"
+  expect fail "r.yaml: gates.windows lists 4, 2; a baseline takes one window, so pass --window W" \
+    -- "$C" assign uniform base/model --recipe "$(D)/r.yaml" --out "$(D)/a.json"
+}
 case_15_assign_target_above_one() {
   expect fail "--target must be in \[0, 1\], got 1.5" -- "$C" assign uniform base/model --target 1.5 --window 4 --out "$(D)/a.json"
 }
