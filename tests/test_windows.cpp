@@ -269,7 +269,7 @@ TEST_CASE("the exact rule with several windows never exceeds the budget and no m
       CHECK(used <= share);
       for (int64_t l = first; l < last; ++l)
         for (int64_t u = 0; u < units; ++u)
-          for (int64_t b = 0; b < option(l, u); ++b)
+          for (int64_t b = 0; b <= levels; ++b)  // narrower options always fit: never more probable
             if (log_p(l, u, b) > log_p(l, u, option(l, u)) + 1e-12)
               CHECK(used - cost[option(l, u)] + cost[b] > share);
     }
@@ -365,7 +365,8 @@ TEST_CASE("on models too large for the exact table the greedy rule still fits th
   const auto lp = option_log_probs(scores, levels, HardConcrete(o.hard_concrete));
   std::vector<int64_t> cost{range.full_unit_bytes};
   cost.insert(cost.end(), range.local_unit_bytes.begin(), range.local_unit_bytes.end());
-  for (const int64_t bytes : {range.all_swa_bytes, (range.dense_bytes + range.all_swa_bytes) / 3, range.dense_bytes - 1}) {
+  for (const int64_t bytes : {range.all_swa_bytes, (range.dense_bytes + range.all_swa_bytes) / 3, range.dense_bytes - 1,
+                              range.dense_bytes * 2}) {
     const KvBudget budget{bytes, context, 1};
     const Assignment a = assignment_from_window_scores(c, o, scores, BinarizeRule::Exact, budget, ConstraintScope::Global);
     const auto [fa, sw] = a.kv_cache_bytes(context, 1);
@@ -376,7 +377,7 @@ TEST_CASE("on models too large for the exact table the greedy rule still fits th
     CHECK(used == fa + sw);
     for (int64_t i = 0; i < 48 * units; ++i) {
       const int64_t b0 = option_of(a, o, i / units, i % units);
-      for (int64_t b = 0; b < b0; ++b)
+      for (int64_t b = 0; b <= levels; ++b)  // narrower options always fit: never more probable
         if (lp[i][b] > lp[i][b0] + 1e-12) CHECK(used - cost[b0] + cost[b] > bytes);
     }
   }
@@ -552,4 +553,15 @@ TEST_CASE("the tiny CPU recipe with two windows meets its KV budget", "[windows]
   CHECK(gates["window_log_alpha"].size() == 1);
   const Recipe again = load_recipe(out + "/recipe.yaml");
   CHECK(again.gates.narrower_windows == std::vector<int64_t>{4});
+  // The run's stage-1 model, every unit mixing its branches by its deterministic nested gates.
+  std::string stdout_text, stderr_text;
+  REQUIRE(run_consa("eval " + out + " --soft-gates --lengths 48 --samples 2", &stdout_text, &stderr_text) == 0);
+  CHECK(stdout_text.find("consa (soft gates), kv_head units") != std::string::npos);
+  // gates.json for other windows than the recipe's is refused, naming both.
+  std::string yaml = recipe_to_yaml(again);
+  const size_t at = yaml.find("windows: [8, 4]");
+  REQUIRE(at != std::string::npos);
+  write_text(out + "/recipe.yaml", yaml.replace(at, 15, "windows: [8, 2]"));
+  CHECK(run_consa("eval " + out + " --soft-gates --lengths 48 --samples 2", &stdout_text, &stderr_text) == 1);
+  CHECK(stderr_text.find("gates.json: gates for windows 8, 4, the recipe names 8, 2") != std::string::npos);
 }

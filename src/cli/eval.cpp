@@ -86,6 +86,46 @@ EvalOptions eval_options(const cxxopts::ParseResult& args, const Recipe* recipe)
   return o;
 }
 
+namespace {
+
+// gates.json's logits into `gates`: log_alpha [layers][units] (level 0) and, with several windows,
+// window_log_alpha [levels - 1][layers][units], for the windows the recipe names. The gates hold
+// each layer's levels side by side.
+void load_gate_logits(const std::string& path, AttentionGatesImpl& gates, const GateOptions& options) {
+  const auto j = nlohmann::json::parse(read_text_file(path), nullptr, false);
+  CONSA_CHECK(j.is_object() && j.contains("log_alpha"), path, ": no log_alpha (is the run's stage 1 finished?)");
+  std::vector<std::vector<std::vector<double>>> levels;
+  try {
+    levels.push_back(j.at("log_alpha").get<std::vector<std::vector<double>>>());
+    if (gates.levels() > 1) {
+      CONSA_CHECK(j.contains("window_log_alpha") && j.contains("windows"), path,
+                  ": no window_log_alpha and windows; the recipe's gates.windows need them");
+      std::vector<int64_t> want;
+      for (const AttentionSpan& span : options.local_spans()) want.push_back(span.window);
+      const auto have = j.at("windows").get<std::vector<int64_t>>();
+      CONSA_CHECK(have == want, path, ": gates for windows ", join_integers(have), ", the recipe names ",
+                  join_integers(want));
+      for (const auto& level : j.at("window_log_alpha")) levels.push_back(level.get<std::vector<std::vector<double>>>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": malformed gate logits: ", e.what());
+  }
+  const int64_t layers = gates.num_layers(), units = gates.units_per_layer();
+  CONSA_CHECK(static_cast<int64_t>(levels.size()) == gates.levels(), path, ": ", levels.size(),
+              " gate levels, the recipe's gates need ", gates.levels());
+  std::vector<double> flat;
+  for (int64_t l = 0; l < layers; ++l)
+    for (const auto& level : levels) {
+      CONSA_CHECK(static_cast<int64_t>(level.size()) == layers && static_cast<int64_t>(level[l].size()) == units, path,
+                  ": gate logits must be ", layers, " layers x ", units, " units per level, as the recipe's gates are");
+      flat.insert(flat.end(), level[l].begin(), level[l].end());
+    }
+  at::NoGradGuard no_grad;
+  gates.log_alpha.copy_(at::tensor(flat, at::kDouble).to(at::kFloat).view(gates.log_alpha.sizes()));
+}
+
+}  // namespace
+
 int run_eval(int argc, char** argv) {
   cxxopts::Options options("consa eval",
                            "Evaluate a dense checkpoint, a training run (its binarized assignment), a Hugging Face\n"
@@ -160,26 +200,8 @@ int run_eval(int argc, char** argv) {
       // The gated model of stage 1: each unit mixes FA and SWA with its deterministic gate.
       CONSA_CHECK(!source.recipe_path.empty(), "--soft-gates needs a RUN_DIR (its gates.json and recipe)");
       const std::string gates_path = (fs::path(path) / "gates.json").string();
-      const auto j = nlohmann::json::parse(read_text_file(gates_path), nullptr, false);
-      CONSA_CHECK(j.is_object() && j.contains("log_alpha"), gates_path, ": no log_alpha (is the run's stage 1 finished?)");
       AttentionGates gates(model->config(), recipe->gates);
-      // gates.json: log_alpha [layers][units] (level 0); with several windows, window_log_alpha
-      // [levels - 1][layers][units]. The gates hold each layer's levels side by side.
-      std::vector<std::vector<std::vector<double>>> levels{j["log_alpha"].get<std::vector<std::vector<double>>>()};
-      if (gates->levels() > 1) {
-        CONSA_CHECK(j.contains("window_log_alpha"), gates_path, ": no window_log_alpha, the recipe's gates.windows need it");
-        for (const auto& level : j["window_log_alpha"]) levels.push_back(level.get<std::vector<std::vector<double>>>());
-      }
-      std::vector<double> flat;
-      for (size_t l = 0; l < levels[0].size(); ++l)
-        for (const auto& level : levels) {
-          CONSA_CHECK(l < level.size(), gates_path, ": the gate levels list different numbers of layers");
-          flat.insert(flat.end(), level[l].begin(), level[l].end());
-        }
-      at::Tensor log_alpha = at::tensor(flat, at::kDouble).to(at::kFloat);
-      CONSA_CHECK(log_alpha.numel() == gates->log_alpha.numel(), gates_path, ": log_alpha has ", log_alpha.numel(),
-                  " entries, the recipe's gates need ", gates->log_alpha.numel());
-      gates->log_alpha.copy_(log_alpha.view(gates->log_alpha.sizes()));
+      load_gate_logits(gates_path, *gates, recipe->gates);
       gates->apply(model, gates->deterministic());
       layout.method = "consa (soft gates)";
     }

@@ -2,6 +2,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -133,12 +134,14 @@ int run_sweep(int argc, char** argv) {
               ": consa sweep sweeps --targets (fractions); remove constraint.kv_budget from the recipe");
   SweepOptions o;
   o.targets = parse_number_list(args["targets"].as<std::string>(), "--targets");
-  for (double t : o.targets) {
-    const std::string reach = target_reach_warning(recipe, t);
-    if (!reach.empty()) std::cerr << "consa: warning: --targets: " << reach << "\n";
-  }
   o.methods = parse_name_list(args["methods"].as<std::string>());
   if (args["methods"].has_default() && recipe.recover.steps > 0) o.methods.insert(o.methods.begin() + 1, "dense");
+  // Only consa's gates train towards the targets.
+  if (std::find(o.methods.begin(), o.methods.end(), "consa") != o.methods.end())
+    for (double t : o.targets) {
+      const std::string reach = target_reach_warning(recipe, t);
+      if (!reach.empty()) std::cerr << "consa: warning: --targets: " << reach << "\n";
+    }
   o.out_dir = args.count("out") ? args["out"].as<std::string>() : recipe.output.dir + "_sweep";
   o.eval = eval_options(args, &recipe);
   o.baseline.duo_steps = args["duo-steps"].as<int64_t>();

@@ -116,7 +116,7 @@ EvalReport evaluate(const LogitsFn& logits, const Assignment& layout, int64_t vo
   EvalReport r;
   r.layout = layout.achieved_sparsity() == 0
                  ? std::string("full attention everywhere")
-                 : layout.method + ", " + gate_unit_name(layout.unit) + " units, " + layout.swa.describe();
+                 : layout.method + ", " + gate_unit_name(layout.unit) + " units, " + layout.describe_windows();
   r.achieved_sparsity = layout.achieved_sparsity();
 
   if (o.perplexity_data) {

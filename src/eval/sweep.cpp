@@ -44,6 +44,9 @@ std::string sweep_run_dir(const std::string& out_dir, const std::string& method,
 
 std::vector<SweepRun> sweep_runs(const Recipe& recipe, const SweepOptions& o) {
   std::vector<SweepRun> runs;
+  CONSA_CHECK(recipe.gates.narrower_windows.empty(), recipe.source,
+              ": gates.windows: consa sweep runs over target fractions with one window; train each budget with "
+              "consa train");
   for (double t : o.targets) CONSA_CHECK(t >= 0 && t <= 1, "sweep: target ", t, " is outside [0, 1]");
   for (const std::string& method : o.methods) {
     if (method == "dense") {
@@ -62,9 +65,6 @@ std::vector<SweepRun> sweep_runs(const Recipe& recipe, const SweepOptions& o) {
 SweepSummary run_sweep(const Recipe& recipe, const SweepOptions& o, std::ostream& log) {
   CONSA_CHECK(!o.out_dir.empty(), "sweep: an output directory is required");
   const std::vector<SweepRun> runs = sweep_runs(recipe, o);
-  CONSA_CHECK(recipe.gates.narrower_windows.empty(), recipe.source,
-              ": gates.windows: consa sweep runs over target fractions with one window; train each budget with "
-              "consa train");
   fs::create_directories(o.out_dir);
   SweepSummary summary;
   std::unique_ptr<CausalLM> base;  // the recipe's model, loaded once for the baselines
@@ -87,7 +87,7 @@ SweepSummary run_sweep(const Recipe& recipe, const SweepOptions& o, std::ostream
         r.train.mode = "dense";
         r.train.steps = recipe.recover.steps;
         r.optimizer.lr = recipe.recover.lr;
-        control.first_sequence = recipe.train.steps * recipe.data.batch_size * recipe.optimizer.accumulation;
+        control.first_step = recipe.train.steps;
       }
       control.resume = fs::exists(fs::path(dir) / "checkpoint.pt");
       run_training(r, control);

@@ -105,6 +105,15 @@ std::vector<int64_t> Assignment::local_windows() const {
   return out;
 }
 
+std::string Assignment::describe_windows() const {
+  const std::vector<int64_t> local = local_windows();
+  if (local.size() == 1) return swa.describe();
+  std::string s = "swa(W=";
+  for (size_t k = 0; k < local.size(); ++k) s += (k ? "|" : "") + std::to_string(local[k]);
+  if (swa.sinks > 0) s += ",S=" + std::to_string(swa.sinks);
+  return s + ")";
+}
+
 namespace {
 // a * b for the KV-cache figures: both non-negative, and the product refused beyond int64.
 int64_t kv_product(int64_t a, int64_t b, const Assignment& asg, int64_t context) {
@@ -201,6 +210,7 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
               version.dump(), ", this consa reads versions 1 and ", kAssignmentSchemaVersion);
   const bool per_unit_windows = version == 2;
   Assignment a;
+  a.schema_version = version.get<int>();
   try {
     const json& m = j.at("model");
     a.architecture = m.at("architecture").get<std::string>();
@@ -233,9 +243,12 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
       a.scores.push_back(layer.at("scores").get<std::vector<double>>());
       if (per_unit_windows) {
         std::vector<int64_t> w;
-        for (const auto& v : layer.at("windows")) {
-          CONSA_CHECK(v.is_number_integer(), source, ": layers[", a.full.size() - 1, "].windows must list integers, got ",
-                      v.dump());
+        const json& listed = layer.at("windows");
+        CONSA_CHECK(listed.is_array(), source, ": layers[", a.full.size() - 1, "].windows must be a list, got ",
+                    listed.dump());
+        for (const auto& v : listed) {
+          CONSA_CHECK(v.is_number_integer() && (!v.is_number_unsigned() || fits_int64(v.get<uint64_t>())), source,
+                      ": layers[", a.full.size() - 1, "].windows must list integers, got ", v.dump());
           w.push_back(v.get<int64_t>());
         }
         a.windows.push_back(w);
@@ -372,13 +385,13 @@ void print_assignment(std::ostream& out, const Assignment& a, const std::string&
   int64_t swa_units = 0, total = 0;
   for (const auto& l : a.full)
     for (bool f : l) swa_units += !f, ++total;
-  out << "assignment    " << source << " (schema " << kAssignmentSchemaVersion << ")\n"
+  out << "assignment    " << source << " (schema " << a.schema_version << ")\n"
       << "model         " << a.architecture << ", " << a.num_layers << " layers, " << a.num_heads << " query / "
       << a.num_kv_heads << " KV heads, head_dim " << a.head_dim << ", weights " << a.weights_checksum << "\n"
-      << "units         " << gate_unit_name(a.unit) << ", SWA " << a.swa.describe() << ", rule "
+      << "units         " << gate_unit_name(a.unit) << ", SWA " << a.describe_windows() << ", rule "
       << binarize_rule_name(a.rule) << "\n"
-      << "sparsity      target " << a.target << ", achieved " << a.achieved_sparsity() << " (" << swa_units << " of "
-      << total << " units on SWA)\n"
+      << "sparsity      target " << a.target << (a.multi_window() ? " of the savable KV bytes" : "") << ", achieved "
+      << a.achieved_sparsity() << " (" << swa_units << " of " << total << " units on SWA)\n"
       << std::fixed << std::setprecision(2) << "KV cache      " << kv_context << " tokens, bf16: FA " << mib(fa)
       << " MiB + SWA " << mib(sw) << " MiB = " << mib(fa + sw) << " MiB (dense " << mib(dense) << " MiB, "
       << std::setprecision(1) << 100.0 * (fa + sw) / dense << "%)\n";

@@ -9,9 +9,10 @@
 // exactly by dynamic programming over the budget in units of the costs' greatest common divisor.
 // Where that table would pass kMaxTableCells, a greedy rule stands in: it starts with every unit
 // full and, while the cache exceeds the budget, takes the move (one unit to a narrower option)
-// that loses the least log-probability per byte saved; then, while a unit's wider option is more
-// probable and still fits, the best gain per byte. Either way the result never exceeds the
-// budget, and no single move to a more probable option would fit.
+// that loses the least log-probability per byte saved; then, while a unit has a more probable
+// narrower option (it always fits), the largest gain, or else a more probable wider option that
+// fits, the best gain per byte. Either way the result never exceeds the budget, and no single
+// move to a more probable option would fit.
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
@@ -172,16 +173,26 @@ void choose_within(const std::vector<int64_t>& units, const std::vector<int64_t>
     used -= cost[choice[best_unit]] - cost[best_option];
     choice[best_unit] = best_option;
   }
+  // Narrower options that are more probable always fit: take them, the largest gain first. Then
+  // the wider ones that fit, the best gain per byte. Each move raises the total log-probability.
   for (;;) {
     double best = 0;
     int64_t best_unit = -1, best_option = -1;
     for (int64_t u : units)
-      for (int64_t b = 0; b < choice[u]; ++b) {
-        const int64_t extra = cost[b] - cost[choice[u]];
+      for (int64_t b = choice[u] + 1; b < options; ++b) {
         const double gain = log_p[u][b] - log_p[u][choice[u]];
-        if (used + extra > share || gain <= 0) continue;
-        if (gain / static_cast<double>(extra) > best) best = gain / static_cast<double>(extra), best_unit = u, best_option = b;
+        if (gain > best) best = gain, best_unit = u, best_option = b;
       }
+    if (best_unit < 0) {
+      for (int64_t u : units)
+        for (int64_t b = 0; b < choice[u]; ++b) {
+          const int64_t extra = cost[b] - cost[choice[u]];
+          const double gain = log_p[u][b] - log_p[u][choice[u]];
+          if (used + extra > share || gain <= 0) continue;
+          if (gain / static_cast<double>(extra) > best)
+            best = gain / static_cast<double>(extra), best_unit = u, best_option = b;
+        }
+    }
     if (best_unit < 0) break;
     used += cost[best_option] - cost[choice[best_unit]];
     choice[best_unit] = best_option;

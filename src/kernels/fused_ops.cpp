@@ -195,6 +195,8 @@ bool cross_entropy_kernel_takes(const at::Tensor& logits, const at::Tensor& targ
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, bool fused) {
+  CONSA_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.numel() == logits.size(0),
+              "cross_entropy_rows: logits ", logits.sizes(), " need one target per row, got ", targets.sizes());
 #if CONSA_WITH_CUDA_KERNELS
   if (fused && cross_entropy_kernel_takes(logits, targets)) return detail::cross_entropy_forward_cuda(logits, targets);
 #endif
@@ -204,6 +206,10 @@ std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, c
 
 at::Tensor cross_entropy_logits_grad(at::Tensor logits, const at::Tensor& targets, const at::Tensor& lse,
                                      const at::Tensor& coef, bool fused) {
+  CONSA_CHECK(logits.dim() == 2 && targets.numel() == logits.size(0) && lse.numel() == logits.size(0) &&
+                  coef.numel() == logits.size(0),
+              "cross_entropy_logits_grad: logits ", logits.sizes(), " need one target, lse and coef per row, got ",
+              targets.numel(), ", ", lse.numel(), " and ", coef.numel());
 #if CONSA_WITH_CUDA_KERNELS
   if (fused && cross_entropy_kernel_takes(logits, targets)) {
     detail::cross_entropy_backward_cuda_(logits, targets, lse, coef);

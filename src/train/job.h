@@ -58,7 +58,7 @@ class IntervalThroughput {
 // has long finished: the gates follow their LM gradient one step late and the constraint's at once.
 class LateGateGradient {
  public:
-  // z [layers, units], just sampled from log_alpha: returns z's values on `device`, a leaf that
+  // z [layers, levels x units], just sampled from log_alpha: returns z's values on `device`, a leaf that
   // collects dL/dz for the mix (AttentionGatesImpl::apply's z_on_device).
   at::Tensor track(const at::Tensor& z, const at::Tensor& log_alpha, at::Device device);
   // Ends a step's backward: averages its gradient over ranks, starts copying it to the host and

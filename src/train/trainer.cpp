@@ -130,7 +130,7 @@ TrainOutcome Job::run() {
     std::tie(stage, start) = load_checkpoint(optimizer.get());
     if (main) std::cerr << "resuming " << checkpoint_path() << " at stage " << stage << " step " << start << "\n";
   } else {
-    next_sequence_ = control_.first_sequence;
+    next_sequence_ = control_.first_step * r_.data.batch_size * r_.optimizer.accumulation * comm_->world_size();
   }
   // Every rank has checked the job before rank 0 writes into the directory.
   comm_->barrier("the output directory check");

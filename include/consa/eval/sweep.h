@@ -30,7 +30,7 @@ struct SweepRun {
   double target = 0;
 };
 // The runs of a sweep, in order: each method at each target, "dense" once at 0. Refuses an
-// unknown method, a target outside [0, 1], and "dense" without recover.steps.
+// unknown method, a target outside [0, 1], "dense" without recover.steps, and gates.windows.
 std::vector<SweepRun> sweep_runs(const Recipe& recipe, const SweepOptions& options);
 
 struct SweepSummary {

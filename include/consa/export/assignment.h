@@ -63,6 +63,9 @@ struct Assignment {
   // The windows that SWA units use, widest first ({swa.window} when there is one, or none on SWA).
   std::vector<int64_t> local_windows() const;
   bool multi_window() const { return local_windows().size() > 1; }
+  // swa.describe(), or with several windows "swa(W=1024|128,S=4)".
+  std::string describe_windows() const;
+  int schema_version = kAssignmentSchemaVersion;  // of the file it was read from, or the one it writes
 
   // KV-cache bytes for one sequence of `context` tokens: {full-attention part, SWA part}.
   // FA KV heads hold `context` positions; SWA ones min(context, window + sinks). Throws
@@ -102,7 +105,7 @@ Assignment assignment_within_kv_budget(const ModelConfig& config, GateUnit unit,
 // Several windows: one span per unit from its nested gates' logits `level_scores`
 // [layers, levels x units] (AttentionGatesImpl's layout). threshold: the first level whose logit
 // is > 0 opens its branch (every level closed: the narrowest window). exact: within `budget`
-// (needed), by the greedy rule of src/export/binarize.cpp; never over the budget.
+// (needed), the most probable choice under the gates that fits (src/export/binarize.cpp).
 Assignment assignment_from_window_scores(const ModelConfig& config, const GateOptions& gates,
                                          const at::Tensor& level_scores, BinarizeRule rule, const KvBudget& budget,
                                          ConstraintScope scope);

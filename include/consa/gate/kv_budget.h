@@ -32,7 +32,9 @@ struct KvBudgetPlan {
   std::vector<int64_t> local_unit_bytes;  // on each local span, widest first (one: swa_unit_bytes)
   int64_t dense_bytes = 0;         // every unit full
   int64_t all_swa_bytes = 0;       // every unit on SWA (the narrowest window)
-  double target = 0;               // the SWA fraction whose expected bytes are the budget, in [0, 1]
+  // The SWA fraction (several windows: the share of the savable bytes) whose expected bytes are
+  // the budget, in [0, 1].
+  double target = 0;
   double expected_bytes(double swa_fraction) const {
     return static_cast<double>(dense_bytes) - swa_fraction * static_cast<double>(dense_bytes - all_swa_bytes);
   }

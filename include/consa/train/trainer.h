@@ -26,9 +26,10 @@ struct TrainControl {
   bool resume = false;     // continue from output.dir/checkpoint.pt
   int64_t stop_after = -1;  // checkpoint and return after this many steps in this process (-1: run to the end)
   bool overwrite = false;   // start afresh even if output.dir holds an earlier run's checkpoint
-  // The training sequence a fresh run starts at (a sweep's dense row starts where stage 2 of a
-  // consa run does, so that both train on the same sequences). A resumed run continues its own.
-  int64_t first_sequence = 0;
+  // The step whose sequences a fresh run starts at (a sweep's dense row starts where stage 2 of a
+  // consa run does, after train.steps, so that both train on the same sequences, at any world
+  // size). A resumed run continues its own.
+  int64_t first_step = 0;
   // This process's place in a data-parallel job; unset: join the job the environment describes
   // (torchrun, srun, --nproc-per-node), or run alone when it describes none.
   std::shared_ptr<distributed::Communicator> comm;

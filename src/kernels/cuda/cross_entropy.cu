@@ -36,7 +36,7 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* tar
     float s = 0;
 #pragma unroll
     for (int k = 0; k < V; ++k) s += expf(to_float(p.v[k]) - m);
-    acc = merge(acc, {m, s});
+    acc = merge(acc, {m, m == -INFINITY ? 0.0f : s});  // a pack of -inf alone adds nothing
   }
   for (int offset = 16; offset > 0; offset /= 2)
     acc = merge(acc, {__shfl_xor_sync(0xffffffffu, acc.max, offset), __shfl_xor_sync(0xffffffffu, acc.sum, offset)});
@@ -46,8 +46,11 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* tar
   if (threadIdx.x == 0) {
     Lse total = warps[0];
     for (int w = 1; w < kThreads / 32; ++w) total = merge(total, warps[w]);
-    lse[row] = total.max + logf(total.sum);
-    target_logit[row] = to_float(x[targets[row]]);
+    const int64_t target = targets[row];
+    // A target outside the vocabulary is never read: the row's loss is NaN, which training stops on.
+    const bool valid = target >= 0 && target < vocab;
+    lse[row] = valid ? total.max + logf(total.sum) : NAN;
+    target_logit[row] = valid ? to_float(x[target]) : NAN;
   }
 }
 
