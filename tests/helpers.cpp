@@ -96,6 +96,16 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
 }
 
+std::vector<at::Tensor> attention_gradients(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& z, const at::Tensor& weights,
+    const std::function<at::Tensor(const consa::ProjectedQKV& qkv, const at::Tensor& z)>& attend) {
+  consa::ProjectedQKV qkv{q.clone().requires_grad_(true), k.clone().requires_grad_(true), v.clone().requires_grad_(true)};
+  const at::Tensor gates = z.clone().requires_grad_(true);
+  const at::Tensor out = attend(qkv, gates);
+  (out * weights).sum().backward();
+  return {out.detach(), qkv.q.grad(), qkv.k.grad(), qkv.v.grad(), gates.grad()};
+}
+
 int run_consa(const std::string& args, std::string* out, std::string* err) {
   const std::string dir = scratch_dir("cli");
   const std::string out_path = dir + "/stdout", err_path = dir + "/stderr";

@@ -2,7 +2,9 @@
 // Shared test utilities: fixture paths, scratch directories, tensor comparisons.
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "consa/export/assignment.h"
 #include "consa/model/config.h"
@@ -30,6 +32,11 @@ consa::Assignment random_assignment(consa::CausalLM& model, consa::GateUnit unit
                                     uint64_t seed);
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+// `attend` on copies of q, k, v and gate weights z that require gradients, and the gradients of
+// sum(out * weights): {out, dq, dk, dv, dz}.
+std::vector<at::Tensor> attention_gradients(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& z, const at::Tensor& weights,
+    const std::function<at::Tensor(const consa::ProjectedQKV& qkv, const at::Tensor& z)>& attend);
 
 // Runs `steps` steps of consa::FusedAdamW and of torch::optim::AdamW (lr 0.01, betas 0.9/0.95,
 // weight decay 0.1) from the same start with the same deterministic gradients, on a parameter

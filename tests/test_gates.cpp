@@ -187,20 +187,16 @@ TEST_CASE("gated attention skips branches whose weight is exactly 0, with the sa
         std::vector<float>{0.5f, 1, 0, 0.2f, 1, 0}, std::vector<float>{0, 0, 0, 0, 0.3f, 1},
         std::vector<float>{1, 1, 1, 1, 0.4f, 1}}) {
     auto run = [&](bool reference, bool skip) {
-      ProjectedQKV qkv{q0.clone().requires_grad_(true), k0.clone().requires_grad_(true), v0.clone().requires_grad_(true)};
-      at::Tensor z = at::tensor(zs).requires_grad_(true);
-      at::Tensor out;
-      if (reference) {  // both branches everywhere, the unit formula
-        at::Tensor full = attn.backend->attend(qkv.q, qkv.k, qkv.v, AttentionSpan::full(), attn.scale);
-        at::Tensor swa = attn.backend->attend(qkv.q, qkv.k, qkv.v, attn.swa_span, attn.scale);
-        out = full * z.view({1, 1, 6, 1}) + swa * (1 - z.view({1, 1, 6, 1}));
-      } else {
+      return attention_gradients(q0, k0, v0, at::tensor(zs), weights, [&](const ProjectedQKV& qkv, const at::Tensor& z) {
+        if (reference) {  // both branches everywhere, the unit formula
+          at::Tensor full = attn.backend->attend(qkv.q, qkv.k, qkv.v, AttentionSpan::full(), attn.scale);
+          at::Tensor swa = attn.backend->attend(qkv.q, qkv.k, qkv.v, attn.swa_span, attn.scale);
+          return full * z.view({1, 1, 6, 1}) + swa * (1 - z.view({1, 1, 6, 1}));
+        }
         attn.fa_weight = z;
         attn.saturated_gates_have_no_gradient = skip;
-        out = attn.attend(qkv);
-      }
-      (out * weights).sum().backward();
-      return std::vector<at::Tensor>{out.detach(), qkv.q.grad(), qkv.k.grad(), qkv.v.grad(), z.grad()};
+        return attn.attend(qkv);
+      });
     };
     const auto want = run(true, false);
     // Skipping (hard-concrete gates): same outputs and q/k/v gradients.

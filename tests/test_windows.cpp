@@ -132,23 +132,21 @@ TEST_CASE("the nested mix equals the sum over branches of each branch's weight, 
            std::vector<double>{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
            std::vector<double>{1, 1, 1, 1, 1, 1, 0.2, 0.4, 0, 1, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3}}) {
     auto run = [&](bool reference, bool skip) {
-      ProjectedQKV qkv{q0.clone().requires_grad_(true), k0.clone().requires_grad_(true), v0.clone().requires_grad_(true)};
-      at::Tensor z = at::tensor(zs, at::kDouble).requires_grad_(true);
-      at::Tensor out;
-      if (reference) {
-        // w_full = z0, w_W6 = (1 - z0) z1, w_W4 = (1 - z0)(1 - z1) z2, w_W2 = (1 - z0)(1 - z1)(1 - z2)
-        const at::Tensor z0 = z.narrow(0, 0, 6).view({1, 1, 6, 1}), z1 = z.narrow(0, 6, 6).view({1, 1, 6, 1}),
-                         z2 = z.narrow(0, 12, 6).view({1, 1, 6, 1});
-        const std::vector<at::Tensor> w{z0, (1 - z0) * z1, (1 - z0) * (1 - z1) * z2, (1 - z0) * (1 - z1) * (1 - z2)};
-        out = at::zeros_like(q0);
-        for (size_t b = 0; b < 4; ++b) out = out + w[b] * attn.backend->attend(qkv.q, qkv.k, qkv.v, spans[b], attn.scale);
-      } else {
+      return attention_gradients(q0, k0, v0, at::tensor(zs, at::kDouble), weights,
+                                 [&](const ProjectedQKV& qkv, const at::Tensor& z) {
+        if (reference) {
+          // w_full = z0, w_W6 = (1 - z0) z1, w_W4 = (1 - z0)(1 - z1) z2, w_W2 = (1 - z0)(1 - z1)(1 - z2)
+          const at::Tensor z0 = z.narrow(0, 0, 6).view({1, 1, 6, 1}), z1 = z.narrow(0, 6, 6).view({1, 1, 6, 1}),
+                           z2 = z.narrow(0, 12, 6).view({1, 1, 6, 1});
+          const std::vector<at::Tensor> w{z0, (1 - z0) * z1, (1 - z0) * (1 - z1) * z2, (1 - z0) * (1 - z1) * (1 - z2)};
+          at::Tensor out = at::zeros_like(q0);
+          for (size_t b = 0; b < 4; ++b) out = out + w[b] * attn.backend->attend(qkv.q, qkv.k, qkv.v, spans[b], attn.scale);
+          return out;
+        }
         attn.set_gate_weights(z);
         attn.saturated_gates_have_no_gradient = skip;
-        out = attn.attend(qkv);
-      }
-      (out * weights).sum().backward();
-      return std::vector<at::Tensor>{out.detach(), qkv.q.grad(), qkv.k.grad(), qkv.v.grad(), z.grad()};
+        return attn.attend(qkv);
+      });
     };
     const auto want = run(true, false);
     const auto skipped = run(false, true);

@@ -100,8 +100,7 @@ void load_gate_logits(const std::string& path, AttentionGatesImpl& gates, const 
     if (gates.levels() > 1) {
       CONSA_CHECK(j.contains("window_log_alpha") && j.contains("windows"), path,
                   ": no window_log_alpha and windows; the recipe's gates.windows need them");
-      std::vector<int64_t> want;
-      for (const AttentionSpan& span : options.local_spans()) want.push_back(span.window);
+      const std::vector<int64_t> want = options.windows();
       const auto have = j.at("windows").get<std::vector<int64_t>>();
       CONSA_CHECK(have == want, path, ": gates for windows ", join_integers(have), ", the recipe names ",
                   join_integers(want));
@@ -257,10 +256,8 @@ int run_assign(int argc, char** argv) {
     o.kv_budget = recipe.constraint.kv_budget;
     o.scope = recipe.constraint.scope;
     o.data = recipe.data;
-    std::vector<int64_t> windows{recipe.gates.swa.window};
-    windows.insert(windows.end(), recipe.gates.narrower_windows.begin(), recipe.gates.narrower_windows.end());
-    CONSA_CHECK(windows.size() == 1 || args.count("window"), recipe.source, ": gates.windows lists ",
-                join_integers(windows), "; a baseline takes one window, so pass --window W");
+    CONSA_CHECK(recipe.gates.levels() == 1 || args.count("window"), recipe.source, ": gates.windows lists ",
+                join_integers(recipe.gates.windows()), "; a baseline takes one window, so pass --window W");
   }
   if (args.count("target")) o.target = args["target"].as<double>(), o.kv_budget = {};  // the flag over the recipe
   if (args.count("unit")) o.unit = parse_gate_unit(args["unit"].as<std::string>());

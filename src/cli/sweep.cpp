@@ -44,15 +44,15 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
                      const std::vector<std::string>& devices) {
   for (const auto& d : devices) parse_device(d);  // refuse a bad name before starting anything
   CONSA_CHECK(!devices.empty(), "consa sweep: --devices: expected a list such as cuda:0,cuda:1");
+  const std::vector<SweepRun> runs = sweep_runs(recipe, o);
   std::vector<SweepRun> pending;
-  for (const SweepRun& run : sweep_runs(recipe, o)) {
+  for (const SweepRun& run : runs) {
     const std::string dir = sweep_run_dir(o.out_dir, run.method, run.target);
     if (std::filesystem::exists(std::filesystem::path(dir) / "eval.json"))
       std::cout << "sweep: " << run.method << " at " << run.target << ": done earlier (" << dir << "/eval.json)\n";
     else
       pending.push_back(run);
   }
-  const size_t total = sweep_runs(recipe, o).size();
   std::filesystem::create_directories(o.out_dir);
   const std::vector<std::string> base =
       without_options(argv, {"devices", "methods", "targets", "out"});
@@ -95,7 +95,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
   }
   write_sweep_tables(recipe, o);
   std::cout << "\n" << read_text_file(o.out_dir + "/sweep.md") << "\nsweep: " << pending.size() - failures
-            << " run on " << devices.size() << " devices, " << total - pending.size()
+            << " run on " << devices.size() << " devices, " << runs.size() - pending.size()
             << " done earlier; tables in " << o.out_dir << "/sweep.csv and sweep.md\n";
   return failures == 0 ? 0 : 1;
 }

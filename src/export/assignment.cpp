@@ -55,20 +55,7 @@ double Assignment::achieved_sparsity() const {
   return total ? static_cast<double>(swa) / total : 0.0;
 }
 
-bool Assignment::kv_head_full(int64_t layer, int64_t kv_head) const {
-  const auto& units = full.at(layer);
-  switch (unit) {
-    case GateUnit::Layer: return units[0];
-    case GateUnit::KvHead: return units[kv_head];
-    case GateUnit::Head: {
-      const int64_t group = num_heads / num_kv_heads;
-      for (int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h)
-        if (units[h]) return true;
-      return false;
-    }
-  }
-  return true;
-}
+bool Assignment::kv_head_full(int64_t layer, int64_t kv_head) const { return kv_head_span(layer, kv_head).is_full(); }
 
 AttentionSpan Assignment::unit_span(int64_t layer, int64_t u) const {
   if (full.at(layer).at(u)) return AttentionSpan::full();
@@ -331,9 +318,9 @@ void Assignment::apply(CausalLM& model) const {
         if (k < levels) w[k * num_heads + h] = 1.0f;
       }
       const at::Tensor on_host = at::tensor(w);
-      attn.swa_span = AttentionSpan::sliding(local[0], swa.sinks);
-      attn.narrower_spans.clear();
-      for (int64_t k = 1; k < levels; ++k) attn.narrower_spans.push_back(AttentionSpan::sliding(local[k], swa.sinks));
+      std::vector<AttentionSpan> spans;
+      for (int64_t window : local) spans.push_back(AttentionSpan::sliding(window, swa.sinks));
+      attn.set_local_spans(spans);
       attn.set_gate_weights(to_device_async(on_host, model->device()), on_host);
       continue;
     }

@@ -210,8 +210,10 @@ Assignment assignment_from_window_scores(const ModelConfig& config, const GateOp
   CONSA_CHECK(la.dim() == 2 && la.size(0) == config.num_layers && la.size(1) % levels == 0,
               "level scores: expected [", config.num_layers, ", ", levels, " x units], got ", la.sizes());
   const int64_t layers = la.size(0), units = la.size(1) / levels;
+  // Unit i's level k in the [layers, levels x units] layout.
+  auto at_level = [&](int64_t i, int64_t k) { return (i / units) * levels * units + k * units + i % units; };
   const double* score = la.data_ptr<double>();
-  auto logit = [&](int64_t i, int64_t k) { return score[(i / units) * levels * units + k * units + i % units]; };
+  auto logit = [&](int64_t i, int64_t k) { return score[at_level(i, k)]; };
   const int64_t n = layers * units;
   std::vector<int64_t> choice(n, 0);  // 0 full, b >= 1 local span b - 1
   KvBudgetPlan plan;
@@ -234,7 +236,7 @@ Assignment assignment_from_window_scores(const ModelConfig& config, const GateOp
     for (int64_t i = 0; i < n; ++i) {
       double closed = 0;
       for (int64_t k = 0; k < levels; ++k) {
-        const double pk = p[(i / units) * levels * units + k * units + i % units];
+        const double pk = p[at_level(i, k)];
         log_p[i][k] = closed + std::log(pk);
         closed += std::log1p(-pk);
       }

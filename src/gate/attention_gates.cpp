@@ -44,17 +44,20 @@ at::Tensor AttentionGatesImpl::deterministic() const { return hard_concrete_.det
 
 at::Tensor AttentionGatesImpl::prob_nonzero() const { return hard_concrete_.prob_nonzero(level(log_alpha, 0)); }
 
-at::Tensor AttentionGatesImpl::expected_unit_cost(const std::vector<double>& branch_costs) const {
-  CONSA_CHECK(static_cast<int64_t>(branch_costs.size()) == levels() + 1, "gates: ", levels() + 1,
+at::Tensor nested_expected_cost(const std::vector<at::Tensor>& open, const std::vector<double>& branch_costs) {
+  CONSA_CHECK(!open.empty() && branch_costs.size() == open.size() + 1, "gates: ", open.size() + 1,
               " branch costs expected (full, then each window), got ", branch_costs.size());
-  const at::Tensor open = hard_concrete_.prob_nonzero(log_alpha);
   // From the narrowest window outwards: level k pays its branch if open, else what lies below.
-  at::Tensor cost = at::full({num_layers(), units_per_layer()}, branch_costs.back(), log_alpha.options());
-  for (int64_t k = levels() - 1; k >= 0; --k) {
-    const at::Tensor p = level(open, k);
-    cost = p * branch_costs[k] + (1 - p) * cost;
-  }
+  at::Tensor cost = at::full_like(open.back(), branch_costs.back());
+  for (size_t k = open.size(); k-- > 0;) cost = open[k] * branch_costs[k] + (1 - open[k]) * cost;
   return cost;
+}
+
+at::Tensor AttentionGatesImpl::expected_unit_cost(const std::vector<double>& branch_costs) const {
+  const at::Tensor open = hard_concrete_.prob_nonzero(log_alpha);
+  std::vector<at::Tensor> levels_open;
+  for (int64_t k = 0; k < levels(); ++k) levels_open.push_back(level(open, k));
+  return nested_expected_cost(levels_open, branch_costs);
 }
 
 at::Tensor AttentionGatesImpl::head_weights(const at::Tensor& z) const {
@@ -78,8 +81,7 @@ void AttentionGatesImpl::apply(CausalLM& model, const at::Tensor& z, const at::T
   const std::vector<AttentionSpan> local = options_.local_spans();
   for (int64_t l = 0; l < num_layers(); ++l) {
     SelfAttentionImpl& attn = model->attention(l);
-    attn.swa_span = local[0];
-    attn.narrower_spans.assign(local.begin() + 1, local.end());
+    attn.set_local_spans(local);
     attn.set_gate_weights(on_device[l], weights[l]);
     attn.saturated_gates_have_no_gradient = true;  // z = clamp(...): flat at 0 and 1
   }

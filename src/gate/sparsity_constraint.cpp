@@ -47,11 +47,7 @@ ConstraintTerms SparsityConstraintImpl::evaluate(const AttentionGatesImpl& gates
     CONSA_CHECK(plan_.local_unit_bytes.size() == static_cast<size_t>(gates.levels()),
                 "constraint: gates with ", gates.levels(), " windows need constraint.kv_budget");
     // Costs relative to a full unit, so the fp32 sums stay near 1.
-    const double full = static_cast<double>(plan_.full_unit_bytes);
-    std::vector<double> costs{1.0};
-    for (int64_t b : plan_.local_unit_bytes) costs.push_back(static_cast<double>(b) / full);
-    const double savable = 1.0 - costs.back();
-    const at::Tensor saved = (1.0 - gates.expected_unit_cost(costs)) / savable;  // [layers, units]
+    const at::Tensor saved = plan_.saved_share(gates.expected_unit_cost(plan_.relative_branch_costs()));
     terms.layer_s_hat = saved.mean(1);
     terms.s_hat = saved.mean();
   }

@@ -132,7 +132,7 @@ at::Tensor SelfAttentionImpl::attend_gated(const ProjectedQKV& qkv, const Packed
   at::Tensor mixed = outputs[levels];
   for (int64_t k = levels - 1; k >= 0; --k) {
     const at::Tensor& open = outputs[k];
-    const at::Tensor zk = levels == 1 ? z_device : z_device.narrow(0, k * num_heads, num_heads);
+    const at::Tensor zk = z_device.narrow(0, k * num_heads, num_heads);
     if (!open.defined() && !mixed.defined()) continue;
     const at::Tensor z = zk.to(like.scalar_type()).view({1, 1, num_heads, 1});
     if (!mixed.defined()) {

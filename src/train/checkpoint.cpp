@@ -251,12 +251,10 @@ void Job::write_gates_json(const TrainOutcome& o) {
             {"heldout_ce", o.heldout_ce}};
   if (gates_->levels() > 1) {
     // Level k >= 1 chooses windows[k - 1] against the narrower ones.
-    std::vector<AttentionSpan> local = r_.gates.local_spans();
-    json windows = json::array(), window_log_alpha = json::array();
-    for (const AttentionSpan& span : local) windows.push_back(span.window);
+    json window_log_alpha = json::array();
     for (int64_t k = 1; k < gates_->levels(); ++k)
       window_log_alpha.push_back(tensor_to_json(gates_->level(gates_->log_alpha, k)));
-    j["windows"] = windows;
+    j["windows"] = r_.gates.windows();
     j["window_log_alpha"] = window_log_alpha;
   }
   if (kv_plan_.units > 0) {

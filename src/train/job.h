@@ -98,6 +98,8 @@ class Job {
   void load_models();
   // The learning-rate schedule's length of `stage` (dense pretraining runs as stage 2).
   int64_t stage_steps(int stage) const { return stage == 1 ? r_.train.steps : r_.recover.steps; }
+  // Training sequences one optimizer step takes, over all ranks.
+  int64_t sequences_per_step() const { return r_.data.batch_size * r_.optimizer.accumulation * comm_->world_size(); }
   int64_t min_distance() const {
     return r_.data.min_distance > 0 ? r_.data.min_distance : r_.gates.swa.window + 1;
   }

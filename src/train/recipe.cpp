@@ -407,9 +407,7 @@ std::string recipe_to_yaml(const Recipe& r) {
   if (r.gates.narrower_windows.empty()) {
     out << YAML::Key << "window" << YAML::Value << r.gates.swa.window;
   } else {
-    std::vector<int64_t> windows{r.gates.swa.window};
-    windows.insert(windows.end(), r.gates.narrower_windows.begin(), r.gates.narrower_windows.end());
-    out << YAML::Key << "windows" << YAML::Value << YAML::Flow << windows;
+    out << YAML::Key << "windows" << YAML::Value << YAML::Flow << r.gates.windows();
   }
   out << YAML::Key << "sinks" << YAML::Value << r.gates.swa.sinks << YAML::Key << "temperature" << YAML::Value << hc.beta
       << YAML::Key << "limit_l" << YAML::Value << hc.limit_l << YAML::Key << "limit_r" << YAML::Value << hc.limit_r
@@ -496,14 +494,10 @@ const char* const kResumeFreeKeys[] = {"model.device", "model.attention", "model
 namespace {
 
 // Several windows: the expected share of the savable bytes when every gate of every level keeps
-// its branch with probability `keep` (nested as AttentionGatesImpl::expected_unit_cost).
+// its branch with probability `keep`.
 double saving_share(const KvBudgetPlan& plan, double keep) {
-  double cost = static_cast<double>(plan.local_unit_bytes.back());
-  for (size_t k = plan.local_unit_bytes.size() - 1; k-- > 0;)
-    cost = keep * static_cast<double>(plan.local_unit_bytes[k]) + (1 - keep) * cost;
-  cost = keep * static_cast<double>(plan.full_unit_bytes) + (1 - keep) * cost;
-  const double full = static_cast<double>(plan.full_unit_bytes), narrowest = static_cast<double>(plan.swa_unit_bytes);
-  return (full - cost) / (full - narrowest);
+  const std::vector<at::Tensor> open(plan.local_unit_bytes.size(), at::scalar_tensor(keep, at::kDouble));
+  return plan.saved_share(nested_expected_cost(open, plan.relative_branch_costs()).item<double>());
 }
 
 std::string window_budget_reach_warning(const Recipe& recipe, double target, const KvBudgetPlan& plan) {

@@ -254,7 +254,7 @@ StepStats Job::step(int stage, int64_t step_in_stage, torch::optim::AdamW& optim
     add(stats.kl, terms.kl);
     add(stats.mse, terms.mse);
   }
-  next_sequence_ += accumulation * world * micro;
+  next_sequence_ += sequences_per_step();
   ++global_step_;
   if (buckets_ && train_weights) buckets_->finish();
   if (stage1) constraint_->ascend_lambdas();

@@ -86,7 +86,7 @@ void Job::prepare() {
     for (const auto& p : model_->parameters())
       master_weights_.push_back(p.detach().to(at::kFloat).clone().requires_grad_(true));
   if (r_.train.mode == "full") setup_weight_sync();
-  tokens_per_step_ = r_.data.batch_size * r_.data.seq_len * r_.optimizer.accumulation * comm_->world_size();
+  tokens_per_step_ = sequences_per_step() * r_.data.seq_len;
   nonfinite_ = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(model_->device()));
 }
 
@@ -130,7 +130,7 @@ TrainOutcome Job::run() {
     std::tie(stage, start) = load_checkpoint(optimizer.get());
     if (main) std::cerr << "resuming " << checkpoint_path() << " at stage " << stage << " step " << start << "\n";
   } else {
-    next_sequence_ = control_.first_step * r_.data.batch_size * r_.optimizer.accumulation * comm_->world_size();
+    next_sequence_ = control_.first_step * sequences_per_step();
   }
   // Every rank has checked the job before rank 0 writes into the directory.
   comm_->barrier("the output directory check");

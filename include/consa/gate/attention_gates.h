@@ -31,13 +31,24 @@ struct GateOptions {
   HardConcreteOptions hard_concrete;
 
   int64_t levels() const { return 1 + static_cast<int64_t>(narrower_windows.size()); }
+  // Every window, widest first: swa's, then the narrower ones (gates.windows, sorted).
+  std::vector<int64_t> windows() const {
+    std::vector<int64_t> all{swa.window};
+    all.insert(all.end(), narrower_windows.begin(), narrower_windows.end());
+    return all;
+  }
   // The local spans a unit can end on, widest first: swa, then each narrower window.
   std::vector<AttentionSpan> local_spans() const {
-    std::vector<AttentionSpan> spans{swa};
-    for (int64_t w : narrower_windows) spans.push_back(AttentionSpan::sliding(w, swa.sinks));
+    std::vector<AttentionSpan> spans;
+    for (int64_t w : windows()) spans.push_back(AttentionSpan::sliding(w, swa.sinks));
     return spans;
   }
 };
+
+// A unit's expected cost under nested gates whose level k is open with probability open[k]: the
+// branch of the first open level, or the narrowest when none is. `branch_costs` holds the cost of
+// full attention, then of each local span, widest first (one more than `open`).
+at::Tensor nested_expected_cost(const std::vector<at::Tensor>& open, const std::vector<double>& branch_costs);
 
 class AttentionGatesImpl : public torch::nn::Module {
  public:

@@ -35,6 +35,18 @@ struct KvBudgetPlan {
   // The SWA fraction (several windows: the share of the savable bytes) whose expected bytes are
   // the budget, in [0, 1].
   double target = 0;
+  // Branch costs relative to a full unit: 1, then each local span, widest first.
+  std::vector<double> relative_branch_costs() const {
+    std::vector<double> costs{1.0};
+    for (int64_t b : local_unit_bytes) costs.push_back(static_cast<double>(b) / static_cast<double>(full_unit_bytes));
+    return costs;
+  }
+  // The share of the savable bytes that a unit of this relative expected cost saves (a double or
+  // a tensor of them).
+  template <typename Cost>
+  Cost saved_share(const Cost& relative_cost) const {
+    return (1.0 - relative_cost) / (1.0 - static_cast<double>(swa_unit_bytes) / static_cast<double>(full_unit_bytes));
+  }
   double expected_bytes(double swa_fraction) const {
     return static_cast<double>(dense_bytes) - swa_fraction * static_cast<double>(dense_bytes - all_swa_bytes);
   }

@@ -62,6 +62,11 @@ class SelfAttentionImpl : public torch::nn::Module {
   at::Tensor fa_weight_on_host;
   AttentionSpan swa_span;
   std::vector<AttentionSpan> narrower_spans;  // gated mode's windows below swa_span, widest first
+  // Gated mode's local spans, widest first: swa_span, then narrower_spans.
+  void set_local_spans(const std::vector<AttentionSpan>& spans) {
+    swa_span = spans.front();
+    narrower_spans.assign(spans.begin() + 1, spans.end());
+  }
   // Set by hard-concrete gates, whose clamp gives a gate at exactly 0 or 1 no gradient: the
   // branch its weight zeroes can then be skipped even while the gates train.
   bool saturated_gates_have_no_gradient = false;
