@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every Hugging Face class consa declares, in transformers, on small random models of each
 # family (fp32, CPU): consa's hybrid class through the export's remote code (trust_remote_code)
-# for kv_head and head units with 0 and 2 sinks, and the stock classes of whole-layer layouts.
+# for kv_head and head units with 0 and 2 sinks, with one window and with two (8 and 4), and the
+# stock classes of whole-layer layouts.
 # Logits at every position must be within 1e-4 of consa's on a prompt longer than window +
 # sinks, greedy generation through the cache must equal recompute, and the cache must hold the
 # analytic bytes; a hybrid must not load without trust_remote_code. Needs transformers (the GPU
@@ -17,9 +18,33 @@ ids=5,17,33,2,9,41,8,60,12,3,77,25,6,14,90,31,44,7,101,250,19,64,128,3  # 24 tok
 # hf_case NAME MODEL ASSIGN-ARGS...: the assignment, the export and consa's logits, $R/NAME{.json,,.f32}
 hf_case() {
   local name=$1 model=$2; shift 2
-  "$BUILD/consa" assign random "$R/$model" --window 8 --seed 3 "$@" --out "$R/$name.json" >/dev/null &&
-    "$BUILD/consa" export "$R/$model" --format hf --assignment "$R/$name.json" --out "$R/$name" >/dev/null &&
+  assignment "$name" "$model" "$@" && export_case "$name" "$model"
+}
+assignment() {
+  local name=$1 model=$2; shift 2
+  "$BUILD/consa" assign random "$R/$model" --seed 3 "$@" --out "$R/$name.json" >/dev/null
+}
+export_case() {
+  local name=$1 model=$2
+  "$BUILD/consa" export "$R/$model" --format hf --assignment "$R/$name.json" --out "$R/$name" >/dev/null &&
     "$BUILD/consa" inspect "$R/$name" --prompt-ids $ids --logits-out "$R/$name.f32" >/dev/null
+}
+# narrow_some_heads IN OUT: IN's assignment with every third sliding unit on the window 4.
+narrow_some_heads() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+a = json.load(open(sys.argv[1]))
+k = 0
+for layer in a["layers"]:
+    for u, kind in enumerate(layer["units"]):
+        if kind == "sliding":
+            layer["windows"][u] = 4 if k % 3 == 1 else 8
+            k += 1
+used = sorted({w for layer in a["layers"] for w in layer["windows"] if w}, reverse=True)
+assert used == [8, 4], used
+a["windows"], a["window"] = used, used[0]
+json.dump(a, open(sys.argv[2], "w"), indent=2)
+PY
 }
 hybrids=()
 for arch in qwen3 qwen2 llama mistral; do
@@ -35,7 +60,20 @@ for arch in qwen3 qwen2 llama mistral; do
       [ $sinks = 0 ] && scope=per_layer
       [ $unit = head ] && target=0.75
       name=$arch-$unit-sinks$sinks
-      hf_case $name $arch --unit $unit --target $target --sinks $sinks --scope $scope || status=1
+      hf_case $name $arch --unit $unit --window 8 --target $target --sinks $sinks --scope $scope || status=1
+      python3 scripts/check_hf_export.py remote "$R/$name" "$R/$name.f32" $ids || status=1
+      hybrids+=("$R/$name")
+      # Two windows. kv_head: a random allocation of full / 8 / 4 within a budget halfway between
+      # every group on the window 4 and the dense cache at the prompt's 24 tokens (fp32). head
+      # (no byte budget for query heads): the one-window assignment with every third SWA head on 4.
+      name=$arch-$unit-sinks$sinks-windows
+      if [ $unit = kv_head ]; then
+        assignment $name $arch --unit kv_head --windows 8,4 --sinks $sinks --kv-budget 15000 --kv-context 24 \
+          --kv-element-bytes 4 || status=1
+      else
+        narrow_some_heads "$R/$arch-$unit-sinks$sinks.json" "$R/$name.json" || status=1
+      fi
+      export_case $name $arch || status=1
       python3 scripts/check_hf_export.py remote "$R/$name" "$R/$name.f32" $ids || status=1
       hybrids+=("$R/$name")
     done
@@ -45,7 +83,7 @@ python3 scripts/check_hf_export.py refuse "${hybrids[@]}" || status=1
 for case in "qwen3 0.5 Qwen3ForCausalLM" "llama 0.5 MinistralForCausalLM" "llama 1 MistralForCausalLM"; do
   set -- $case
   name=stock-$1-$2
-  hf_case $name $1 --unit layer --target $2 --sinks 0 || status=1
+  hf_case $name $1 --unit layer --window 8 --target $2 --sinks 0 || status=1
   python3 scripts/check_hf_export.py stock "$R/$name" "$R/$name.f32" $ids --expect-class $3 || status=1
 done
 exit "$status"

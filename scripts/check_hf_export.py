@@ -12,7 +12,7 @@
   check_hf_export.py remote EXPORT_DIR LOGITS PROMPT_IDS [--new-tokens N]
       A consa_hybrid export loaded with trust_remote_code=True, under sdpa and eager attention:
       every position's logits (without cache, through the cache, and in chunks through it) within
-      --tolerance of LOGITS; greedy generate of N tokens (fresh, and continuing a cache filled by
+      --tolerance of LOGITS (one window or several); greedy generate of N tokens (fresh, and continuing a cache filled by
       model(ids, use_cache=True)) equal to greedy recompute without cache; the cache's bytes equal
       the layout's analytic figure and assignment.json's; a left-padded batch (no sinks) equal to
       its rows run alone.
@@ -107,15 +107,19 @@ def stock(a):
 
 def remote(a):
     config = AutoConfig.from_pretrained(a.export_dir, trust_remote_code=True)
-    window, sinks, full_kv, full_heads = config.hybrid_layout()
+    layout = config.hybrid_layout()
+    sinks, widest = layout.sinks, max(layout.windows, default=0)
     ids = torch.tensor([prompt_ids(a.prompt_ids)], device=a.device)
     length = ids.shape[1]
     reference = read_logits(a.logits, length, config.vocab_size)
+    granularity = config.consa.get("granularity", "layer")
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {a.device}: {a.export_dir}: "
-          f"{config.consa.get('base_model_type')} {config.consa.get('granularity', 'layer')}, window {window}, "
-          f"sinks {sinks}, full KV groups per layer {full_kv}"
-          + (f", full query heads {full_heads}" if full_heads is not None else ""))
-    check(length > window + sinks, f"the prompt ({length} tokens) is longer than window + sinks ({window + sinks})")
+          f"{config.consa.get('base_model_type')} {granularity}, windows {layout.windows}, sinks {sinks}, "
+          f"full KV groups per layer {layout.full_kv}"
+          + (f", KV-group windows {layout.kv_windows}" if len(layout.windows) > 1 else "")
+          + (f", query-head windows {layout.head_windows}" if granularity == "head" else ""))
+    check(length > widest + sinks, f"the prompt ({length} tokens) is longer than the widest window + sinks "
+                                   f"({widest + sinks})")
     assignment = json.load(open(os.path.join(a.export_dir, "assignment.json")))
     for attn in a.attention.split(","):
         model = AutoModelForCausalLM.from_pretrained(a.export_dir, trust_remote_code=True, dtype=torch.float32,
@@ -137,7 +141,7 @@ def remote(a):
             check(diff < a.tolerance, f"{tag} every position's logits {what} within {a.tolerance:g} of consa's: "
                                       f"max |diff| {diff:.2e} (logits up to {reference.abs().max().item():.2f})")
 
-        # The cache after the prompt: full groups hold every position, sliding ones window + sinks.
+        # The cache after the prompt: full groups hold every position, a group with window W at most W + sinks.
         held, analytic = cache.nbytes(), model.kv_cache_bytes(length, 4)
         dense = 2 * config.num_hidden_layers * config.num_key_value_heads * length * config.head_dim * 4
         check(type(cache).__name__ == "ConsaHybridCache" and held == analytic,

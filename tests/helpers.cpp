@@ -92,6 +92,27 @@ consa::Assignment random_assignment(consa::CausalLM& model, consa::GateUnit unit
   return a;
 }
 
+consa::Assignment random_window_assignment(consa::CausalLM& model, consa::GateUnit unit,
+                                           const std::vector<int64_t>& windows, int64_t sinks, uint64_t seed) {
+  using namespace consa;
+  Assignment a = random_assignment(model, unit, AttentionSpan::sliding(windows.front(), sinks), seed);
+  const int64_t options = 1 + static_cast<int64_t>(windows.size());
+  // The first `options` units take each option once (from a seed-dependent start), the rest at random.
+  int64_t unit_index = 0;
+  for (size_t l = 0; l < a.full.size(); ++l) {
+    std::vector<int64_t> layer;
+    for (size_t u = 0; u < a.full[l].size(); ++u, ++unit_index) {
+      const int64_t pick = unit_index < options ? (static_cast<int64_t>(seed) + unit_index) % options
+                                                : at::randint(0, options, {1}).item<int64_t>();
+      a.full[l][u] = pick == 0;
+      layer.push_back(pick == 0 ? 0 : windows[pick - 1]);
+    }
+    a.windows.push_back(layer);
+  }
+  a.target = a.achieved_sparsity();
+  return a;
+}
+
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
 }

@@ -30,6 +30,10 @@ consa::ModelConfig qwen_like_config();
 // when possible; layer units alternate.
 consa::Assignment random_assignment(consa::CausalLM& model, consa::GateUnit unit, consa::AttentionSpan swa,
                                     uint64_t seed);
+// A random assignment whose units each take full attention or one of `windows` (widest first)
+// with `sinks`, about evenly; every option is used when the model has that many units.
+consa::Assignment random_window_assignment(consa::CausalLM& model, consa::GateUnit unit,
+                                           const std::vector<int64_t>& windows, int64_t sinks, uint64_t seed);
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 // `attend` on copies of q, k, v and gate weights z that require gradients, and the gradients of

@@ -345,9 +345,12 @@ TEST_CASE("fused-operator exports on CUDA: graphed decode and prefill match the 
   model->to(at::kCUDA);
   const int64_t length = 300;  // past the window: the rings wrap
   at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong)).to(at::kCUDA);
+  // One window, and several (one ring per window: the fused decode takes each ring's slice apart).
+  for (const std::vector<int64_t>& windows : {std::vector<int64_t>{64}, std::vector<int64_t>{64, 16}})
   for (GateUnit unit : {GateUnit::KvHead, GateUnit::Head})
     for (int64_t sinks : {0, 4}) {
-      Assignment a = random_assignment(model, unit, AttentionSpan::sliding(64, sinks), 9);
+      Assignment a = windows.size() == 1 ? random_assignment(model, unit, AttentionSpan::sliding(64, sinks), 9)
+                                         : random_window_assignment(model, unit, windows, sinks, 9);
       at::NoGradGuard no_grad;
       TorchScriptOptions options;
       ScriptedLM reference_model(build_scripted_model(model, a, options), a);
@@ -370,10 +373,10 @@ TEST_CASE("fused-operator exports on CUDA: graphed decode and prefill match the 
           const double scale = reference.abs().max().item<double>();
           const std::string key = std::string(dtype == at::kFloat ? "fp32" : "bf16") + (fused ? " fused" : " aten");
           errors[key] = max_abs_diff(at::cat(steps, 1), reference) / scale;
-          std::cout << "cuda torchscript " << gate_unit_name(unit) << " sinks " << sinks << " " << key
+          std::cout << "cuda torchscript " << gate_unit_name(unit) << " windows " << a.describe_windows() << " " << key
                     << ": max |logit - fp32 aten| / max |logit| = " << errors[key] << "\n";
         }
-      INFO(gate_unit_name(unit) << " sinks " << sinks);
+      INFO(gate_unit_name(unit) << " " << a.describe_windows());
       CHECK(errors["fp32 aten"] <= 1e-5);
       CHECK(errors["fp32 fused"] <= 1e-5);
       CHECK(errors["bf16 fused"] <= 1.5 * errors["bf16 aten"] + 1e-3);

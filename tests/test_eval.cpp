@@ -343,6 +343,62 @@ TEST_CASE("a sweep's dense row trains the dense model for the recovery's steps a
   CHECK_THROWS_WITH(sweep_runs(no_recovery, o), contains("sweep method dense trains the dense model for recover.steps"));
 }
 
+TEST_CASE("a sweep over KV budgets with several windows meets every budget, each method in its own folder", "[eval]") {
+  const std::string dir = scratch_dir("sweep_budgets");
+  // qwen3_norm: 2 layers x 2 KV groups of head_dim 24; at context 40 and 4-byte elements a group
+  // caches 2 * 24 * 4 = 192 bytes a token: 7680 in full, 1536 at window 8, 768 at window 4.
+  write_text(dir + "/recipe.yaml", "model: {path: " + fixture("qwen3_norm") + "}\n" +
+                                       "gates: {windows: [8, 4]}\n"
+                                       "constraint: {kv_budget: {bytes: 20000, context: 40, element_bytes: 4}}\n"
+                                       "data: {seq_len: 40, batch_size: 2, heldout_batches: 1, value_digits: 3}\n"
+                                       "train: {steps: 3, log_every: 1}\noutput: {dir: " + dir + "/unused}\n");
+  const Recipe recipe = load_recipe(dir + "/recipe.yaml");
+  SweepOptions o = sweep_options(dir, recipe, {}, {"consa", "uniform", "random"});
+  const std::vector<int64_t> budgets = {5000, 17000};
+  o.kv_budgets = budgets;
+  const std::vector<SweepRun> runs = sweep_runs(recipe, o);
+  REQUIRE(runs.size() == 6);
+  std::ostringstream log;
+  CHECK(run_sweep(recipe, o, log).ran == 6);
+  const int64_t dense_bytes = 4 * 7680, narrowest_bytes = 4 * 768;
+  for (const SweepRun& run : runs) {
+    const std::string run_dir = sweep_run_dir(o.out_dir, run);
+    INFO(run_dir);
+    CHECK(run_dir == o.out_dir + "/" + run.method + "_b" + std::to_string(run.kv_budget));
+    const Assignment a = Assignment::load(run_dir + "/assignment.json");
+    auto [fa, swa] = a.kv_cache_bytes(40, 4);
+    CHECK(a.dense_kv_cache_bytes(40, 4) == dense_bytes);
+    CHECK(fa + swa <= run.kv_budget);
+    CHECK(fa + swa >= narrowest_bytes);
+    // The baselines fill the budget level by level: at 17000 two groups keep their full cache
+    // (2 x 6912 of the 13928 bytes above the narrowest), at 5000 two move up to window 8.
+    if (run.method != "consa") CHECK(fa + swa == (run.kv_budget == 17000 ? narrowest_bytes + 2 * 6912 : narrowest_bytes + 2 * 768));
+    const auto report = nlohmann::json::parse(read_text(run_dir + "/eval.json"));
+    CHECK(report["kv_budget"] == run.kv_budget);
+    CHECK(report["method"] == run.method);
+  }
+  const std::string csv = read_text(o.out_dir + "/sweep.csv");
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 7);  // header + 6 rows
+  CHECK_THAT(csv, contains(",kv_budget,allocation_seconds,run_dir\n"));
+  CHECK_THAT(csv, contains(",5000,"));
+  CHECK_THAT(csv, contains(",17000,"));
+  CHECK_THAT(read_text(o.out_dir + "/sweep.md"), contains("| KV budget |"));
+  // A budget below every unit at the narrowest window is refused before any folder is made.
+  SweepOptions unreachable = o;
+  unreachable.out_dir = dir + "/unreachable";
+  unreachable.kv_budgets = {1000};
+  CHECK_THROWS_WITH(run_sweep(recipe, unreachable, log), contains("sweep --kv-budgets 1000"));
+  CHECK_FALSE(fs::exists(unreachable.out_dir));
+  // Scores of one window have no place among several.
+  unreachable.methods = {"attention-span"};
+  CHECK_THROWS_WITH(sweep_runs(recipe, unreachable), contains("sweep method attention-span scores one window"));
+  // Budgets need the recipe's kv_budget for their context; targets refuse it.
+  SweepOptions targets = o;
+  targets.kv_budgets.clear();
+  targets.targets = {0.5};
+  CHECK_THROWS_WITH(sweep_runs(recipe, targets), contains("constraint.kv_budget is set"));
+}
+
 TEST_CASE("baselines score the full-attention model, whatever layout it was left in", "[eval]") {
   const ModelConfig c = tiny_config(3, 4, 2, 8, 40);
   CausalLM model = random_model(c, 9);

@@ -244,6 +244,68 @@ TEST_CASE("Hugging Face exports reload with the same logits", "[export]") {
   }
 }
 
+TEST_CASE("Hugging Face exports of several windows reload with each unit's own window", "[export][windows]") {
+  const ModelConfig c = qwen_like_config();
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  init_random_weights(model, 0.3, 13);
+  at::Tensor ids = at::randint(0, c.vocab_size, {1, 30}, at::TensorOptions().dtype(at::kLong));
+  for (GateUnit unit : {GateUnit::Layer, GateUnit::KvHead, GateUnit::Head})
+    for (int64_t sinks : {0, 2}) {
+      const Assignment a = random_window_assignment(model, unit, {8, 4}, sinks, 11);
+      REQUIRE(a.multi_window());
+      const std::string dir = scratch_dir("hf-windows") + "/m";
+      export_hf(model, a, dir);
+      INFO(gate_unit_name(unit) << " sinks " << sinks);
+      const auto config = nlohmann::json::parse(read_text(dir + "/config.json"));
+      CHECK(config["architectures"][0] == kHybridArchitecture);  // no stock class holds two windows
+      const auto& h = config["consa"];
+      CHECK(h["windows"] == nlohmann::json({8, 4}));
+      CHECK(h["window"] == 8);
+      CHECK(h["granularity"] == (unit == GateUnit::Head ? "head" : "kv_head"));
+      CHECK(h.contains("head_windows") == (unit == GateUnit::Head));
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        // Full-cache groups first, then the windows widest first; the summary count agrees.
+        const auto kv = h["kv_head_windows"][l].get<std::vector<int64_t>>();
+        const int64_t full = std::count(kv.begin(), kv.end(), 0);
+        CHECK(h["full_attention_kv_heads"][l] == full);
+        CHECK(std::all_of(kv.begin(), kv.begin() + full, [](int64_t w) { return w == 0; }));
+        CHECK(std::is_sorted(kv.begin() + full, kv.end(), std::greater<int64_t>()));
+      }
+      CausalLM reloaded = load_pretrained(dir);
+      CausalLM reference(c, at::TensorOptions().dtype(at::kFloat));
+      {
+        at::NoGradGuard no_grad;
+        for (auto& item : reference->named_parameters()) item.value().copy_(model->named_parameters()[item.key()]);
+      }
+      a.apply(reference);
+      at::NoGradGuard no_grad;
+      CHECK(max_abs_diff(reloaded->forward(ids), reference->forward(ids)) < 1e-5);
+      Assignment widest = a;  // every SWA unit at the widest window: other logits
+      widest.windows.clear();
+      widest.apply(reference);
+      CHECK(max_abs_diff(reloaded->forward(ids), reference->forward(ids)) > 1e-3);
+      // The layout the checkpoint declares is the assignment's, in stored order.
+      const Assignment declared = declared_assignment(reloaded, dir);
+      CHECK(declared.local_windows() == std::vector<int64_t>{8, 4});
+      CHECK(declared.kv_cache_bytes(300, 4) == a.kv_cache_bytes(300, 4));
+      CHECK(declared.achieved_sparsity() == a.achieved_sparsity());
+      // consa reads what it wrote as the same model, and refuses a layout that contradicts itself.
+      CHECK(read_hf_config(dir + "/config.json").hybrid_kv_windows == reloaded->config().hybrid_kv_windows);
+      auto refused = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& expected) {
+        nlohmann::json bad = config;
+        edit(bad["consa"]);
+        write_text(dir + "/bad.json", bad.dump());
+        CHECK_THROWS_WITH(read_hf_config(dir + "/bad.json"), contains(dir + "/bad.json: " + expected));
+      };
+      refused([](nlohmann::json& x) { x["windows"] = {8, 4, 2}; }, "consa.windows is [8, 4, 2], but");
+      refused([](nlohmann::json& x) { x.erase("kv_head_windows"); },
+              "a consa layout of several windows needs windows and kv_head_windows");
+      refused([](nlohmann::json& x) { x["window"] = 4; }, "consa.window is 4, but the widest window in use is 8");
+      refused([&](nlohmann::json& x) { x["kv_head_windows"][1] = {4, 0, 8}; },
+              "consa.kv_head_windows[1] must list the full-cache groups (0) first, then windows widest first");
+    }
+}
+
 namespace {
 
 // A tiny model of `arch` with its family's own attention features.
@@ -404,7 +466,7 @@ TEST_CASE("exports of consa's class carry its remote code, exports of stock clas
       CHECK(read_text(dir + "/" + f) == read_text(sources + f));  // byte for byte
     }
     // consa's own loader ignores the code and auto_map.
-    CHECK(load_pretrained(dir)->config().hybrid_full_kv_heads == read_hf_config(dir).hybrid_full_kv_heads);
+    CHECK(load_pretrained(dir)->config().hybrid_kv_windows == read_hf_config(dir).hybrid_kv_windows);
   }
   // A re-export under a stock class drops the code it no longer needs.
   export_hf(model, assignment_of(c, GateUnit::KvHead, {{true, true}, {false, false}, {true, true}}, 0), dir);

@@ -1,6 +1,7 @@
 // The pruned TorchScript export: equal to the gated model under binarized gates, incremental
 // decode through the ring-buffer cache equal to full recompute, KV bytes equal to the analytic
 // count, transformers' logits on the parity fixtures, and a load in Python's torch.jit.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 
 #include <sys/wait.h>
@@ -25,9 +26,11 @@ CausalLM random_model(const ModelConfig& c, uint64_t seed) {
   CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
   init_random_weights(model, 0.2, seed);
   at::NoGradGuard no_grad;
+  // Its own generator: the same seed gives the same model whatever ran before.
+  auto gen = at::detail::createCPUGenerator(seed + 1);
   for (auto& item : model->named_parameters())  // norms and biases away from 1 and 0
     if (item.key().find("norm") != std::string::npos || item.key().find("bias") != std::string::npos)
-      item.value().add_(0.2 * at::randn(item.value().sizes()));
+      item.value().add_(at::normal(0.0, 0.2, item.value().sizes(), gen));
   return model;
 }
 
@@ -47,6 +50,30 @@ at::Tensor gated_logits(CausalLM& model, const Assignment& a, const at::Tensor& 
   at::Tensor logits = model->forward(ids);
   for (int64_t l = 0; l < c.num_layers; ++l) model->attention(l).fa_weight = at::Tensor();
   return logits;
+}
+
+// Decoding `ids` [B, T] through the cache gives `reference`'s logits: one token at a time after a
+// `prompt`-token prefix; uneven chunks, some longer than any window; and decode_step (fixed
+// shapes, the position as a tensor, for CUDA graphs) after the prompt in a cache with `spare`
+// positions to spare, whose unfilled positions must stay masked.
+void check_cached_decoding(ScriptedLM& scripted, const at::Tensor& ids, const at::Tensor& reference, int64_t prompt,
+                           int64_t spare) {
+  const int64_t batch = ids.size(0), length = ids.size(1);
+  ScriptedLM::Cache cache = scripted.new_cache(batch, length);
+  std::vector<at::Tensor> steps = {scripted.extend(ids.narrow(1, 0, prompt), cache, false)};
+  for (int64_t t = prompt; t < length; ++t) steps.push_back(scripted.extend(ids.narrow(1, t, 1), cache, false));
+  CHECK(cache.length() == length);
+  CHECK(max_abs_diff(at::cat(steps, 1), reference) <= 1e-5);
+  ScriptedLM::Cache chunked = scripted.new_cache(batch, length);
+  std::vector<at::Tensor> parts;
+  for (int64_t t = 0, step = 1; t < length; t += step, step = step % 11 + 3)
+    parts.push_back(scripted.extend(ids.narrow(1, t, std::min(step, length - t)), chunked, false));
+  CHECK(max_abs_diff(at::cat(parts, 1), reference) <= 1e-5);
+  ScriptedLM::Cache fixed = scripted.new_cache(batch, length + spare);
+  std::vector<at::Tensor> fixed_steps = {scripted.extend(ids.narrow(1, 0, prompt), fixed, false)};
+  for (int64_t t = prompt; t < length; ++t) fixed_steps.push_back(scripted.decode_step(ids.narrow(1, t, 1), fixed));
+  CHECK(fixed.length() == length);
+  CHECK(max_abs_diff(at::cat(fixed_steps, 1), reference) <= 1e-5);
 }
 
 // Python with a torch module: the system's python3 (Debian's python3-torch), or the first python3.
@@ -117,25 +144,8 @@ TEST_CASE("incremental decode through the ring-buffer cache equals full recomput
       at::NoGradGuard no_grad;
       const at::Tensor reference = gated_logits(model, a, ids);
       INFO(gate_unit_name(unit) << " sinks " << sinks);
-      // One token at a time after a 5-token prompt.
-      ScriptedLM::Cache cache = scripted.new_cache(2, length);
-      std::vector<at::Tensor> steps = {scripted.extend(ids.narrow(1, 0, 5), cache, false)};
-      for (int64_t t = 5; t < length; ++t) steps.push_back(scripted.extend(ids.narrow(1, t, 1), cache, false));
-      CHECK(cache.length() == length);
-      CHECK(max_abs_diff(at::cat(steps, 1), reference) <= 1e-5);
-      // Uneven chunks, some longer than the window, through a fresh cache.
-      ScriptedLM::Cache chunked = scripted.new_cache(2, length);
-      std::vector<at::Tensor> parts;
-      for (int64_t t = 0, step = 1; t < length; t += step, step = step % 11 + 3)
-        parts.push_back(scripted.extend(ids.narrow(1, t, std::min(step, length - t)), chunked, false));
-      CHECK(max_abs_diff(at::cat(parts, 1), reference) <= 1e-5);
-      // decode_step (fixed shapes, the position as a tensor, for CUDA graphs) after the prompt,
-      // in a cache with room to spare: the unfilled positions must stay masked.
+      check_cached_decoding(scripted, ids, reference, 5, 9);
       ScriptedLM::Cache fixed = scripted.new_cache(2, length + 9);
-      std::vector<at::Tensor> fixed_steps = {scripted.extend(ids.narrow(1, 0, 5), fixed, false)};
-      for (int64_t t = 5; t < length; ++t) fixed_steps.push_back(scripted.decode_step(ids.narrow(1, t, 1), fixed));
-      CHECK(fixed.length() == length);
-      CHECK(max_abs_diff(at::cat(fixed_steps, 1), reference) <= 1e-5);
       CHECK_THROWS_WITH(scripted.decode_step(ids.narrow(1, 0, 2), fixed), contains("must be [batch, 1]"));
       CHECK_THROWS_WITH(GraphedDecoder(scripted, fixed), contains("CUDA graphs need a CUDA"));
       // last_only returns the final position's logits.
@@ -260,6 +270,76 @@ TEST_CASE("a fused-operator export saves, reloads in consa, and runs in Python w
   // Without the library the script says what to pass instead of TorchScript's unknown-op error.
   CHECK(python_check(dir + "/model.ts", ids, reference, "") == 2);
   CHECK_THAT(read_text(dir + "/python.log"), contains("pass --ops-library"));
+}
+
+// The gated model of `seed` under the binarized assignment of several windows: every query head
+// mixes full attention and the windows by nested gates at exactly 0 or 1, opening its unit's span.
+at::Tensor applied_logits(const ModelConfig& c, uint64_t seed, const Assignment& a, const at::Tensor& ids) {
+  CausalLM model = random_model(c, seed);
+  std::vector<AttentionSpan> local;
+  for (int64_t w : a.local_windows()) local.push_back(AttentionSpan::sliding(w, a.swa.sinks));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<AttentionSpan> heads;
+    for (int64_t h = 0; h < c.num_heads; ++h)
+      heads.push_back(a.unit_span(l, a.unit == GateUnit::Layer ? 0 : a.unit == GateUnit::KvHead ? h / c.group_size() : h));
+    model->attention(l).set_head_spans(heads, local, at::kCPU);
+  }
+  at::NoGradGuard no_grad;
+  return model->forward(ids);
+}
+
+TEST_CASE("exports whose units use several windows equal the model under the assignment", "[torchscript][windows]") {
+  const ModelConfig c = qwen_like_config();
+  CausalLM model = random_model(c, 27);
+  const int64_t length = 43;
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, length}, at::TensorOptions().dtype(at::kLong));
+  for (GateUnit unit : {GateUnit::Layer, GateUnit::KvHead, GateUnit::Head})
+    for (int64_t sinks : {0, 2})
+      for (bool fused : {false, true}) {
+        const Assignment a = random_window_assignment(model, unit, {8, 4}, sinks, 3);
+        REQUIRE(a.local_windows() == std::vector<int64_t>{8, 4});
+        TorchScriptOptions options;
+        options.query_block = 5;
+        options.fused_kernels = fused;
+        ScriptedLM scripted(build_scripted_model(model, a, options), a);
+        at::NoGradGuard no_grad;
+        const at::Tensor reference = applied_logits(c, 27, a, ids);
+        INFO(gate_unit_name(unit) << " sinks " << sinks << " fused " << fused);
+        {  // the gated reference computes what the assignment's spans do
+          CausalLM spans = random_model(c, 27);
+          a.apply(spans);
+          CHECK(max_abs_diff(spans->forward(ids), reference) <= 1e-5);
+        }
+        CHECK(max_abs_diff(scripted.forward(ids), reference) <= 1e-5);
+        // Every unit at the widest window instead gives other logits: the narrower ones matter.
+        Assignment widest = a;
+        widest.windows.clear();
+        CHECK(max_abs_diff(applied_logits(c, 27, widest, ids), reference) > 1e-3);
+        check_cached_decoding(scripted, ids, reference, 3, 7);
+        // The cache holds each group's own window: the analytic bytes, and less than one ring of
+        // the widest window for every sliding group.
+        for (int64_t capacity : {6, 30, 200}) {
+          auto [fa, swa] = a.kv_cache_bytes(capacity, 4);
+          CHECK(scripted.new_cache(1, capacity).kv_bytes() == fa + swa);
+          auto [fa_wide, swa_wide] = widest.kv_cache_bytes(capacity, 4);
+          if (capacity > 4 + sinks) CHECK(fa + swa < fa_wide + swa_wide);
+        }
+      }
+}
+
+TEST_CASE("a saved several-window export reloads and runs in Python's torch.jit", "[torchscript][windows]") {
+  const ModelConfig c = qwen_like_config();
+  CausalLM model = random_model(c, 28);
+  const Assignment a = random_window_assignment(model, GateUnit::Head, {8, 3}, 1, 5);
+  const std::string dir = scratch_dir("ts-windows");
+  export_torchscript(model, a, dir + "/model.ts");
+  ScriptedLM loaded = ScriptedLM::load(dir + "/model.ts", at::kCPU);
+  CHECK(loaded.assignment().local_windows() == std::vector<int64_t>{8, 3});
+  at::Tensor ids = at::randint(0, c.vocab_size, {1, 30}, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor reference = applied_logits(c, 28, a, ids);
+  at::NoGradGuard no_grad;
+  CHECK(max_abs_diff(loaded.forward(ids), reference) <= 1e-5);
+  CHECK(python_check(dir + "/model.ts", ids, reference, "") == 0);
 }
 
 TEST_CASE("loading rejects files that are not consa TorchScript exports", "[torchscript]") {

@@ -15,6 +15,7 @@
 #include "catch_compat.h"
 #include "consa/core/error.h"
 #include "consa/export/assignment.h"
+#include "consa/eval/baselines.h"
 #include "consa/export/hybrid_layout.h"
 #include "consa/gate/attention_gates.h"
 #include "consa/gate/kv_budget.h"
@@ -202,8 +203,13 @@ TEST_CASE("binarized nested gates compute what the assignment's per-unit windows
   const auto [fa, sw] = heads.kv_cache_bytes(100, 2);
   CHECK(fa == 100 * 2 * 8 * 2);                                   // one KV head full
   CHECK(sw == (4 + 1 + 6 + 1 + 2 + 1) * 2 * 8 * 2);  // W4; W6 (the wider of 6 and 2); W2; each + 1 sink
-  // Exports hold one window per model.
-  CHECK_THROWS_WITH(hybrid_model_copy(model, a, nullptr), contains("units use 3 windows"));
+  // The permuted copy (the exports' stored layout) computes what the assignment does.
+  std::vector<LayerHeadLayout> layouts;
+  heads.windows[1] = {6, 6, 2, 2};
+  heads.apply(model);
+  CHECK(max_abs_diff(hybrid_model_copy(model, heads, &layouts)->forward(ids), model->forward(ids)) < 1e-5);
+  CHECK(layouts[1].kv_windows == std::vector<int64_t>{6, 2});
+  CHECK(layouts[0].head_windows == std::vector<int64_t>{0, 0, 4, 4});
 }
 
 TEST_CASE("the exact rule with several windows never exceeds the budget and no more probable option fits",
@@ -562,4 +568,63 @@ TEST_CASE("the tiny CPU recipe with two windows meets its KV budget", "[windows]
   write_text(out + "/recipe.yaml", yaml.replace(at, 15, "windows: [8, 2]"));
   CHECK(run_consa("eval " + out + " --soft-gates --lengths 48 --samples 2", &stdout_text, &stderr_text) == 1);
   CHECK(stderr_text.find("gates.json: gates for windows 8, 4, the recipe names 8, 2") != std::string::npos);
+}
+
+TEST_CASE("uniform and random baselines of several windows fill a KV budget level by level", "[windows][eval]") {
+  const ModelConfig c = tiny_config(4, 4, 4, 8);
+  CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  const int64_t n = 16, context = 64;
+  // A unit (one KV head of one layer) caches 2 x 8 x 2 bytes per position: 64 positions on full
+  // attention, 8 on the window 8, 2 on the window 2.
+  const int64_t full = 2048, wide = 256, narrow = 64;
+  BaselineOptions o;
+  o.unit = GateUnit::KvHead;
+  o.swa = AttentionSpan::sliding(8);
+  o.narrower_windows = {2};
+  for (int64_t extra : {0, 50, 191}) {
+    // Room for 5 units on full attention and 3 on the window 8 over all on the window 2.
+    o.kv_budget = KvBudget{n * narrow + 5 * (full - narrow) + 3 * (wide - narrow) + extra, context, 2};
+    std::vector<std::vector<int64_t>> placements;
+    for (auto [method, seed] : std::vector<std::pair<BaselineMethod, uint64_t>>{
+             {BaselineMethod::Uniform, 0}, {BaselineMethod::Random, 1}, {BaselineMethod::Random, 2}}) {
+      o.seed = seed;
+      const Assignment a = make_baseline(method, model, o);
+      INFO(baseline_method_name(method) << " seed " << seed << " extra " << extra);
+      std::vector<int64_t> flat;
+      for (const auto& layer : a.windows) flat.insert(flat.end(), layer.begin(), layer.end());
+      REQUIRE(static_cast<int64_t>(flat.size()) == n);
+      CHECK(std::count(flat.begin(), flat.end(), 0) == 5);
+      CHECK(std::count(flat.begin(), flat.end(), 8) == 3);
+      CHECK(std::count(flat.begin(), flat.end(), 2) == 8);
+      const auto [fa, swa] = a.kv_cache_bytes(context, 2);
+      CHECK(fa + swa <= o.kv_budget.bytes);
+      CHECK(o.kv_budget.bytes - (fa + swa) < wide - narrow);  // no unit left that could move up
+      CHECK(a.kv_budget.bytes == o.kv_budget.bytes);
+      CHECK(a.method == baseline_method_name(method));
+      if (method == BaselineMethod::Uniform) {
+        // Full attention evenly spaced: gaps between consecutive full units (cyclically) differ by <= 1.
+        std::vector<int64_t> at;
+        for (int64_t i = 0; i < n; ++i)
+          if (flat[i] == 0) at.push_back(i);
+        std::vector<int64_t> gaps;
+        for (size_t i = 0; i < at.size(); ++i) gaps.push_back((at[(i + 1) % at.size()] - at[i] + n) % n);
+        CHECK(*std::max_element(gaps.begin(), gaps.end()) - *std::min_element(gaps.begin(), gaps.end()) <= 1);
+      }
+      placements.push_back(flat);
+    }
+    CHECK(placements[1] != placements[2]);  // seeds place them differently
+  }
+  // Per layer: each layer within its share of the budget.
+  o.scope = ConstraintScope::PerLayer;
+  o.kv_budget = KvBudget{4 * (4 * narrow + (full - narrow) + (wide - narrow)), context, 2};
+  const Assignment a = make_baseline(BaselineMethod::Uniform, model, o);
+  for (const auto& layer : a.windows) {
+    CHECK(std::count(layer.begin(), layer.end(), 0) == 1);
+    CHECK(std::count(layer.begin(), layer.end(), 8) == 1);
+  }
+  // Refusals: a method that scores one window, and no budget.
+  CHECK_THROWS_WITH(make_baseline(BaselineMethod::AttentionSpan, model, o),
+                    contains("attention-span: scores one window; with several windows use uniform or random"));
+  o.kv_budget = {};
+  CHECK_THROWS_WITH(make_baseline(BaselineMethod::Random, model, o), contains("several windows need a KV budget"));
 }

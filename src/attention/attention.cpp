@@ -4,6 +4,7 @@
 
 #include <limits>
 
+#include "consa/core/dtype.h"
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 #include "consa/core/torch_compat.h"
@@ -144,7 +145,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   // [Lq, Lk] for every row, or [B, Lq, Lk] per row (packed documents)
   const at::Tensor mask = visible.dim() == 3 ? visible.unsqueeze(1).unsqueeze(1) : visible;
   scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
-  const at::ScalarType softmax_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType softmax_dtype = accumulation_dtype(q.scalar_type());
   at::Tensor probs = at::softmax(scores, -1, softmax_dtype).to(q.scalar_type());
   return grouped_output(probs, v);
 }

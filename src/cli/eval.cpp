@@ -2,12 +2,15 @@
 // consa assign METHOD MODEL_DIR: a baseline allocator's assignment.json.
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
+#include <sstream>
 #include <filesystem>
 #include <iostream>
 
 #include "commands.h"
 #include "consa/data/text_tasks.h"
 #include "consa/core/atomic_file.h"
+#include "consa/core/byte_size.h"
 #include "consa/core/dtype.h"
 #include "consa/core/error.h"
 #include "consa/core/strings.h"
@@ -212,6 +215,30 @@ int run_eval(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+// "1024,128": distinct windows >= 1, returned widest first.
+std::vector<int64_t> parse_window_list(const std::string& text, const std::string& flag) {
+  std::vector<int64_t> windows;
+  std::stringstream items(text);
+  for (std::string item; std::getline(items, item, ',');) {
+    size_t used = 0;
+    long long w = 0;
+    try {
+      w = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    CONSA_CHECK(used > 0 && used == item.size() && w >= 1, flag, ": '", item,
+                "' is not a window; expected integers >= 1 separated by commas, like 1024,128");
+    CONSA_CHECK(std::find(windows.begin(), windows.end(), w) == windows.end(), flag, ": window ", w, " is listed twice");
+    windows.push_back(w);
+  }
+  CONSA_CHECK(windows.size() >= 2, flag, ": expected at least two windows, like 1024,128 (one window: --window)");
+  std::sort(windows.rbegin(), windows.rend());
+  return windows;
+}
+}  // namespace
+
 int run_assign(int argc, char** argv) {
   cxxopts::Options options("consa assign",
                            "Write a baseline allocator's FA/SWA assignment.json for a checkpoint, at any target\n"
@@ -224,6 +251,12 @@ int run_assign(int argc, char** argv) {
       ("target", "fraction of units on SWA", cxxopts::value<double>())
       ("unit", "layer | kv_head | head", cxxopts::value<std::string>())
       ("window", "sliding window W", cxxopts::value<int64_t>())
+      ("windows", "several windows, e.g. 1024,128 (uniform and random; needs a KV budget): each unit takes full "
+                  "attention or one of them", cxxopts::value<std::string>())
+      ("kv-budget", "KV-cache bytes per sequence instead of --target, e.g. 512MiB (with --kv-context)",
+       cxxopts::value<std::string>())
+      ("kv-context", "tokens per sequence the --kv-budget is for", cxxopts::value<int64_t>())
+      ("kv-element-bytes", "bytes per cached element for --kv-budget (2: bf16 / fp16)", cxxopts::value<int64_t>())
       ("sinks", "attention sinks S", cxxopts::value<int64_t>())
       ("scope", "global | per_layer (per_layer: the same SWA share in every layer)", cxxopts::value<std::string>())
       ("offset", "uniform: index of the first full-attention unit", cxxopts::value<int64_t>()->default_value("0"))
@@ -256,12 +289,41 @@ int run_assign(int argc, char** argv) {
     o.kv_budget = recipe.constraint.kv_budget;
     o.scope = recipe.constraint.scope;
     o.data = recipe.data;
-    CONSA_CHECK(recipe.gates.levels() == 1 || args.count("window"), recipe.source, ": gates.windows lists ",
-                join_integers(recipe.gates.windows()), "; a baseline takes one window, so pass --window W");
+    o.narrower_windows = recipe.gates.narrower_windows;
   }
+  CONSA_CHECK(!(args.count("window") && args.count("windows")), "consa assign: give --window W or --windows W1,W2, not both");
+  CONSA_CHECK(!(args.count("target") && args.count("kv-budget")), "consa assign: give --target or --kv-budget, not both");
   if (args.count("target")) o.target = args["target"].as<double>(), o.kv_budget = {};  // the flag over the recipe
+  if (args.count("kv-budget")) {
+    CONSA_CHECK(args.count("kv-context"), "consa assign: --kv-budget needs --kv-context (tokens per sequence)");
+    o.kv_budget.bytes = parse_byte_size(args["kv-budget"].as<std::string>(), "--kv-budget");
+    CONSA_CHECK(o.kv_budget.bytes > 0, "consa assign: --kv-budget must be > 0");
+  }
+  if (args.count("kv-context")) {
+    CONSA_CHECK(o.kv_budget.defined(), "consa assign: --kv-context applies to a KV budget (--kv-budget)");
+    o.kv_budget.context = args["kv-context"].as<int64_t>();
+    CONSA_CHECK(o.kv_budget.context > 0, "consa assign: --kv-context must be > 0, got ", o.kv_budget.context);
+  }
+  if (args.count("kv-element-bytes")) {
+    CONSA_CHECK(o.kv_budget.defined(), "consa assign: --kv-element-bytes applies to a KV budget (--kv-budget)");
+    o.kv_budget.element_bytes = args["kv-element-bytes"].as<int64_t>();
+    CONSA_CHECK(o.kv_budget.element_bytes >= 1 && o.kv_budget.element_bytes <= 8,
+                "consa assign: --kv-element-bytes must be in [1, 8], got ", o.kv_budget.element_bytes);
+  }
   if (args.count("unit")) o.unit = parse_gate_unit(args["unit"].as<std::string>());
-  if (args.count("window")) o.swa.window = args["window"].as<int64_t>();
+  if (args.count("window")) o.swa.window = args["window"].as<int64_t>(), o.narrower_windows.clear();
+  if (args.count("windows")) {
+    const std::vector<int64_t> windows = parse_window_list(args["windows"].as<std::string>(), "--windows");
+    o.swa.window = windows.front();
+    o.narrower_windows.assign(windows.begin() + 1, windows.end());
+  }
+  CONSA_CHECK(o.narrower_windows.empty() || method == BaselineMethod::Uniform || method == BaselineMethod::Random,
+              "consa assign: ", baseline_method_name(method), " scores one window; with several windows (",
+              args.count("windows") ? "--windows" : "the recipe's gates.windows", ") use uniform or random, or pass "
+              "--window W");
+  CONSA_CHECK(o.narrower_windows.empty() || o.kv_budget.defined(),
+              "consa assign: several windows need --kv-budget BYTES --kv-context N (a fraction of units does not "
+              "say which windows they take)");
   if (args.count("sinks")) o.swa.sinks = args["sinks"].as<int64_t>();
   if (args.count("scope")) o.scope = parse_constraint_scope(args["scope"].as<std::string>());
   CONSA_CHECK(o.swa.window > 0 && o.swa.sinks >= 0, "consa assign: --window must be > 0 and --sinks >= 0");

@@ -55,9 +55,6 @@ int run_export(int argc, char** argv) {
   if (args.count("dtype")) load.dtype = parse_dtype(args["dtype"].as<std::string>(), "--dtype");
   CausalLM model = load_pretrained(source.model_dir, load);
   const Assignment assignment = source_assignment(source, model, args.count("dtype") > 0);
-  CONSA_CHECK(!assignment.multi_window(), source.assignment_path.empty() ? source.model_dir : source.assignment_path,
-              ": units use several windows (", join_integers(assignment.local_windows()), "); --format ", format,
-              " holds one window per model, so evaluate this assignment with consa eval instead");
   if (format == "hf") {
     ModelCardSource card;
     card.model = source.model_dir;

@@ -1,4 +1,4 @@
-// consa sweep RECIPE --targets ... --methods ... --out DIR [--devices cuda:0,cuda:1,...]
+// consa sweep RECIPE --targets ...|--kv-budgets ... --methods ... --out DIR [--devices cuda:0,cuda:1,...]
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "consa/core/atomic_file.h"
+#include "consa/core/byte_size.h"
 #include "consa/core/error.h"
 #include "consa/core/executable.h"
 #include "consa/eval/sweep.h"
@@ -37,6 +38,14 @@ std::vector<std::string> without_options(const std::vector<std::string>& argv, c
   return out;
 }
 
+// A pair's target, or its budget.
+std::string point(const SweepRun& run) {
+  std::ostringstream s;
+  if (run.kv_budget > 0) s << run.kv_budget << " bytes";
+  else s << run.target;
+  return s.str();
+}
+
 // --devices: the pairs not done yet run side by side, one per device, each as `consa sweep` of
 // that one pair with model.device set (its output in the pair's folder, sweep.log); then the
 // tables are written from every pair's eval.json, as a sequential sweep writes them.
@@ -47,15 +56,15 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
   const std::vector<SweepRun> runs = sweep_runs(recipe, o);
   std::vector<SweepRun> pending;
   for (const SweepRun& run : runs) {
-    const std::string dir = sweep_run_dir(o.out_dir, run.method, run.target);
+    const std::string dir = sweep_run_dir(o.out_dir, run);
     if (std::filesystem::exists(std::filesystem::path(dir) / "eval.json"))
-      std::cout << "sweep: " << run.method << " at " << run.target << ": done earlier (" << dir << "/eval.json)\n";
+      std::cout << "sweep: " << run.method << " at " << point(run) << ": done earlier (" << dir << "/eval.json)\n";
     else
       pending.push_back(run);
   }
   std::filesystem::create_directories(o.out_dir);
   const std::vector<std::string> base =
-      without_options(argv, {"devices", "methods", "targets", "out"});
+      without_options(argv, {"devices", "methods", "targets", "kv-budgets", "out"});
   std::map<pid_t, std::pair<size_t, std::string>> running;  // pid -> {pair, device}
   std::vector<std::string> free_devices(devices.rbegin(), devices.rend());
   size_t next = 0;
@@ -65,16 +74,20 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
       const SweepRun& p = pending[next];
       const std::string device = free_devices.back();
       free_devices.pop_back();
-      const std::string dir = sweep_run_dir(o.out_dir, p.method, p.target);
+      const std::string dir = sweep_run_dir(o.out_dir, p);
       std::filesystem::create_directories(dir);
       std::vector<std::string> child = {running_executable()};  // then base: "sweep" and its arguments
       child.insert(child.end(), base.begin(), base.end());
       std::ostringstream target;
       target << p.target;
-      for (const std::string& extra : std::vector<std::string>{"model.device=" + device, "--methods", p.method, "--targets", target.str(),
-                                       "--out", o.out_dir})
+      // The pair alone: its method at its target, or at its budget (dense: at the sweep's first).
+      const std::string budget = std::to_string(p.kv_budget > 0 ? p.kv_budget : o.kv_budgets.empty() ? 0 : o.kv_budgets[0]);
+      for (const std::string& extra : std::vector<std::string>{"model.device=" + device, "--methods", p.method,
+                                                               o.kv_budgets.empty() ? "--targets" : "--kv-budgets",
+                                                               o.kv_budgets.empty() ? target.str() : budget,
+                                                               "--out", o.out_dir})
         child.push_back(extra);
-      std::cout << "sweep: " << p.method << " at " << p.target << " on " << device << " -> " << dir << " (log: " << dir
+      std::cout << "sweep: " << p.method << " at " << point(p) << " on " << device << " -> " << dir << " (log: " << dir
                 << "/sweep.log)\n" << std::flush;
       running[spawn_logged(child, dir + "/sweep.log")] = {next, device};
       ++next;
@@ -88,8 +101,8 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
     free_devices.push_back(it->second.second);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       ++failures;
-      std::cerr << "consa: error: sweep: " << p.method << " at " << p.target << " on " << it->second.second
-                << " failed; see " << sweep_run_dir(o.out_dir, p.method, p.target) << "/sweep.log\n";
+      std::cerr << "consa: error: sweep: " << p.method << " at " << point(p) << " on " << it->second.second
+                << " failed; see " << sweep_run_dir(o.out_dir, p) << "/sweep.log\n";
     }
     running.erase(it);
   }
@@ -111,6 +124,9 @@ int run_sweep(int argc, char** argv) {
       ("recipe", "the recipe: model, gates (unit, window, sinks), constraint scope, data", cxxopts::value<std::string>())
       ("overrides", "recipe overrides", cxxopts::value<std::vector<std::string>>())
       ("targets", "SWA fractions", cxxopts::value<std::string>()->default_value("0.25,0.5,0.75,0.875"))
+      ("kv-budgets", "KV-cache bytes per sequence instead of --targets, e.g. 96MiB,64MiB,32MiB, at the recipe's "
+                     "constraint.kv_budget context (a recipe with gates.windows sweeps these)",
+       cxxopts::value<std::string>())
       ("methods", "consa, dense, uniform, random, attention-span, duo (default: all but dense, and dense too when the "
                   "recipe has recover.steps: the dense model trained for the same steps)",
        cxxopts::value<std::string>()->default_value("consa,uniform,random,attention-span,duo"))
@@ -130,14 +146,20 @@ int run_sweep(int argc, char** argv) {
   std::vector<std::string> overrides;
   if (args.count("overrides")) overrides = args["overrides"].as<std::vector<std::string>>();
   const Recipe recipe = load_recipe(args["recipe"].as<std::string>(), overrides);
-  CONSA_CHECK(!recipe.constraint.kv_budget.defined(), recipe.source,
-              ": consa sweep sweeps --targets (fractions); remove constraint.kv_budget from the recipe");
   SweepOptions o;
+  CONSA_CHECK(!(args.count("kv-budgets") && args.count("targets")),
+              "consa sweep: give --targets or --kv-budgets, not both");
   o.targets = parse_number_list(args["targets"].as<std::string>(), "--targets");
+  if (args.count("kv-budgets")) {
+    o.targets.clear();
+    std::stringstream items(args["kv-budgets"].as<std::string>());
+    for (std::string item; std::getline(items, item, ',');) o.kv_budgets.push_back(parse_byte_size(item, "--kv-budgets"));
+    CONSA_CHECK(!o.kv_budgets.empty(), "consa sweep: --kv-budgets: expected a list such as 96MiB,64MiB");
+  }
   o.methods = parse_name_list(args["methods"].as<std::string>());
   if (args["methods"].has_default() && recipe.recover.steps > 0) o.methods.insert(o.methods.begin() + 1, "dense");
   // Only consa's gates train towards the targets.
-  if (std::find(o.methods.begin(), o.methods.end(), "consa") != o.methods.end())
+  if (std::find(o.methods.begin(), o.methods.end(), "consa") != o.methods.end() && o.kv_budgets.empty())
     for (double t : o.targets) {
       const std::string reach = target_reach_warning(recipe, t);
       if (!reach.empty()) std::cerr << "consa: warning: --targets: " << reach << "\n";

@@ -5,9 +5,12 @@
 #include <torch/optim/adam.h>
 
 #include <cmath>
+#include <functional>
+#include <numeric>
 
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
+#include "consa/gate/kv_budget.h"
 #include "consa/model/rope.h"
 
 namespace consa {
@@ -53,6 +56,81 @@ at::Tensor uniform_scores(const ModelConfig& c, const BaselineOptions& o) {
 at::Tensor random_scores(const ModelConfig& c, const BaselineOptions& o) {
   auto gen = at::detail::createCPUGenerator(o.seed);
   return at::rand({c.num_layers, units_per_layer(c, o.unit)}, gen, at::kDouble);
+}
+
+// Several windows: choose_levels below, the units to move chosen by `pick` (candidates, count).
+using LevelPick = std::function<std::vector<int64_t>(const std::vector<int64_t>&, int64_t)>;
+
+// One scope's units (indices into the flat [layers x units] order) within `share` bytes. `cost`
+// holds a unit's bytes on full attention, then on each window, widest first; choice[i] is the
+// option of unit i (0 full, b >= 1 window b - 1), the narrowest to start with.
+void choose_levels(const std::vector<int64_t>& units, const std::vector<int64_t>& cost, int64_t share,
+                   const LevelPick& pick, std::vector<int64_t>& choice) {
+  const int64_t narrowest = static_cast<int64_t>(cost.size()) - 1;
+  int64_t used = 0;
+  for (int64_t i : units) choice[i] = narrowest, used += cost.back();
+  CONSA_CHECK(used <= share, "baseline: every unit on its narrowest window still caches ", used,
+              " bytes, above the budget's ", share);
+  for (int64_t b = 0; b < narrowest; ++b) {
+    std::vector<int64_t> candidates;
+    for (int64_t i : units)
+      if (choice[i] == narrowest) candidates.push_back(i);
+    const int64_t extra = cost[b] - cost.back();
+    const int64_t count = std::min<int64_t>(static_cast<int64_t>(candidates.size()), (share - used) / extra);
+    if (count <= 0) continue;
+    for (int64_t i : pick(candidates, count)) choice[i] = b;
+    used += count * extra;
+  }
+}
+
+// uniform and random with several windows (BaselineOptions::narrower_windows).
+Assignment window_baseline(BaselineMethod method, const ModelConfig& c, const BaselineOptions& o) {
+  CONSA_CHECK(method == BaselineMethod::Uniform || method == BaselineMethod::Random, "baseline ",
+              baseline_method_name(method), ": scores one window; with several windows use uniform or random");
+  CONSA_CHECK(o.kv_budget.defined(), "baseline ", baseline_method_name(method),
+              ": several windows need a KV budget (which windows a fraction of units would take is not said)");
+  GateOptions gates;
+  gates.unit = o.unit;
+  gates.swa = o.swa;
+  gates.narrower_windows = o.narrower_windows;
+  const KvBudgetPlan plan = plan_kv_budget(c, gates, o.kv_budget, "constraint.kv_budget");
+  std::vector<int64_t> cost{plan.full_unit_bytes};
+  cost.insert(cost.end(), plan.local_unit_bytes.begin(), plan.local_unit_bytes.end());
+  auto gen = at::detail::createCPUGenerator(o.seed);
+  const LevelPick evenly = [&](const std::vector<int64_t>& candidates, int64_t count) {
+    // floor(i * n / count) is strictly increasing for count <= n: `count` distinct candidates.
+    const int64_t n = static_cast<int64_t>(candidates.size());
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < count; ++i) out.push_back(candidates[(o.offset + i * n / count) % n]);
+    return out;
+  };
+  const LevelPick at_random = [&](const std::vector<int64_t>& candidates, int64_t count) {
+    const at::Tensor order = at::randperm(static_cast<int64_t>(candidates.size()), gen, at::kLong);
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < count; ++i) out.push_back(candidates[order[i].item<int64_t>()]);
+    return out;
+  };
+  const LevelPick& pick = method == BaselineMethod::Uniform ? evenly : at_random;
+  const int64_t units = units_per_layer(c, o.unit), n = c.num_layers * units;
+  std::vector<int64_t> choice(n, 0);
+  if (o.scope == ConstraintScope::PerLayer) {
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      std::vector<int64_t> idx(units);
+      std::iota(idx.begin(), idx.end(), l * units);
+      choose_levels(idx, cost, o.kv_budget.bytes / c.num_layers, pick, choice);
+    }
+  } else {
+    std::vector<int64_t> idx(n);
+    std::iota(idx.begin(), idx.end(), 0);
+    choose_levels(idx, cost, o.kv_budget.bytes, pick, choice);
+  }
+  std::vector<double> scores;  // the wider a unit's span, the higher
+  for (int64_t b : choice) scores.push_back(b == 0 ? 1.0 : -static_cast<double>(b));
+  Assignment a = assignment_from_window_choices(c, gates, choice, scores);
+  a.rule = BinarizeRule::Exact;
+  a.kv_budget = o.kv_budget;
+  a.target = plan.target;
+  return a;
 }
 
 std::vector<at::Tensor> calibration_batches(CausalLM& model, const BaselineOptions& o, int64_t count) {
@@ -174,6 +252,12 @@ Assignment make_baseline(BaselineMethod method, CausalLM& model, const BaselineO
                          const BaselineProgress& progress) {
   const ModelConfig& c = model->config();
   BaselineOptions o = options;
+  if (!o.narrower_windows.empty()) {
+    Assignment a = window_baseline(method, c, o);
+    a.method = baseline_method_name(method);
+    a.weights_checksum = weights_checksum(model);
+    return a;
+  }
   if (o.kv_budget.defined()) o.target = plan_kv_budget(c, o.unit, o.swa, o.kv_budget, "constraint.kv_budget").target;
   CONSA_CHECK(o.target >= 0 && o.target <= 1, "baseline target must be in [0, 1], got ", o.target);
   // Scores come from the model with full attention everywhere, whatever layout it was left in.

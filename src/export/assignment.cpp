@@ -307,21 +307,11 @@ void Assignment::apply(CausalLM& model) const {
   for (int64_t l = 0; l < num_layers; ++l) {
     SelfAttentionImpl& attn = model->attention(l);
     if (unit == GateUnit::Head) {
-      // A 0/1 mix per head, in the gates' nested form: level 0 opens full attention, level k
-      // local window k - 1 (widest first); a head with every level closed takes the narrowest.
-      const std::vector<int64_t> local = local_windows();
-      const int64_t levels = static_cast<int64_t>(local.size());
-      std::vector<float> w(levels * num_heads, 0.0f);
-      for (int64_t h = 0; h < num_heads; ++h) {
-        const AttentionSpan span = unit_span(l, h);
-        const int64_t k = span.is_full() ? 0 : std::find(local.begin(), local.end(), span.window) - local.begin() + 1;
-        if (k < levels) w[k * num_heads + h] = 1.0f;
-      }
-      const at::Tensor on_host = at::tensor(w);
-      std::vector<AttentionSpan> spans;
-      for (int64_t window : local) spans.push_back(AttentionSpan::sliding(window, swa.sinks));
-      attn.set_local_spans(spans);
-      attn.set_gate_weights(to_device_async(on_host, model->device()), on_host);
+      std::vector<AttentionSpan> heads, local;
+      for (int64_t h = 0; h < num_heads; ++h) heads.push_back(unit_span(l, h));
+      for (int64_t window : local_windows()) local.push_back(AttentionSpan::sliding(window, swa.sinks));
+      if (local.empty()) local.push_back(swa);
+      attn.set_head_spans(heads, local, model->device());
       continue;
     }
     attn.set_gate_weights({});
@@ -432,19 +422,18 @@ Assignment declared_assignment(CausalLM& model, const std::string& source) {
   Assignment a = Assignment::for_model(c);
   a.rule = BinarizeRule::Exact;
   a.method = "declared";
-  if (!c.hybrid_full_kv_heads.empty()) {
-    a.unit = c.hybrid_full_heads.empty() ? GateUnit::KvHead : GateUnit::Head;
-    a.swa = AttentionSpan::sliding(c.hybrid_window, c.hybrid_sinks);
-    for (int64_t l = 0; l < c.num_layers; ++l) {
+  if (c.is_hybrid_export()) {
+    a.unit = c.hybrid_head_windows.empty() ? GateUnit::KvHead : GateUnit::Head;
+    const std::vector<int64_t> windows = c.hybrid_windows();
+    // An export with no unit on SWA has no window; any positive value keeps the SWA part empty.
+    a.swa = AttentionSpan::sliding(windows.empty() ? 1 : windows.front(), c.hybrid_sinks);
+    const auto& unit_windows = a.unit == GateUnit::KvHead ? c.hybrid_kv_windows : c.hybrid_head_windows;
+    for (const auto& layer : unit_windows) {
       std::vector<bool> full;
-      if (a.unit == GateUnit::KvHead) {
-        for (int64_t g = 0; g < c.num_kv_heads; ++g) full.push_back(g < c.hybrid_full_kv_heads[l]);
-      } else {
-        full.assign(c.num_heads, false);
-        for (int64_t h : c.hybrid_full_heads[l]) full[h] = true;
-      }
+      for (int64_t w : layer) full.push_back(w == 0);
       a.full.push_back(full);
     }
+    if (windows.size() > 1) a.windows = unit_windows;
   } else {
     a.unit = GateUnit::Layer;
     int64_t window = 0;

@@ -205,7 +205,6 @@ Assignment assignment_from_window_scores(const ModelConfig& config, const GateOp
                                          const at::Tensor& level_scores, BinarizeRule rule, const KvBudget& budget,
                                          ConstraintScope scope) {
   const int64_t levels = gates.levels();
-  const std::vector<AttentionSpan> local = gates.local_spans();
   at::Tensor la = level_scores.detach().to(at::kDouble).cpu().contiguous();
   CONSA_CHECK(la.dim() == 2 && la.size(0) == config.num_layers && la.size(1) % levels == 0,
               "level scores: expected [", config.num_layers, ", ", levels, " x units], got ", la.sizes());
@@ -254,27 +253,43 @@ Assignment assignment_from_window_scores(const ModelConfig& config, const GateOp
       choose_within(idx, cost, log_p, budget.bytes, choice);
     }
   }
-  Assignment a = Assignment::for_model(config);
-  a.unit = gates.unit;
-  a.swa = gates.swa;
+  std::vector<double> scores(n);
+  for (int64_t i = 0; i < n; ++i) scores[i] = logit(i, 0);
+  Assignment a = assignment_from_window_choices(config, gates, choice, scores);
   a.rule = rule;
   a.kv_budget = budget;
   a.target = plan.target;
-  for (int64_t l = 0; l < layers; ++l) {
+  return a;
+}
+
+Assignment assignment_from_window_choices(const ModelConfig& config, const GateOptions& gates,
+                                          const std::vector<int64_t>& choice, const std::vector<double>& scores) {
+  const std::vector<AttentionSpan> local = gates.local_spans();
+  const int64_t units = gates.unit == GateUnit::Layer ? 1
+                        : gates.unit == GateUnit::KvHead ? config.num_kv_heads
+                                                         : config.num_heads;
+  CONSA_CHECK(static_cast<int64_t>(choice.size()) == config.num_layers * units && scores.size() == choice.size(),
+              "window choices: one per unit expected (", config.num_layers * units, "), got ", choice.size());
+  Assignment a = Assignment::for_model(config);
+  a.unit = gates.unit;
+  a.swa = gates.swa;
+  for (int64_t l = 0; l < config.num_layers; ++l) {
     std::vector<bool> full;
     std::vector<int64_t> windows;
-    std::vector<double> scores;
+    std::vector<double> layer_scores;
     for (int64_t u = 0; u < units; ++u) {
       const int64_t b = choice[l * units + u];
+      CONSA_CHECK(b >= 0 && b <= static_cast<int64_t>(local.size()), "window choices: option ", b, " of unit ", u,
+                  " in layer ", l, " is none of full and ", local.size(), " windows");
       full.push_back(b == 0);
       windows.push_back(b == 0 ? 0 : local[b - 1].window);
-      scores.push_back(logit(l * units + u, 0));
+      layer_scores.push_back(scores[l * units + u]);
     }
     a.full.push_back(full);
     a.windows.push_back(windows);
-    a.scores.push_back(scores);
+    a.scores.push_back(layer_scores);
   }
-  a.swa.window = a.local_windows().front();  // the widest window in use
+  if (!a.local_windows().empty()) a.swa.window = a.local_windows().front();  // the widest window in use
   return a;
 }
 

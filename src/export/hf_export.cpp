@@ -15,7 +15,8 @@ namespace consa {
 namespace fs = std::filesystem;
 
 bool expressible_per_layer(const Assignment& a) {
-  if (a.swa.sinks != 0) return false;  // transformers has no attention sinks
+  // transformers has no attention sinks, and one sliding_window per model.
+  if (a.multi_window() || (a.swa.sinks != 0 && a.achieved_sparsity() > 0)) return false;
   for (const auto& layer : a.full)
     if (std::adjacent_find(layer.begin(), layer.end(), std::not_equal_to<bool>()) != layer.end()) return false;
   return true;
@@ -44,8 +45,8 @@ void export_hf(CausalLM& model, const Assignment& assignment, const std::string&
   assignment.check_fits(config, "");
   std::vector<LayerHeadLayout> layouts;
   CausalLM work = hybrid_model_copy(model, assignment, &layouts);
-  config.hybrid_full_kv_heads.clear();
-  config.hybrid_full_heads.clear();
+  config.hybrid_kv_windows.clear();
+  config.hybrid_head_windows.clear();
   if (expressible_per_layer(assignment)) {
     // Every layer wholly full or wholly sliding: transformers' own layer_types (the layouts
     // leave such layers' heads in place).
@@ -53,14 +54,9 @@ void export_hf(CausalLM& model, const Assignment& assignment, const std::string&
       config.layer_window[l] = assignment.full[l][0] ? 0 : assignment.swa.window;
   } else {
     for (int64_t l = 0; l < config.num_layers; ++l) {
-      config.hybrid_full_kv_heads.push_back(layouts[l].full_kv_heads);
-      if (assignment.unit != GateUnit::Head) continue;
-      std::vector<int64_t> full_heads;
-      for (size_t h = 0; h < layouts[l].head_full.size(); ++h)
-        if (layouts[l].head_full[h]) full_heads.push_back(static_cast<int64_t>(h));
-      config.hybrid_full_heads.push_back(full_heads);
+      config.hybrid_kv_windows.push_back(layouts[l].kv_windows);
+      if (assignment.unit == GateUnit::Head) config.hybrid_head_windows.push_back(layouts[l].head_windows);
     }
-    config.hybrid_window = assignment.swa.window;
     config.hybrid_sinks = assignment.swa.sinks;
     std::fill(config.layer_window.begin(), config.layer_window.end(), 0);
   }

@@ -2,6 +2,9 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "consa/core/error.h"
 
 namespace consa {
@@ -24,27 +27,36 @@ void reorder(at::Tensor& t, int64_t dim, const at::Tensor& idx) {
 
 LayerHeadLayout hybrid_layout(const Assignment& a, int64_t layer) {
   const int64_t group = a.num_heads / a.num_kv_heads;
-  auto head_is_full = [&](int64_t h) {
+  auto head_span = [&](int64_t h) {
     switch (a.unit) {
-      case GateUnit::Layer: return static_cast<bool>(a.full[layer][0]);
-      case GateUnit::KvHead: return static_cast<bool>(a.full[layer][h / group]);
-      case GateUnit::Head: return static_cast<bool>(a.full[layer][h]);
+      case GateUnit::Layer: return a.unit_span(layer, 0);
+      case GateUnit::KvHead: return a.unit_span(layer, h / group);
+      case GateUnit::Head: return a.unit_span(layer, h);
     }
-    return true;
+    return AttentionSpan::full();
   };
+  // Full first, then the widest windows; a stable sort keeps equal spans in their own order.
+  auto rank = [](const AttentionSpan& s) { return s.is_full() ? INT64_MAX : s.window; };
   LayerHeadLayout out;
-  for (bool want_full_cache : {true, false})
-    for (int64_t g = 0; g < a.num_kv_heads; ++g)
-      if (a.kv_head_full(layer, g) == want_full_cache) out.kv_order.push_back(g);
-  for (int64_t g = 0; g < a.num_kv_heads; ++g)
-    out.full_kv_heads += a.kv_head_full(layer, g) ? 1 : 0;
-  for (int64_t g : out.kv_order)
-    for (bool want_full : {true, false})
-      for (int64_t h = g * group; h < (g + 1) * group; ++h)
-        if (head_is_full(h) == want_full) {
-          out.q_order.push_back(h);
-          out.head_full.push_back(want_full);
-        }
+  for (int64_t g = 0; g < a.num_kv_heads; ++g) out.kv_order.push_back(g);
+  std::stable_sort(out.kv_order.begin(), out.kv_order.end(), [&](int64_t x, int64_t y) {
+    return rank(a.kv_head_span(layer, x)) > rank(a.kv_head_span(layer, y));
+  });
+  for (int64_t g : out.kv_order) {
+    const AttentionSpan cache = a.kv_head_span(layer, g);
+    out.full_kv_heads += cache.is_full() ? 1 : 0;
+    out.kv_windows.push_back(cache.is_full() ? 0 : cache.window);
+    std::vector<int64_t> heads;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) heads.push_back(h);
+    std::stable_sort(heads.begin(), heads.end(),
+                     [&](int64_t x, int64_t y) { return rank(head_span(x)) > rank(head_span(y)); });
+    for (int64_t h : heads) {
+      const AttentionSpan span = head_span(h);
+      out.q_order.push_back(h);
+      out.head_full.push_back(span.is_full());
+      out.head_windows.push_back(span.is_full() ? 0 : span.window);
+    }
+  }
   return out;
 }
 
@@ -63,11 +75,13 @@ void permute_attention_heads(CausalLM& model, int64_t layer, const LayerHeadLayo
   std::vector<AttentionSpan> spans;
   for (int64_t g : layout.kv_order) spans.push_back(a.group_spans[g]);
   a.group_spans = spans;
-  if (a.fa_weight.defined()) {
+  if (a.fa_weight.defined()) {  // [levels x heads]: each level's heads move
     const at::Tensor order = at::tensor(layout.q_order, at::kLong);
     const at::Tensor& on_host = a.gate_weights_on_host();
-    a.set_gate_weights(a.fa_weight.index_select(0, order.to(a.fa_weight.device())),
-                       on_host.defined() ? on_host.index_select(0, order) : at::Tensor());
+    auto permuted = [&](const at::Tensor& w) {
+      return w.view({-1, a.num_heads}).index_select(1, order.to(w.device())).reshape({-1});
+    };
+    a.set_gate_weights(permuted(a.fa_weight), on_host.defined() ? permuted(on_host) : at::Tensor());
   }
 }
 
@@ -86,8 +100,6 @@ Assignment permuted_assignment(const Assignment& assignment, const std::vector<L
 }
 
 CausalLM hybrid_model_copy(CausalLM& model, const Assignment& assignment, std::vector<LayerHeadLayout>* layouts) {
-  CONSA_CHECK(!assignment.multi_window(), "assignment: units use ", assignment.local_windows().size(),
-              " windows; exports hold one window per model (evaluate a multi-window assignment with consa eval)");
   CausalLM work(model->config(), at::TensorOptions().dtype(model->dtype()).device(model->device()));
   {
     at::NoGradGuard no_grad;

@@ -4,12 +4,14 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "consa/core/atomic_file.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 #include "consa/export/hybrid_layout.h"
 #include "consa/kernels/torch_ops.h"
 #include "consa/model/rope.h"
@@ -23,6 +25,7 @@ namespace {
 
 using torchscript::kCausal;
 using torchscript::kPerHead;
+using torchscript::kWindow;
 using torchscript::layer_source;
 using torchscript::model_source;
 using torchscript::source_resolver;
@@ -31,8 +34,18 @@ void add_parameter(Module& m, const std::string& name, const at::Tensor& t) {
   m.register_parameter(name, t.detach().clone(), /*is_buffer=*/false);
 }
 
+// The distinct windows of the export's ring caches, widest first: the assignment's, or its one
+// SWA window (a ring with no heads where every unit keeps full attention), so that a
+// single-window export keeps one ring per layer.
+std::vector<int64_t> ring_windows(const Assignment& a) {
+  return a.multi_window() ? a.local_windows() : std::vector<int64_t>{a.swa.window};
+}
+
+// A distance no key position reaches: a full head's window in the masks.
+constexpr int64_t kUnbounded = int64_t{1} << 62;
+
 Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const ModelConfig& c,
-                   const AttentionSpan& swa, int64_t index, bool fused) {
+                   const std::vector<int64_t>& windows, int64_t sinks, int64_t index, bool fused) {
   Module m("__torch__.consa.HybridLayer" + std::to_string(index));
   const SelfAttentionImpl& a = *layer.self_attn;
   add_parameter(m, "input_norm", layer.input_layernorm->weight);
@@ -49,22 +62,52 @@ Module build_layer(DecoderLayerImpl& layer, const LayerHeadLayout& layout, const
   add_parameter(m, "gate_up_w", at::cat({layer.mlp->gate_proj->weight, layer.mlp->up_proj->weight}));
   add_parameter(m, "down_w", layer.mlp->down_proj->weight);
 
-  const int64_t full_heads = layout.full_kv_heads * c.group_size();
-  std::vector<uint8_t> head_full(layout.head_full.begin(), layout.head_full.begin() + full_heads);
-  const bool all_full = std::all_of(head_full.begin(), head_full.end(), [](uint8_t f) { return f != 0; });
-  m.register_buffer("head_full", at::tensor(head_full, at::kByte).to(at::kBool).to(layer.input_layernorm->weight.device()));
+  // Per stored query head: its window (kUnbounded when full) and its row in the decode bias
+  // tables (0 causal, i + 1 window i).
+  const int64_t group = c.group_size();
+  std::vector<int64_t> head_window, head_level;
+  for (int64_t w : layout.head_windows) {
+    head_window.push_back(w == 0 ? kUnbounded : w);
+    head_level.push_back(w == 0 ? 0 : std::find(windows.begin(), windows.end(), w) - windows.begin() + 1);
+    CONSA_CHECK(head_level.back() <= static_cast<int64_t>(windows.size()), "torchscript export: layer ", index,
+                " uses window ", w, ", none of the export's ", join_integers(windows));
+  }
+  // A slice's mode: one mask for every head where they share the slice's own span.
+  auto slice_mode = [&](int64_t g0, int64_t g1, int64_t window) {
+    for (int64_t h = g0 * group; h < g1 * group; ++h)
+      if (layout.head_windows[h] != window) return kPerHead;
+    return window == 0 ? kCausal : kWindow;
+  };
+  std::vector<int64_t> ring_g0, ring_g1, ring_mode;
+  for (int64_t w : windows) {
+    const auto begin = std::find(layout.kv_windows.begin(), layout.kv_windows.end(), w);
+    const int64_t g0 = begin == layout.kv_windows.end() ? c.num_kv_heads : begin - layout.kv_windows.begin();
+    const int64_t g1 = g0 + std::count(layout.kv_windows.begin(), layout.kv_windows.end(), w);
+    ring_g0.push_back(g0 == c.num_kv_heads ? 0 : g0);
+    ring_g1.push_back(g0 == c.num_kv_heads ? 0 : g1);
+    ring_mode.push_back(slice_mode(g0, g1, w));
+  }
+  const at::Device device = layer.input_layernorm->weight.device();
+  m.register_buffer("head_window", at::tensor(head_window, at::kLong).to(device));
+  m.register_buffer("head_level", at::tensor(head_level, at::kLong).to(device));
   auto int_attr = [&](const char* name, int64_t v) { m.register_attribute(name, c10::IntType::get(), v); };
+  auto ints_attr = [&](const char* name, const std::vector<int64_t>& v) {
+    m.register_attribute(name, c10::ListType::ofInts(), c10::List<int64_t>(v));
+  };
   int_attr("num_heads", c.num_heads);
   int_attr("num_kv_heads", c.num_kv_heads);
   int_attr("head_dim", c.head_dim);
-  int_attr("group", c.group_size());
-  int_attr("window", swa.window);
-  int_attr("sinks", swa.sinks);
+  int_attr("group", group);
+  int_attr("sinks", sinks);
   int_attr("full_kv_heads", layout.full_kv_heads);
-  int_attr("full_mode", all_full ? kCausal : kPerHead);
+  int_attr("full_mode", slice_mode(0, layout.full_kv_heads, 0));
+  ints_attr("windows", windows);
+  ints_attr("ring_g0", ring_g0);  // per window: its KV groups [g0, g1) (empty when g0 == g1)
+  ints_attr("ring_g1", ring_g1);
+  ints_attr("ring_mode", ring_mode);
   m.register_attribute("eps", c10::FloatType::get(), c.rms_norm_eps);
   m.register_attribute("scale", c10::FloatType::get(), 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-  m.define(layer_source(c, fused), source_resolver(fused));
+  m.define(layer_source(c, fused, windows.size() == 1), source_resolver(fused));
   return m;
 }
 
@@ -79,6 +122,7 @@ nlohmann::json format_info(const ModelConfig& c, const Assignment& a, const Torc
           {"num_kv_heads", c.num_kv_heads},
           {"head_dim", c.head_dim},
           {"window", a.swa.window},
+          {"windows", ring_windows(a)},
           {"sinks", a.swa.sinks},
           {"query_block", options.query_block},
           {"kernels", options.fused_kernels ? "fused" : "aten"},
@@ -103,20 +147,29 @@ Module build_scripted_model(CausalLM& model, const Assignment& assignment, const
   add_parameter(top, "norm", work->model->norm->weight);
   if (!c.tie_word_embeddings) add_parameter(top, "lm_head", work->lm_head->weight);
   top.register_buffer("inv_freq", rope_inv_freq(c.rope, c.head_dim).to(work->device()));
-  std::vector<int64_t> full_kv_heads;
+  const std::vector<int64_t> windows = ring_windows(assignment);
+  std::vector<int64_t> full_kv_heads, ring_kv_heads;  // per layer; per layer and window
   for (int64_t l = 0; l < c.num_layers; ++l) {
     full_kv_heads.push_back(layouts[l].full_kv_heads);
-    top.register_module("layer_" + std::to_string(l),
-                        build_layer(*work->model->layer_list[l], layouts[l], c, assignment.swa, l, options.fused_kernels));
+    for (int64_t w : windows)
+      ring_kv_heads.push_back(std::count(layouts[l].kv_windows.begin(), layouts[l].kv_windows.end(), w));
+    top.register_module("layer_" + std::to_string(l), build_layer(*work->model->layer_list[l], layouts[l], c, windows,
+                                                                  assignment.swa.sinks, l, options.fused_kernels));
   }
+  std::vector<int64_t> reach{kUnbounded};  // the rows of the decode bias tables: causal, then each window
+  reach.insert(reach.end(), windows.begin(), windows.end());
+  top.register_buffer("reach", at::tensor(reach, at::kLong).to(work->device()));
   top.register_attribute("full_kv_heads", c10::ListType::ofInts(), c10::List<int64_t>(full_kv_heads));
+  top.register_attribute("ring_kv_heads", c10::ListType::ofInts(), c10::List<int64_t>(ring_kv_heads));
+  top.register_attribute("windows", c10::ListType::ofInts(), c10::List<int64_t>(windows));
   top.register_attribute("num_kv_heads", c10::IntType::get(), c.num_kv_heads);
   top.register_attribute("head_dim", c10::IntType::get(), c.head_dim);
   top.register_attribute("window", c10::IntType::get(), assignment.swa.window);
   top.register_attribute("sinks", c10::IntType::get(), assignment.swa.sinks);
   top.register_attribute("query_block", c10::IntType::get(), options.query_block);
   top.register_attribute("eps", c10::FloatType::get(), c.rms_norm_eps);
-  top.define(model_source(c, options.fused_kernels), source_resolver(options.fused_kernels));
+  top.define(model_source(c, options.fused_kernels, static_cast<int64_t>(windows.size())),
+             source_resolver(options.fused_kernels));
   return top;
 }
 
@@ -267,10 +320,8 @@ void ScriptedLM::Cache::advance(int64_t tokens) {
 
 int64_t ScriptedLM::Cache::kv_bytes() const {
   int64_t bytes = 0;
-  for (size_t i = 0; i + 2 < tensors.size(); ++i) {
-    const at::Tensor t = tensors.get(i);
-    bytes += t.numel() * static_cast<int64_t>(t.element_size());
-  }
+  for (const at::Tensor& t : tensors)  // keys and values are the 4-D entries
+    if (t.dim() == 4) bytes += t.numel() * static_cast<int64_t>(t.element_size());
   return bytes;
 }
 

@@ -47,7 +47,7 @@ torch::jit::ResolverPtr source_resolver(bool fused) {
 // without Python): 4 = int64.
 // With `fused`, RMSNorm, RoPE, the residual add before the post-attention norm and the decode
 // attention call consa's operators (consa/kernels/torch_ops.h) instead of aten ones.
-std::string layer_source(const ModelConfig& c, bool fused) {
+std::string layer_source(const ModelConfig& c, bool fused, bool single_ring) {
   const std::string qkv_bias = c.qkv_bias ? "self.qkv_b" : "None";
   std::ostringstream s;
   s << rms_source(fused);
@@ -67,9 +67,11 @@ def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 )JIT";
   s << R"JIT(
 
-def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, mode: int) -> Tensor:
+def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, mode: int, window: int,
+            head_window: Tensor) -> Tensor:
     # q [B, n*G, tq, D] (the G query heads of a group adjacent); k, v [B, n, tk, D];
-    # positions [tq] and [tk], -1 for an empty ring slot.
+    # positions [tq] and [tk], -1 for an empty ring slot. mode (AttendMode): 0 causal, 1 the
+    # slice's `window`, 2 each head's own (head_window [n*G], huge for a full head).
     b = q.size(0)
     n = k.size(1)
     g = self.group
@@ -80,16 +82,16 @@ def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
     qp = q_pos.unsqueeze(1)
     kp = k_pos.unsqueeze(0)
     visible = (kp >= 0) & (kp <= qp)
-    if mode != 0:
-        in_window = (kp > qp - self.window) | (kp < self.sinks)
-        if mode == 2:
-            in_window = in_window | self.head_full.view(n, g, 1, 1)
-        visible = visible & in_window
+    if mode == 1:
+        visible = visible & ((kp > qp - window) | (kp < self.sinks))
+    elif mode == 2:
+        visible = visible & ((kp > qp - head_window.view(n, g, 1, 1)) | (kp < self.sinks))
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores.float(), -1).to(q.dtype)
     return torch.matmul(probs.view(b, n, g * tq, tk), v).view(b, n * g, tq, self.head_dim)
 
-def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+)JIT";
+  s << R"JIT(def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     # q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied.
     b = x.size(0)
     t = x.size(1)
@@ -151,9 +153,18 @@ def _attend_one(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
 )JIT";
   s << R"JIT(
 
-def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, full_v: Tensor,
-            ring_k: Tensor, ring_v: Tensor, ring_pos: Tensor, ring_keep: Tensor, ring_slots: Tensor,
-            query_block: int) -> Tensor:
+def _slice_bias(self, table: Tensor, g0: int, g1: int, mode: int, level: int) -> Tensor:
+    # The decode bias of KV groups [g0, g1): row `level` of decode_step's table, or under mode 2
+    # each query head's own row, [n, G, keys].
+    if mode == 2:
+        g = self.group
+        return table.index_select(0, self.head_level[g0 * g:g1 * g]).view(g1 - g0, g, table.size(1))
+    return table[level]
+
+def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, cache: List[Tensor], ring_pos: List[Tensor],
+            ring_keep: List[Tensor], ring_slots: List[Tensor], query_block: int) -> Tensor:
+    # cache: this layer's [full_k, full_v, then ring_k, ring_v per window]; ring_pos, ring_keep
+    # and ring_slots per window (extend's).
     t = x.size(1)
     q, k, v = self._project(x, cos, sin)
     nf = self.full_kv_heads
@@ -162,9 +173,12 @@ def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, 
     outs: List[Tensor] = []
     if nf > 0:
         # Full-cache groups: write the new positions, attend over everything so far.
+        full_k = cache[0]
+        full_v = cache[1]
         full_k[:, :, p0:p0 + t] = k[:, :nf]
         full_v[:, :, p0:p0 + t] = v[:, :nf]
         k_pos = torch.arange(0, full_k.size(2), device=x.device)
+        head_window = self.head_window[:nf * g]
         blocks: List[Tensor] = []
         for t0 in range(0, t, query_block):
             t1 = min(t, t0 + query_block)
@@ -173,18 +187,28 @@ def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, 
             # the extra keys lie after the queries, so the causal mask hides them.
             end = min(full_k.size(2), (p0 + t1 + 7) // 8 * 8)
             blocks.append(self._attend(q[:, :nf * g, t0:t1], full_k[:, :, :end], full_v[:, :, :end],
-                                       q_pos[t0:t1], k_pos[:end], self.full_mode))
+                                       q_pos[t0:t1], k_pos[:end], self.full_mode, 0, head_window))
         outs.append(torch.cat(blocks, 2))
-    if nf < self.num_kv_heads:
-        new_k = k[:, nf:]
-        new_v = v[:, nf:]
+    for i in range(len(self.windows)):
+        g0 = self.ring_g0[i]
+        g1 = self.ring_g1[i]
+        if g1 == g0:
+            continue
+        window = self.windows[i]
+        mode = self.ring_mode[i]
+        ring_k = cache[2 + 2 * i]
+        ring_v = cache[3 + 2 * i]
+        new_k = k[:, g0:g1]
+        new_v = v[:, g0:g1]
+        head_window = self.head_window[g0 * g:g1 * g]
         if t == 1:
             # One token: it takes its ring slot first (extend has recorded its position), then
             # attends over the ring alone. The slot held position p0 - window, which the window
             # no longer sees; sink slots are never reused.
-            ring_k.index_copy_(2, ring_slots, new_k)
-            ring_v.index_copy_(2, ring_slots, new_v)
-            outs.append(self._attend(q[:, nf * g:], ring_k, ring_v, q_pos, ring_pos, 1))
+            ring_k.index_copy_(2, ring_slots[i], new_k)
+            ring_v.index_copy_(2, ring_slots[i], new_v)
+            outs.append(self._attend(q[:, g0 * g:g1 * g], ring_k, ring_v, q_pos, ring_pos[i], mode, window,
+                                     head_window))
         else:
             # The ring (earlier positions) plus the new keys a block can see, then the ring keeps
             # the last positions.
@@ -192,94 +216,106 @@ def forward(self, x: Tensor, cos: Tensor, sin: Tensor, p0: int, full_k: Tensor, 
             blocks = []
             for t0 in range(0, t, query_block):
                 t1 = min(t, t0 + query_block)
-                lo = max(0, t0 - self.window + 1)
+                lo = max(0, t0 - window + 1)
                 s_end = min(new_sinks, lo)
                 keys = torch.cat([ring_k, new_k[:, :, :s_end], new_k[:, :, lo:t1]], 2)
                 values = torch.cat([ring_v, new_v[:, :, :s_end], new_v[:, :, lo:t1]], 2)
-                k_pos = torch.cat([ring_pos, q_pos[:s_end], q_pos[lo:t1]])
-                blocks.append(self._attend(q[:, nf * g:, t0:t1], keys, values, q_pos[t0:t1], k_pos, 1))
+                k_pos = torch.cat([ring_pos[i], q_pos[:s_end], q_pos[lo:t1]])
+                blocks.append(self._attend(q[:, g0 * g:g1 * g, t0:t1], keys, values, q_pos[t0:t1], k_pos, mode,
+                                           window, head_window))
             outs.append(torch.cat(blocks, 2))
-            ring_k.index_copy_(2, ring_slots, new_k.index_select(2, ring_keep))
-            ring_v.index_copy_(2, ring_slots, new_v.index_select(2, ring_keep))
+            ring_k.index_copy_(2, ring_slots[i], new_k.index_select(2, ring_keep[i]))
+            ring_v.index_copy_(2, ring_slots[i], new_v.index_select(2, ring_keep[i]))
     return self._output(x, outs)
 
-def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slot: Tensor, full_k: Tensor,
-           full_v: Tensor, ring_k: Tensor, ring_v: Tensor, full_bias: Tensor, full_window_bias: Tensor,
-           ring_bias: Tensor) -> Tensor:
+def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slots: List[Tensor], cache: List[Tensor],
+           full_table: Tensor, ring_tables: List[Tensor]) -> Tensor:
     # One token at `position` ([1], on the device) in shapes that do not depend on it: the full
-    # groups attend over the whole cache, masked past the position by the biases decode_step
-    # builds once for all layers; the ring as in forward.
+    # groups attend over the whole cache, masked past the position by the bias tables
+    # decode_step builds once for all layers (rows: causal, then one per window); each ring as
+    # in forward, its token already in `slots`.
     nf = self.full_kv_heads
     g = self.group
+    outs: List[Tensor] = []
+    full_bias = self._slice_bias(full_table, 0, nf, self.full_mode, 0)
 )JIT";
-  if (fused)  // one kernel from the projection to q and the cache writes
+  if (fused && single_ring) {  // one kernel from the projection to q and the cache writes; both slices in one launch
     s << "    qkv = torch.linear(self._rms(x, self.input_norm), self.qkv_w, " << qkv_bias << ")\n"
       << "    q = consa.decode_qkv(qkv, " << (c.qk_norm ? "self.q_norm, self.k_norm" : "None, None")
-      << ", self.eps, cos, sin, position, slot, full_k, full_v, ring_k, ring_v)\n";
-  else
-    s << R"JIT(    q, k, v = self._project(x, cos, sin)
-    if nf > 0:
-        full_k.index_copy_(2, position, k[:, :nf])
-        full_v.index_copy_(2, position, v[:, :nf])
-    if nf < self.num_kv_heads:
-        ring_k.index_copy_(2, slot, k[:, nf:])
-        ring_v.index_copy_(2, slot, v[:, nf:])
-)JIT";
-  s << R"JIT(    outs: List[Tensor] = []
-    bias = full_bias
-    if nf > 0 and self.full_mode == 2:
-        bias = torch.where(self.head_full.view(nf, g, 1), full_bias, full_window_bias)
-)JIT";
-  if (fused)  // both slices in one launch
-    s << R"JIT(    if nf > 0 and nf < self.num_kv_heads:
-        outs.append(consa.hybrid_decode_attention(q, full_k, full_v, bias, ring_k, ring_v, ring_bias, self.scale))
+      << ", self.eps, cos, sin, position, slots[0], cache[0], cache[1], cache[2], cache[3])\n";
+    s << R"JIT(    ring_bias = self._slice_bias(ring_tables[0], nf, self.num_kv_heads, self.ring_mode[0], 1)
+    if nf > 0 and nf < self.num_kv_heads:
+        outs.append(consa.hybrid_decode_attention(q, cache[0], cache[1], full_bias, cache[2], cache[3], ring_bias,
+                                                  self.scale))
     elif nf > 0:
-        outs.append(self._attend_one(q, full_k, full_v, bias))
+        outs.append(self._attend_one(q, cache[0], cache[1], full_bias))
     else:
-        outs.append(self._attend_one(q, ring_k, ring_v, ring_bias))
+        outs.append(self._attend_one(q, cache[2], cache[3], ring_bias))
+    return self._output(x, outs)
 )JIT";
-  else
-    s << R"JIT(    if nf > 0:
-        outs.append(self._attend_one(q[:, :nf * g], full_k, full_v, bias))
-    if nf < self.num_kv_heads:
-        outs.append(self._attend_one(q[:, nf * g:], ring_k, ring_v, ring_bias))
-)JIT";
-  s << R"JIT(    return self._output(x, outs)
+    return s.str();
+  }
+  s << R"JIT(    q, k, v = self._project(x, cos, sin)
+    if nf > 0:
+        cache[0].index_copy_(2, position, k[:, :nf])
+        cache[1].index_copy_(2, position, v[:, :nf])
+        outs.append(self._attend_one(q[:, :nf * g], cache[0], cache[1], full_bias))
+    for i in range(len(self.windows)):
+        g0 = self.ring_g0[i]
+        g1 = self.ring_g1[i]
+        if g1 > g0:
+            cache[2 + 2 * i].index_copy_(2, slots[i], k[:, g0:g1])
+            cache[3 + 2 * i].index_copy_(2, slots[i], v[:, g0:g1])
+            bias = self._slice_bias(ring_tables[i], g0, g1, self.ring_mode[i], i + 1)
+            outs.append(self._attend_one(q[:, g0 * g:g1 * g], cache[2 + 2 * i], cache[3 + 2 * i], bias))
+    return self._output(x, outs)
 )JIT";
   return s.str();
 }
 
-// The model: embeddings, the layers (unrolled: one call each), final norm and head.
-std::string model_source(const ModelConfig& c, bool fused) {
+// The model: embeddings, the layers (unrolled: one call each), final norm and head. The cache
+// list holds per layer [full_k, full_v, then ring_k, ring_v per window], then the ring slot
+// positions per window, then [length, capacity].
+std::string model_source(const ModelConfig& c, bool fused, int64_t windows) {
   std::ostringstream s;
-  const int64_t slot_entry = 4 * c.num_layers, length_entry = slot_entry + 1;
+  const int64_t per_layer = 2 + 2 * windows, ring_pos_entry = per_layer * c.num_layers,
+                length_entry = ring_pos_entry + windows;
+  auto layer_cache = [&](int64_t l) {
+    return "cache[" + std::to_string(per_layer * l) + ":" + std::to_string(per_layer * (l + 1)) + "]";
+  };
+  const std::string ring_positions =
+      "cache[" + std::to_string(ring_pos_entry) + ":" + std::to_string(ring_pos_entry + windows) + "]";
   s << rms_source(fused) << R"JIT(
 def init_cache(self, batch: int, capacity: int) -> List[Tensor]:
     dev = self.embed_tokens.device
     dt = self.embed_tokens.dtype
-    ring = min(self.sinks + self.window, capacity)
     cache: List[Tensor] = []
-    for nf in self.full_kv_heads:
+    for l in range(len(self.full_kv_heads)):
+        nf = self.full_kv_heads[l]
         cache.append(torch.zeros([batch, nf, capacity, self.head_dim], dtype=dt, device=dev))
         cache.append(torch.zeros([batch, nf, capacity, self.head_dim], dtype=dt, device=dev))
-        cache.append(torch.zeros([batch, self.num_kv_heads - nf, ring, self.head_dim], dtype=dt, device=dev))
-        cache.append(torch.zeros([batch, self.num_kv_heads - nf, ring, self.head_dim], dtype=dt, device=dev))
-    cache.append(torch.full([ring], -1, dtype=4, device=dev))
+        for i in range(len(self.windows)):
+            ring = min(self.sinks + self.windows[i], capacity)
+            n = self.ring_kv_heads[l * len(self.windows) + i]
+            cache.append(torch.zeros([batch, n, ring, self.head_dim], dtype=dt, device=dev))
+            cache.append(torch.zeros([batch, n, ring, self.head_dim], dtype=dt, device=dev))
+    for w in self.windows:
+        cache.append(torch.full([min(self.sinks + w, capacity)], -1, dtype=4, device=dev))
     # [length, capacity] on the CPU; built from the argument so no call shares a constant.
     cache.append(torch.tensor([0, capacity], dtype=4))
     return cache
 
-def _ring_slot(self, pos: Tensor) -> Tensor:
+def _ring_slot(self, pos: Tensor, window: int) -> Tensor:
     # Sinks in slots [0, S), later positions j in slot S + (j - S) % W.
-    return torch.where(pos < self.sinks, pos, self.sinks + torch.remainder(pos - self.sinks, self.window))
+    return torch.where(pos < self.sinks, pos, self.sinks + torch.remainder(pos - self.sinks, window))
 
-def _ring_slots(self, p0: int, t: int, dev: Device) -> Tuple[Tensor, Tensor]:
-    # New positions the ring keeps (indices into the new tokens) and their slots; only the
-    # last W of the non-sink positions survive.
+def _ring_slots(self, p0: int, t: int, window: int, dev: Device) -> Tuple[Tensor, Tensor]:
+    # New positions a ring keeps (indices into the new tokens) and their slots; only the last W
+    # of the non-sink positions survive.
     sink_end = min(t, max(0, self.sinks - p0))
-    start = max(sink_end, t - self.window)
+    start = max(sink_end, t - window)
     keep = torch.cat([torch.arange(0, sink_end, device=dev), torch.arange(start, t, device=dev)])
-    return keep, self._ring_slot(keep + p0)
+    return keep, self._ring_slot(keep + p0, window)
 
 def _rope_tables(self, positions: Tensor, dtype: int) -> Tuple[Tensor, Tensor]:
     freqs = torch.outer(positions.float(), self.inv_freq)
@@ -295,29 +331,36 @@ def extend(self, input_ids: Tensor, cache: List[Tensor], last_only: bool) -> Ten
     dev = self.embed_tokens.device
     x = torch.embedding(self.embed_tokens, input_ids.to(dev))
     cos, sin = self._rope_tables(torch.arange(p0, p0 + t, device=dev), x.dtype)
-    keep, slots = self._ring_slots(p0, t, dev)
-    ring_pos = cache[)JIT" << slot_entry << R"JIT(]
-    if t == 1:  # a single token takes its ring slot before attending (see the layers)
-        ring_pos.index_copy_(0, slots, keep + p0)
+    keeps: List[Tensor] = []
+    slots: List[Tensor] = []
+    for w in self.windows:
+        keep, slot = self._ring_slots(p0, t, w, dev)
+        keeps.append(keep)
+        slots.append(slot)
+    ring_pos = )JIT" << ring_positions << R"JIT(
+    if t == 1:  # a single token takes its ring slots before attending (see the layers)
+        for i in range(len(self.windows)):
+            ring_pos[i].index_copy_(0, slots[i], keeps[i] + p0)
 )JIT";
   for (int64_t l = 0; l < c.num_layers; ++l)
-    s << "    x = self.layer_" << l << ".forward(x, cos, sin, p0, cache[" << 4 * l << "], cache[" << 4 * l + 1
-      << "], cache[" << 4 * l + 2 << "], cache[" << 4 * l + 3 << "], ring_pos, keep, slots, self.query_block)\n";
+    s << "    x = self.layer_" << l << ".forward(x, cos, sin, p0, " << layer_cache(l)
+      << ", ring_pos, keeps, slots, self.query_block)\n";
   s << R"JIT(    if t != 1:
-        ring_pos.index_copy_(0, slots, keep + p0)
+        for i in range(len(self.windows)):
+            ring_pos[i].index_copy_(0, slots[i], keeps[i] + p0)
     state[0] += t
     if last_only:
         x = x[:, t - 1:]
     return torch.linear(self._rms(x, self.norm), )JIT" << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head")
     << R"JIT(, None)
 
-def _bias(self, position: Tensor, k_pos: Tensor, windowed: bool) -> Tensor:
-    # fp32 (dtype 6) 0 where the query at `position` sees key position k_pos (-1: an empty ring
-    # slot), -inf elsewhere; `windowed` adds the window and its sinks.
-    visible = (k_pos >= 0) & (k_pos <= position)
-    if windowed:
-        visible = visible & ((k_pos > position - self.window) | (k_pos < self.sinks))
-    return torch.zeros([k_pos.size(0)], dtype=6, device=k_pos.device).masked_fill(~visible, float("-inf"))
+def _bias_table(self, position: Tensor, k_pos: Tensor) -> Tensor:
+    # fp32 (dtype 6) [1 + windows, keys]: 0 where the query at `position` sees key position k_pos
+    # (-1: an empty ring slot), -inf elsewhere; row 0 causal, row i + 1 window i with its sinks
+    # (self.reach holds a distance no key reaches in row 0).
+    kp = k_pos.unsqueeze(0)
+    visible = (kp >= 0) & (kp <= position) & ((kp > position - self.reach.unsqueeze(1)) | (kp < self.sinks))
+    return torch.zeros(visible.size(), dtype=6, device=k_pos.device).masked_fill(~visible, float("-inf"))
 
 def decode_step(self, input_ids: Tensor, cache: List[Tensor], position: Tensor) -> Tensor:
     # One token per sequence (input_ids [B, 1] on the model's device) at cache position
@@ -326,18 +369,19 @@ def decode_step(self, input_ids: Tensor, cache: List[Tensor], position: Tensor) 
     # at every step. The caller advances the cache's length.
     x = torch.embedding(self.embed_tokens, input_ids)
     cos, sin = self._rope_tables(position, x.dtype)
-    slot = self._ring_slot(position)
-    ring_pos = cache[)JIT" << slot_entry << R"JIT(]
-    ring_pos.index_copy_(0, slot, position)
-    k_pos = torch.arange(0, cache[0].size(2), device=x.device)
-    full_bias = self._bias(position, k_pos, False)
-    full_window_bias = self._bias(position, k_pos, True)
-    ring_bias = self._bias(position, ring_pos, True)
+    ring_pos = )JIT" << ring_positions << R"JIT(
+    slots: List[Tensor] = []
+    ring_tables: List[Tensor] = []
+    for i in range(len(self.windows)):
+        slot = self._ring_slot(position, self.windows[i])
+        ring_pos[i].index_copy_(0, slot, position)
+        slots.append(slot)
+        ring_tables.append(self._bias_table(position, ring_pos[i]))
+    full_table = self._bias_table(position, torch.arange(0, cache[0].size(2), device=x.device))
 )JIT";
   for (int64_t l = 0; l < c.num_layers; ++l)
-    s << "    x = self.layer_" << l << ".decode(x, cos, sin, position, slot, cache[" << 4 * l << "], cache["
-      << 4 * l + 1 << "], cache[" << 4 * l + 2 << "], cache[" << 4 * l + 3
-      << "], full_bias, full_window_bias, ring_bias)\n";
+    s << "    x = self.layer_" << l << ".decode(x, cos, sin, position, slots, " << layer_cache(l)
+      << ", full_table, ring_tables)\n";
   s << R"JIT(    return torch.linear(self._rms(x, self.norm), )JIT"
     << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head") << R"JIT(, None)
 

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "consa/core/dtype.h"
 #include "consa/core/enum_names.h"
 #include "consa/core/error.h"
 
@@ -185,7 +186,6 @@ at::Tensor gated_mix(const at::Tensor& full, const at::Tensor& swa, const at::Te
 }
 
 namespace {
-at::ScalarType reduced(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 #if CONSA_WITH_CUDA_KERNELS
 bool cross_entropy_kernel_takes(const at::Tensor& logits, const at::Tensor& targets) {
@@ -200,7 +200,7 @@ std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, c
 #if CONSA_WITH_CUDA_KERNELS
   if (fused && cross_entropy_kernel_takes(logits, targets)) return detail::cross_entropy_forward_cuda(logits, targets);
 #endif
-  const at::Tensor x = logits.to(reduced(logits));
+  const at::Tensor x = logits.to(accumulation_dtype(logits.scalar_type()));
   return {at::logsumexp(x, -1), x.gather(1, targets.unsqueeze(1)).squeeze(1)};
 }
 
@@ -216,12 +216,25 @@ at::Tensor cross_entropy_logits_grad(at::Tensor logits, const at::Tensor& target
     return logits;
   }
 #endif
-  at::Tensor p = logits.to(reduced(logits));
+  at::Tensor p = logits.to(accumulation_dtype(logits.scalar_type()));
   p.sub_(lse.unsqueeze(1)).exp_();
   p.scatter_add_(1, targets.unsqueeze(1), -at::ones({p.size(0), 1}, p.options()));
   p.mul_(coef.unsqueeze(1));
   return p.to(logits.scalar_type());
 }
+
+namespace {
+
+// The portable export's decode attention op for op: scale, bias and the fp32 cast in one add.
+at::Tensor portable_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& bias, double scale) {
+  const int64_t b = q.size(0), n = k.size(1), group = q.size(1) / n, dim = q.size(3);
+  const at::Tensor scores = at::matmul(q.reshape({b, n, group, dim}), k.transpose(2, 3));
+  const at::Tensor probs = at::softmax(at::add(bias, scores, scale), -1).to(q.scalar_type());
+  return at::matmul(probs, v).view({b, n * group, 1, dim});
+}
+
+}  // namespace
 
 bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& bias, const at::Tensor& k2, const at::Tensor& v2,
@@ -235,14 +248,7 @@ bool decode_attention_kernel_takes(const at::Tensor& q, const at::Tensor& k, con
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                             double scale, bool fused) {
-#if CONSA_WITH_CUDA_KERNELS
-  if (fused && detail::decode_attention_cuda_takes(q, k, v, bias)) return detail::decode_attention_cuda(q, k, v, bias, scale);
-#endif
-  // The portable export's decode attention op for op: scale, bias and the fp32 cast in one add.
-  const int64_t b = q.size(0), n = k.size(1), group = q.size(1) / n, dim = q.size(3);
-  const at::Tensor scores = at::matmul(q.reshape({b, n, group, dim}), k.transpose(2, 3));
-  const at::Tensor probs = at::softmax(at::add(bias, scores, scale), -1).to(q.scalar_type());
-  return at::matmul(probs, v).view({b, n * group, 1, dim});
+  return hybrid_decode_attention(q, k, v, bias, at::Tensor(), at::Tensor(), at::Tensor(), scale, fused);
 }
 
 bool decode_qkv_kernel_takes(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm,
@@ -263,9 +269,10 @@ at::Tensor hybrid_decode_attention(const at::Tensor& q, const at::Tensor& k, con
   if (fused && detail::decode_attention_cuda_takes(q, k, v, bias, k2, v2, bias2))
     return detail::decode_attention_cuda(q, k, v, bias, scale, k2, v2, bias2);
 #endif
+  if (!k2.defined()) return portable_decode_attention(q, k, v, bias, scale);
   const int64_t first = k.size(1) * (q.size(1) / (k.size(1) + k2.size(1)));  // the full slice's query heads
-  return at::cat({decode_attention(q.narrow(1, 0, first), k, v, bias, scale, false),
-                  decode_attention(q.narrow(1, first, q.size(1) - first), k2, v2, bias2, scale, false)},
+  return at::cat({portable_decode_attention(q.narrow(1, 0, first), k, v, bias, scale),
+                  portable_decode_attention(q.narrow(1, first, q.size(1) - first), k2, v2, bias2, scale)},
                  1);
 }
 

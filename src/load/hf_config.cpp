@@ -6,6 +6,7 @@
 
 #include "consa/core/atomic_file.h"
 #include "consa/core/error.h"
+#include "consa/core/strings.h"
 
 namespace consa {
 namespace fs = std::filesystem;
@@ -215,10 +216,26 @@ const char* model_type_name(Architecture arch) {
 }
 
 AttentionSpan ModelConfig::declared_span(int64_t layer, int64_t kv_head) const {
-  if (!hybrid_full_kv_heads.empty())
-    return kv_head < hybrid_full_kv_heads.at(layer) ? AttentionSpan::full()
-                                                    : AttentionSpan::sliding(hybrid_window, hybrid_sinks);
+  if (is_hybrid_export()) {
+    const int64_t w = hybrid_kv_windows.at(layer).at(kv_head);
+    return w == 0 ? AttentionSpan::full() : AttentionSpan::sliding(w, hybrid_sinks);
+  }
   return layer_is_sliding(layer) ? AttentionSpan::sliding(layer_window.at(layer)) : AttentionSpan::full();
+}
+
+int64_t ModelConfig::hybrid_full_kv_heads(int64_t layer) const {
+  const auto& w = hybrid_kv_windows.at(layer);
+  return std::count(w.begin(), w.end(), int64_t{0});
+}
+
+std::vector<int64_t> ModelConfig::hybrid_windows() const {
+  std::vector<int64_t> out;
+  for (const auto* lists : {&hybrid_kv_windows, &hybrid_head_windows})
+    for (const auto& layer : *lists)
+      for (int64_t w : layer)
+        if (w > 0 && std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
+  std::sort(out.rbegin(), out.rend());
+  return out;
 }
 
 void ModelConfig::validate(const std::string& source) const {
@@ -228,20 +245,40 @@ void ModelConfig::validate(const std::string& source) const {
   CONSA_CHECK(static_cast<int64_t>(layer_window.size()) == num_layers, source,
               ": one attention window per layer expected");
   CONSA_CHECK(rms_norm_eps > 0, source, ": rms_norm_eps must be > 0");
-  if (!hybrid_full_kv_heads.empty()) {
-    CONSA_CHECK(static_cast<int64_t>(hybrid_full_kv_heads.size()) == num_layers && hybrid_window > 0, source,
-                ": consa.full_attention_kv_heads needs one count per layer and consa.window > 0");
-    for (int64_t n : hybrid_full_kv_heads)
-      CONSA_CHECK(n >= 0 && n <= num_kv_heads, source, ": consa.full_attention_kv_heads entries must be in [0, ",
-                  num_kv_heads, "], got ", n);
+  if (!is_hybrid_export()) {
+    CONSA_CHECK(hybrid_head_windows.empty(), source, ": consa.head_windows needs the KV groups' windows");
+    return;
   }
-  if (!hybrid_full_heads.empty()) {
-    CONSA_CHECK(static_cast<int64_t>(hybrid_full_heads.size()) == num_layers && !hybrid_full_kv_heads.empty(), source,
-                ": consa.full_attention_heads needs one list per layer, with full_attention_kv_heads");
-    for (int64_t l = 0; l < num_layers; ++l)
-      for (int64_t h : hybrid_full_heads[l])
-        CONSA_CHECK(h >= 0 && h < hybrid_full_kv_heads[l] * group_size(), source, ": consa.full_attention_heads[", l,
-                    "] holds ", h, "; full-attention heads must lie in the layer's first full_attention_kv_heads groups");
+  CONSA_CHECK(static_cast<int64_t>(hybrid_kv_windows.size()) == num_layers && hybrid_sinks >= 0, source,
+              ": consa's layout needs one list of KV-group windows per layer and sinks >= 0");
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const auto& kv = hybrid_kv_windows[l];
+    CONSA_CHECK(static_cast<int64_t>(kv.size()) == num_kv_heads, source, ": consa.kv_head_windows[", l, "] has ",
+                kv.size(), " entries, expected one per KV head (", num_kv_heads, ")");
+    for (size_t g = 0; g < kv.size(); ++g)
+      CONSA_CHECK(kv[g] >= 0 && (g == 0 || kv[g - 1] == 0 || (kv[g] > 0 && kv[g] <= kv[g - 1])), source,
+                  ": consa.kv_head_windows[", l, "] must list the full-cache groups (0) first, then windows "
+                  "widest first, got ", join_integers(kv));
+    if (hybrid_head_windows.empty()) continue;
+    CONSA_CHECK(static_cast<int64_t>(hybrid_head_windows.size()) == num_layers &&
+                    static_cast<int64_t>(hybrid_head_windows[l].size()) == num_heads,
+                source, ": consa's head layout needs one window per query head (", num_heads, ") in every layer");
+    for (int64_t g = 0; g < num_kv_heads; ++g) {
+      // A group keeps a full cache iff one of its heads has full attention; a sliding group's
+      // cache is its widest head's window.
+      int64_t widest = -1;
+      bool any_full = false;
+      for (int64_t h = g * group_size(); h < (g + 1) * group_size(); ++h) {
+        const int64_t w = hybrid_head_windows[l][h];
+        CONSA_CHECK(w >= 0, source, ": consa.head_windows[", l, "] holds ", w, "; expected 0 (full) or a window");
+        any_full = any_full || w == 0;
+        widest = std::max(widest, w);
+      }
+      CONSA_CHECK(any_full ? kv[g] == 0 : kv[g] == widest, source, ": consa layout of layer ", l, ": KV group ", g,
+                  any_full ? " has a full-attention query head, so it needs a full cache (window 0)"
+                           : " needs the window of its widest query head (" + std::to_string(widest) + ")",
+                  ", got ", kv[g]);
+    }
   }
 }
 
@@ -304,17 +341,74 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
       }
       return out;
     };
-    c.hybrid_full_kv_heads = int_list(h.at("full_attention_kv_heads"), "full_attention_kv_heads");
-    if (granularity == "head") {
-      const json& heads = h.at("full_attention_heads");
-      CONSA_CHECK(heads.is_array(), source, ": consa.full_attention_heads must list, per layer, the full-attention query heads");
-      for (const auto& layer : heads) c.hybrid_full_heads.push_back(int_list(layer, "full_attention_heads[layer]"));
-    }
-    c.hybrid_window = h.positive_int("window");
+    auto int_lists = [&](const char* key, const char* what) {
+      const json& lists = h.at(key);
+      CONSA_CHECK(lists.is_array(), source, ": consa.", key, " must list, per layer, ", what);
+      std::vector<std::vector<int64_t>> out;
+      for (const auto& layer : lists) out.push_back(int_list(layer, std::string(key) + "[layer]"));
+      CONSA_CHECK(static_cast<int64_t>(out.size()) == c.num_layers, source, ": consa.", key, " has ", out.size(),
+                  " lists, expected one per layer (", c.num_layers, ")");
+      return out;
+    };
     const json& sinks = h.at("sinks");
     CONSA_CHECK(sinks.is_null() || (sinks.is_number_integer() && sinks.get<int64_t>() >= 0), source,
                 ": consa.sinks must be a non-negative integer, got ", sinks.dump());
     c.hybrid_sinks = sinks.is_null() ? 0 : sinks.get<int64_t>();
+    const std::vector<int64_t> full_kv = int_list(h.at("full_attention_kv_heads"), "full_attention_kv_heads");
+    CONSA_CHECK(static_cast<int64_t>(full_kv.size()) == c.num_layers, source,
+                ": consa.full_attention_kv_heads needs one count per layer (", c.num_layers, ")");
+    std::vector<std::vector<int64_t>> full_heads;
+    if (granularity == "head") full_heads = int_lists("full_attention_heads", "the full-attention query heads");
+    const int64_t window = h.positive_int("window");
+    const bool several = h.has("windows") || h.has("kv_head_windows") || h.has("head_windows");
+    std::vector<int64_t> listed_windows;
+    if (several) {
+      // Several windows: each group's and (head granularity) each query head's own.
+      CONSA_CHECK(h.has("windows") && h.has("kv_head_windows") && (granularity == "head") == h.has("head_windows"),
+                  source, ": a consa layout of several windows needs windows and kv_head_windows, and head_windows "
+                  "under granularity head only");
+      listed_windows = int_list(h.at("windows"), "windows");
+      c.hybrid_kv_windows = int_lists("kv_head_windows", "each stored KV group's window (0: full cache)");
+      if (granularity == "head") c.hybrid_head_windows = int_lists("head_windows", "each query head's window (0: full attention)");
+    } else {
+      // One window: the first full_attention_kv_heads[l] groups keep a full cache, and in those
+      // the query heads not listed in full_attention_heads attend over the window.
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        CONSA_CHECK(full_kv[l] >= 0 && full_kv[l] <= c.num_kv_heads, source,
+                    ": consa.full_attention_kv_heads entries must be in [0, ", c.num_kv_heads, "], got ", full_kv[l]);
+        std::vector<int64_t> kv(c.num_kv_heads, window);
+        std::fill(kv.begin(), kv.begin() + full_kv[l], 0);
+        c.hybrid_kv_windows.push_back(kv);
+        if (granularity != "head") continue;
+        std::vector<int64_t> heads(c.num_heads, window);
+        for (int64_t q : full_heads[l]) {
+          CONSA_CHECK(q >= 0 && q < full_kv[l] * (c.num_heads / c.num_kv_heads), source,
+                      ": consa.full_attention_heads[", l, "] holds ", q,
+                      "; full-attention heads must lie in the layer's first full_attention_kv_heads groups");
+          heads[q] = 0;
+        }
+        c.hybrid_head_windows.push_back(heads);
+      }
+    }
+    c.validate(source);
+    // The summary keys beside the per-group lists must say the same.
+    const std::vector<int64_t> windows = c.hybrid_windows();
+    CONSA_CHECK(windows.empty() || windows.front() == window, source, ": consa.window is ", window,
+                ", but the widest window in use is ", windows.front());
+    CONSA_CHECK(!several || (listed_windows == windows && windows.size() > 1), source, ": consa.windows is [",
+                join_integers(listed_windows), "], but kv_head_windows and head_windows use [", join_integers(windows),
+                "] (a layout of several windows lists at least two, widest first)");
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      CONSA_CHECK(full_kv[l] == c.hybrid_full_kv_heads(l), source, ": consa.full_attention_kv_heads[", l, "] is ",
+                  full_kv[l], ", but kv_head_windows lists ", c.hybrid_full_kv_heads(l), " full-cache groups");
+      if (granularity != "head") continue;
+      std::vector<int64_t> listed = full_heads[l], actual;
+      std::sort(listed.begin(), listed.end());
+      for (int64_t q = 0; q < c.num_heads; ++q)
+        if (c.hybrid_head_windows[l][q] == 0) actual.push_back(q);
+      CONSA_CHECK(listed == actual, source, ": consa.full_attention_heads[", l, "] lists ", join_integers(listed),
+                  ", but head_windows gives full attention to ", join_integers(actual));
+    }
   }
   c.validate(source);
   return c;
@@ -334,7 +428,7 @@ ModelConfig read_hf_config(const std::string& path) {
 }
 
 HfClass hf_class(const ModelConfig& c) {
-  if (!c.hybrid_full_kv_heads.empty()) return {kHybridArchitecture, kHybridModelType};
+  if (c.is_hybrid_export()) return {kHybridArchitecture, kHybridModelType};
   const int64_t sliding = std::count_if(c.layer_window.begin(), c.layer_window.end(), [](int64_t w) { return w > 0; });
   const bool llama_like = c.arch == Architecture::Llama || c.arch == Architecture::Mistral;
   if (sliding == 0 || !llama_like) return {architecture_name(c.arch), model_type_name(c.arch)};
@@ -384,12 +478,32 @@ json to_hf_config(const ModelConfig& c) {
     // The code consa writes beside config.json (src/export/hf_remote/).
     j["auto_map"] = {{"AutoConfig", "configuration_consa.ConsaHybridConfig"},
                      {"AutoModelForCausalLM", "modeling_consa.ConsaHybridForCausalLM"}};
-    if (!c.hybrid_full_kv_heads.empty()) {
-      j["consa"]["granularity"] = c.hybrid_full_heads.empty() ? "kv_head" : "head";
-      j["consa"]["window"] = c.hybrid_window;
-      j["consa"]["sinks"] = c.hybrid_sinks;
-      j["consa"]["full_attention_kv_heads"] = c.hybrid_full_kv_heads;
-      if (!c.hybrid_full_heads.empty()) j["consa"]["full_attention_heads"] = c.hybrid_full_heads;
+    if (c.is_hybrid_export()) {
+      const bool heads = !c.hybrid_head_windows.empty();
+      const std::vector<int64_t> windows = c.hybrid_windows();
+      json& h = j["consa"];
+      h["granularity"] = heads ? "head" : "kv_head";
+      h["window"] = windows.empty() ? 1 : windows.front();  // no sliding unit: any window
+      h["sinks"] = c.hybrid_sinks;
+      std::vector<int64_t> full_kv;
+      for (int64_t l = 0; l < c.num_layers; ++l) full_kv.push_back(c.hybrid_full_kv_heads(l));
+      h["full_attention_kv_heads"] = full_kv;
+      if (heads) {
+        json full_heads = json::array();
+        for (const auto& layer : c.hybrid_head_windows) {
+          std::vector<int64_t> full;
+          for (size_t q = 0; q < layer.size(); ++q)
+            if (layer[q] == 0) full.push_back(static_cast<int64_t>(q));
+          full_heads.push_back(full);
+        }
+        h["full_attention_heads"] = full_heads;
+      }
+      // One window is said by the keys above; several need each group's and head's own.
+      if (windows.size() > 1) {
+        h["windows"] = windows;
+        h["kv_head_windows"] = c.hybrid_kv_windows;
+        if (heads) h["head_windows"] = c.hybrid_head_windows;
+      }
     }
   }
   int64_t window = 0;

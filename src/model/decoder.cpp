@@ -24,10 +24,12 @@ SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& c, int64_t layer,
       group_spans(c.num_kv_heads),
       backend(make_attention_backend(AttentionImpl::Auto)) {
   for (int64_t g = 0; g < c.num_kv_heads; ++g) group_spans[g] = c.declared_span(layer, g);
-  if (!c.hybrid_full_heads.empty()) {  // query-head hybrid: a 0/1 mix per head
-    fa_weight = at::zeros({c.num_heads}, at::kFloat);
-    for (int64_t h : c.hybrid_full_heads.at(layer)) fa_weight[h] = 1.0f;
-    swa_span = AttentionSpan::sliding(c.hybrid_window, c.hybrid_sinks);
+  if (!c.hybrid_head_windows.empty()) {  // query-head hybrid: a 0/1 mix per head
+    std::vector<AttentionSpan> heads, local;
+    for (int64_t w : c.hybrid_head_windows.at(layer))
+      heads.push_back(w == 0 ? AttentionSpan::full() : AttentionSpan::sliding(w, c.hybrid_sinks));
+    for (int64_t w : c.hybrid_windows()) local.push_back(AttentionSpan::sliding(w, c.hybrid_sinks));
+    set_head_spans(heads, local, at::kCPU);
   }
   q_proj = register_module("q_proj", Linear(c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias, options));
   k_proj = register_module("k_proj", Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, options));
@@ -155,6 +157,28 @@ void SelfAttentionImpl::set_gate_weights(at::Tensor weights, at::Tensor on_host)
   fa_weight = std::move(weights);
   const bool on_device = fa_weight.defined() && !fa_weight.device().is_cpu();
   fa_weight_on_host = on_device && on_host.defined() ? on_host.detach() : at::Tensor();
+}
+
+void SelfAttentionImpl::set_head_spans(const std::vector<AttentionSpan>& head_spans,
+                                       const std::vector<AttentionSpan>& local_spans, const at::Device& device) {
+  CONSA_CHECK(static_cast<int64_t>(head_spans.size()) == num_heads && !local_spans.empty(), "head spans: ", num_heads,
+              " spans and at least one local span expected, got ", head_spans.size(), " and ", local_spans.size());
+  // Level 0 opens full attention, level k local span k - 1; a head with every level closed
+  // takes the narrowest.
+  const int64_t levels = static_cast<int64_t>(local_spans.size());
+  std::vector<float> w(levels * num_heads, 0.0f);
+  for (int64_t h = 0; h < num_heads; ++h) {
+    const AttentionSpan& span = head_spans[h];
+    int64_t k = 0;
+    if (!span.is_full()) {
+      k = std::find(local_spans.begin(), local_spans.end(), span) - local_spans.begin() + 1;
+      CONSA_CHECK(k <= levels, "head spans: head ", h, "'s ", span.describe(), " is none of the local spans");
+    }
+    if (k < levels) w[k * num_heads + h] = 1.0f;
+  }
+  const at::Tensor on_host = at::tensor(w);
+  set_local_spans(local_spans);
+  set_gate_weights(device.is_cpu() ? on_host : to_device_async(on_host, device), on_host);
 }
 
 at::Tensor SelfAttentionImpl::output(const at::Tensor& heads) const {

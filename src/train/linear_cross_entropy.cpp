@@ -2,6 +2,7 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "consa/core/dtype.h"
 #include "consa/core/device.h"
 #include "consa/core/error.h"
 #include "consa/kernels/fused_ops.h"
@@ -10,17 +11,15 @@ namespace consa {
 
 namespace {
 
-// Logits are reduced in fp32, or in fp64 for fp64 inputs.
-at::ScalarType reduced(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
+// Logits are reduced in fp32, or in fp64 for fp64 inputs (accumulation_dtype).
 // h [N, H] and targets [N] are the scored positions' hidden states and next tokens; scale [N] is
 // mask / count, so the loss is sum(scale * nll).
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& weight,
                             const at::Tensor& targets, const at::Tensor& scale, int64_t rows, bool fused) {
     const int64_t n = h.size(0);
-    at::Tensor lse = at::empty({n}, h.options().dtype(reduced(h)));
-    at::Tensor loss = at::zeros({}, h.options().dtype(reduced(h)));
+    at::Tensor lse = at::empty({n}, h.options().dtype(accumulation_dtype(h.scalar_type())));
+    at::Tensor loss = at::zeros({}, h.options().dtype(accumulation_dtype(h.scalar_type())));
     for (int64_t r = 0; r < n; r += rows) {
       const int64_t k = std::min(rows, n - r);
       const at::Tensor logits = at::matmul(h.narrow(0, r, k), weight.t());
@@ -42,10 +41,10 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     const at::Tensor &h = saved[0], &weight = saved[1], &targets = saved[2], &scale = saved[3], &lse = saved[4];
     const int64_t rows = ctx->saved_data["rows"].toInt(), n = h.size(0);
     const bool weight_grad = ctx->saved_data["weight_grad"].toBool(), fused = ctx->saved_data["fused"].toBool();
-    const at::Tensor g = grad_output[0].to(reduced(h));
+    const at::Tensor g = grad_output[0].to(accumulation_dtype(h.scalar_type()));
     at::Tensor grad_h = at::empty_like(h);
     // Accumulated over chunks in fp32 (a bf16 sum of many chunks would lose their small terms).
-    at::Tensor grad_w = weight_grad ? at::zeros(weight.sizes(), weight.options().dtype(reduced(h))) : at::Tensor();
+    at::Tensor grad_w = weight_grad ? at::zeros(weight.sizes(), weight.options().dtype(accumulation_dtype(h.scalar_type()))) : at::Tensor();
     for (int64_t r = 0; r < n; r += rows) {
       const int64_t k = std::min(rows, n - r);
       const at::Tensor hc = h.narrow(0, r, k);
@@ -54,7 +53,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
                                              scale.narrow(0, r, k) * g, fused)
               .to(h.scalar_type());
       grad_h.narrow(0, r, k).copy_(at::matmul(d_logits, weight));
-      if (weight_grad) grad_w.add_(at::matmul(d_logits.t(), hc).to(reduced(h)));
+      if (weight_grad) grad_w.add_(at::matmul(d_logits.t(), hc).to(accumulation_dtype(h.scalar_type())));
     }
     return {grad_h, weight_grad ? grad_w.to(weight.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
@@ -74,7 +73,7 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
   const int64_t b = hidden.size(0), len = hidden.size(1);
   at::Tensor h = hidden.narrow(1, 0, len - 1).reshape({b * (len - 1), hidden.size(2)});
   at::Tensor targets = tokens.narrow(1, 1, len - 1).reshape({-1});
-  at::Tensor m = mask.to(reduced(h)).reshape({-1});
+  at::Tensor m = mask.to(accumulation_dtype(h.scalar_type())).reshape({-1});
   if (m.device().is_cpu()) {
     // A mask on the host says which positions count without reading the device: only those are
     // projected (retrieval data scores a few answer tokens of thousands).
@@ -89,7 +88,7 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
   targets = to_device_async(targets, hidden.device());
   m = to_device_async(m, hidden.device());
   if (chunk_bytes <= 0) {  // whole logits of the scored positions, through autograd
-    const at::Tensor log_probs = at::log_softmax(at::matmul(h, weight.t()), -1, reduced(h));
+    const at::Tensor log_probs = at::log_softmax(at::matmul(h, weight.t()), -1, accumulation_dtype(h.scalar_type()));
     return -(log_probs.gather(1, targets.unsqueeze(1)).squeeze(1) * m).sum();
   }
   const int64_t rows = std::max<int64_t>(1, chunk_bytes / (4 * weight.size(0)));

@@ -120,8 +120,10 @@ case_03_assignment_for_other_weights() {
 case_03_export_multi_window_assignment() {
   # One unit of base/uniform.json moved from window 4 to window 2: two windows in one model.
   sed '0,/^        4$/s//        2/' base/uniform.json > "$(D)/a.json"
-  expect fail "a.json: units use several windows \(4, 2\); --format hf holds one window per model" \
+  expect ok '' --creates "$(D)/out/config.json" \
     -- "$C" export base/model --assignment "$(D)/a.json" --format hf --out "$(D)/out"
+  expect ok '' --creates "$(D)/out.ts" \
+    -- "$C" export base/model --assignment "$(D)/a.json" --format torchscript --out "$(D)/out.ts"
 }
 case_03_inspect_assignment_truncated() {
   head -c 200 base/uniform.json > "$(D)/a.json"
@@ -496,8 +498,38 @@ case_15_eval_depth_outside_unit_interval() {
 case_15_assign_recipe_with_several_windows() {
   sed -e 's/constraint: {target: 0.5}/constraint: {kv_budget: {bytes: 3000, context: 64}}/' \
     -e 's/window: 4}/windows: [2, 4]}/' base/recipe.yaml > "$(D)/r.yaml"
-  expect fail "r.yaml: gates.windows lists 4, 2; a baseline takes one window, so pass --window W" \
-    -- "$C" assign uniform base/model --recipe "$(D)/r.yaml" --out "$(D)/a.json"
+  expect ok '' --creates "$(D)/a.json" -- "$C" assign uniform base/model --recipe "$(D)/r.yaml" --out "$(D)/a.json"
+  expect fail "consa assign: attention-span scores one window; with several windows \(the recipe's gates.windows\) use uniform or random, or pass --window W" \
+    -- "$C" assign attention-span base/model --recipe "$(D)/r.yaml" --out "$(D)/b.json"
+}
+case_15_assign_windows_flags() {
+  expect fail "consa assign: several windows need --kv-budget BYTES --kv-context N" \
+    -- "$C" assign random base/model --windows 4,2 --out "$(D)/a.json"
+  expect fail "--windows: expected at least two windows" \
+    -- "$C" assign random base/model --windows 4 --kv-budget 3000 --kv-context 64 --out "$(D)/a.json"
+  expect fail "--windows: 'x' is not a window" \
+    -- "$C" assign random base/model --windows 4,x --kv-budget 3000 --kv-context 64 --out "$(D)/a.json"
+  expect fail "consa assign: --kv-budget needs --kv-context" \
+    -- "$C" assign random base/model --windows 4,2 --kv-budget 3000 --out "$(D)/a.json"
+  expect fail "consa assign: give --window W or --windows W1,W2, not both" \
+    -- "$C" assign random base/model --window 4 --windows 4,2 --kv-budget 3000 --kv-context 64 --out "$(D)/a.json"
+}
+case_15_sweep_kv_budgets_flags() {
+  expect fail "consa sweep: give --targets or --kv-budgets, not both" \
+    -- "$C" sweep base/recipe.yaml --targets 0.5 --kv-budgets 4KiB --out "$(D)/s"
+  expect fail "sweep --kv-budgets needs constraint.kv_budget in the recipe" \
+    -- "$C" sweep base/recipe.yaml --kv-budgets 4KiB --methods uniform --out "$(D)/s"
+  sed 's/^constraint: .*/constraint: {kv_budget: {bytes: 1KiB, context: 64}}/' base/recipe.yaml > "$(D)/budget.yaml"
+  expect fail "--kv-budgets: '12parsecs' has unit 'parsecs'" \
+    -- "$C" sweep "$(D)/budget.yaml" --kv-budgets 1KiB,12parsecs --methods uniform --out "$(D)/s"
+  expect fail "constraint.kv_budget is set: sweep --kv-budgets" \
+    -- "$C" sweep "$(D)/budget.yaml" --targets 0.5 --methods uniform --out "$(D)/s"
+  # 2 layers x 2 KV heads of head_dim 8 at 2 bytes: 128 bytes each on the 4-token window.
+  expect fail "sweep --kv-budgets 100: 100 bytes at 64 tokens" \
+    -- "$C" sweep "$(D)/budget.yaml" --kv-budgets 1KiB,100 --methods uniform --out "$(D)/s"
+  expect ok '' --stdout 'uniform' -- "$C" sweep "$(D)/budget.yaml" --kv-budgets 1KiB --methods uniform \
+    --lengths 32 --samples 1 --out "$(D)/s"
+  expect ok '' --stdout ',1024,' -- cat "$(D)/s/sweep.csv"
 }
 case_15_assign_target_above_one() {
   expect fail "--target must be in \[0, 1\], got 1.5" -- "$C" assign uniform base/model --target 1.5 --window 4 --out "$(D)/a.json"

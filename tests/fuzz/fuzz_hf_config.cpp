@@ -13,9 +13,8 @@ bool same_model(const consa::ModelConfig& a, const consa::ModelConfig& b) {
          a.rope.theta == b.rope.theta && a.rope.factor == b.rope.factor &&
          a.rope.low_freq_factor == b.rope.low_freq_factor && a.rope.high_freq_factor == b.rope.high_freq_factor &&
          a.rope.original_max_position_embeddings == b.rope.original_max_position_embeddings &&
-         a.layer_window == b.layer_window && a.hybrid_full_kv_heads == b.hybrid_full_kv_heads &&
-         a.hybrid_window == b.hybrid_window && a.hybrid_sinks == b.hybrid_sinks &&
-         a.hybrid_full_heads == b.hybrid_full_heads && a.dtype == b.dtype;
+         a.layer_window == b.layer_window && a.hybrid_kv_windows == b.hybrid_kv_windows &&
+         a.hybrid_head_windows == b.hybrid_head_windows && a.hybrid_sinks == b.hybrid_sinks && a.dtype == b.dtype;
 }
 }  // namespace
 

@@ -12,6 +12,11 @@
 //                    states on the answer positions of retrieval samples (squared distance summed
 //                    over hidden units) plus duo_l1 * sum(alpha), then ranked by the final gates
 //                    (ties, e.g. several at 0, by their mean over training)
+// With several windows (uniform and random only; a KV budget is needed) every unit of a scope
+// starts on the narrowest window; then level by level, full attention first and then each wider
+// window, widest first, as many of the units still on the narrowest move up as the scope's bytes
+// allow: evenly spaced among them for uniform, in a seeded random order for random. So both take
+// the same number of units to each span and differ only in where they put them.
 #include <functional>
 #include <string>
 
@@ -33,6 +38,9 @@ struct BaselineOptions {
   // the cache within it (assignment_within_kv_budget), as for ConSA under the same recipe.
   KvBudget kv_budget;
   ConstraintScope scope = ConstraintScope::Global;
+  // Windows below swa's (widest first; the sinks are swa's) for uniform and random allocations
+  // of several windows, which need kv_budget: see make_baseline. Empty: one window.
+  std::vector<int64_t> narrower_windows;
   int64_t offset = 0;  // uniform: index of the first full-attention unit
   uint64_t seed = 0;   // random; duo's sample order
   // Calibration data (attention-span, duo): sequences from this stream's training split.

@@ -109,6 +109,10 @@ Assignment assignment_within_kv_budget(const ModelConfig& config, GateUnit unit,
 Assignment assignment_from_window_scores(const ModelConfig& config, const GateOptions& gates,
                                          const at::Tensor& level_scores, BinarizeRule rule, const KvBudget& budget,
                                          ConstraintScope scope);
+// The assignment of one option per unit (flat [layers x units]): 0 full attention, b >= 1 local
+// span b - 1 of gates.local_spans(); `scores` per unit, in the same order.
+Assignment assignment_from_window_choices(const ModelConfig& config, const GateOptions& gates,
+                                          const std::vector<int64_t>& choice, const std::vector<double>& scores);
 
 // The layout a checkpoint declares itself, as an assignment: a consa hybrid export's kv_head or
 // head split, or else per-layer windows (layer units; transformers' layer_types, Mistral's

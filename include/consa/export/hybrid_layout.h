@@ -1,9 +1,10 @@
 #pragma once
 // The stored head layout of an exported hybrid model. In every layer the KV groups that need a
-// full-length cache come first and the sliding-window-only groups after them; within a group the
-// full-attention query heads come first. q/k/v rows, their biases and o_proj columns are moved
-// together, so the permuted model computes exactly what the original did under the assignment,
-// and attention runs as two contiguous slices (full-cache groups, ring-buffer groups).
+// full-length cache come first and the sliding-window-only groups after them, widest window
+// first; within a group the full-attention query heads come first, then the widest windows.
+// q/k/v rows, their biases and o_proj columns are moved together, so the permuted model computes
+// exactly what the original did under the assignment, and attention runs as contiguous slices:
+// the full-cache groups, then one ring-buffer slice per window.
 #include <vector>
 
 #include "consa/export/assignment.h"
@@ -16,6 +17,8 @@ struct LayerHeadLayout {
   std::vector<int64_t> q_order;   // stored query head i is original head q_order[i]
   int64_t full_kv_heads = 0;      // stored groups [0, full_kv_heads) keep every position
   std::vector<bool> head_full;    // per stored query head: full attention (else sliding window)
+  std::vector<int64_t> kv_windows;    // per stored KV group: its cache's window (0: every position)
+  std::vector<int64_t> head_windows;  // per stored query head: its window (0: full attention)
 };
 
 LayerHeadLayout hybrid_layout(const Assignment& assignment, int64_t layer);

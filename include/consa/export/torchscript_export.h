@@ -1,17 +1,18 @@
 #pragma once
 // The pruned TorchScript export: a self-contained scripted model with no gates, the heads of each
-// layer stored in the hybrid layout (consa/export/hybrid_layout.h) and attention run as two
-// slices: full-cache KV groups and sliding-window KV groups. Its methods:
+// layer stored in the hybrid layout (consa/export/hybrid_layout.h) and attention run as slices of
+// KV groups: the full-cache groups, then one slice per sliding window. Its methods:
 //   forward(input_ids [B, T]) -> logits [B, T, vocab]
 //   init_cache(batch, capacity) -> List[Tensor]   an empty KV cache for `capacity` positions
 //   extend(input_ids [B, T], cache, last_only) -> logits   runs T more tokens through the cache
 //   decode_step(input_ids [B, 1], cache, position [1]) -> logits   one token at a position held
 //       on the device, in shapes that never change, for CUDA graphs (the caller advances the
 //       cache's length; ScriptedLM::decode_step and GraphedDecoder do)
-// Full-cache groups keep every position; sliding-window groups keep a ring buffer of
-// min(sinks + window, capacity) slots. The cache list is [per layer: full_k, full_v, ring_k,
-// ring_v] + [ring slot positions (-1 = empty), [length, capacity] (CPU int64)]; extend updates
-// it in place.
+// Full-cache groups keep every position; the groups of window W keep a ring buffer of
+// min(sinks + W, capacity) slots. With windows W_1 > ... > W_n (consa.json "windows"; n = 1 for
+// a single-window export) the cache list is [per layer: full_k, full_v, ring_k_1, ring_v_1, ...,
+// ring_k_n, ring_v_n] + [ring slot positions per window (-1 = empty)] + [[length, capacity]
+// (CPU int64)]; a slice a layer does not use has 0 heads. extend updates it in place.
 // By default only ops LibTorch 1.13 has are used, so files load in 1.13 and 2.x, C++ and Python;
 // TorchScriptOptions::fused_kernels trades that for consa's own operators.
 // Extra files: assignment.json (in stored head order) and consa.json (format and shapes).

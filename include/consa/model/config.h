@@ -44,14 +44,19 @@ struct ModelConfig {
   // Attention window of each layer as the checkpoint declares it: 0 = full causal attention,
   // W > 0 = sliding window of W keys including the current token (Mistral, Qwen2/3 layer_types).
   std::vector<int64_t> layer_window;
-  // A consa head-wise hybrid export (config.json "consa" entry): in layer l the first
-  // hybrid_full_kv_heads[l] KV groups use full attention and the rest hybrid_swa (heads are
-  // stored permuted so). Empty for ordinary checkpoints.
-  std::vector<int64_t> hybrid_full_kv_heads;
-  int64_t hybrid_window = 0, hybrid_sinks = 0;
-  // Query-head granularity exports also list, per layer, the query heads that keep full
-  // attention (the others use the hybrid window); empty otherwise.
-  std::vector<std::vector<int64_t>> hybrid_full_heads;
+  // A consa hybrid export (config.json "consa" entry), its heads stored in the hybrid layout
+  // (consa/export/hybrid_layout.h). Per layer, per stored KV group: the window of its cache, 0 =
+  // every position; full-cache groups come first, then the windows widest first. Empty for
+  // ordinary checkpoints.
+  std::vector<std::vector<int64_t>> hybrid_kv_windows;
+  // Query-head granularity: per layer, per stored query head, its window (0 = full attention).
+  // Empty otherwise: every query head takes its group's span.
+  std::vector<std::vector<int64_t>> hybrid_head_windows;
+  int64_t hybrid_sinks = 0;
+  bool is_hybrid_export() const { return !hybrid_kv_windows.empty(); }
+  // The full-cache KV groups of `layer` in a hybrid export, and the windows it uses, widest first.
+  int64_t hybrid_full_kv_heads(int64_t layer) const;
+  std::vector<int64_t> hybrid_windows() const;
   std::string dtype = "float32";  // the checkpoint's stored dtype ("float32", "bfloat16", ...)
 
   int64_t group_size() const { return num_heads / num_kv_heads; }  // query heads per KV head

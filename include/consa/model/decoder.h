@@ -67,6 +67,10 @@ class SelfAttentionImpl : public torch::nn::Module {
     swa_span = spans.front();
     narrower_spans.assign(spans.begin() + 1, spans.end());
   }
+  // Hard per-head spans in gated mode's nested form (0/1 weights on `device`): head h takes
+  // head_spans[h], full or one of `local_spans` (widest first).
+  void set_head_spans(const std::vector<AttentionSpan>& head_spans, const std::vector<AttentionSpan>& local_spans,
+                      const at::Device& device);
   // Set by hard-concrete gates, whose clamp gives a gate at exactly 0 or 1 no gradient: the
   // branch its weight zeroes can then be skipped even while the gates train.
   bool saturated_gates_have_no_gradient = false;

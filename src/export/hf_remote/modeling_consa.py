@@ -8,15 +8,17 @@
 # takes the per-head masks or the sinks.
 #
 # In every layer the KV groups that keep a full-length cache come first and the sliding-window
-# groups after them (configuration_consa.py describes the "consa" entry), so attention runs as two
-# calls on contiguous head slices. Under head granularity some query heads of a full-cache group
-# are sliding: their slice gets a per-head mask, the window over their group's full cache.
+# groups after them, widest window first (configuration_consa.py describes the "consa" entry). So
+# a layer's groups split into contiguous slices of equal cache window, the full-cache slice and
+# one slice per window, and attention runs as one call per slice. A slice whose query heads all
+# share its window (or all keep full attention, in the full slice) takes a mask shared with every
+# layer; under head granularity a slice can mix heads of several windows, and gets a per-head mask.
 #
-# Generation uses ConsaHybridCache: full groups keep every position, sliding groups only the
-# `sinks` first and the `window` most recent positions, so a sliding group holds
-# min(context, window + sinks) positions whatever the length. `cache.nbytes()` reports what it
-# holds and `model.kv_cache_bytes(context, bytes_per_element)` the same figure computed from the
-# layout, as consa's assignment.json does.
+# Generation uses ConsaHybridCache: full groups keep every position, a group with window W only
+# the `sinks` first and the W most recent positions, so it holds min(context, W + sinks) positions
+# whatever the length. `cache.nbytes()` reports what it holds and
+# `model.kv_cache_bytes(context, bytes_per_element)` the same figure computed from the layout, as
+# consa's assignment.json does.
 import torch
 import torch.nn.functional as F
 import transformers
@@ -76,65 +78,78 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 
 
 def kept_positions(seen, window, sinks):
-    """(sinks kept, window start): a sliding group that has seen `seen` positions keeps
-    [0, sinks kept) and [window start, seen), min(seen, window + sinks) positions in all."""
+    """(sinks kept, window start): a group with window `window` that has seen `seen` positions
+    keeps [0, sinks kept) and [window start, seen), min(seen, window + sinks) positions in all."""
     head = min(sinks, seen)
     return head, max(head, seen - window)
 
 
+def window_slices(kv_windows):
+    """[(window, first group, end group)]: the runs of equal cache window in a layer's groups."""
+    out = []
+    for g, w in enumerate(kv_windows):
+        if out and out[-1][0] == w:
+            out[-1][2] = g + 1
+        else:
+            out.append([w, g, g + 1])
+    return [tuple(x) for x in out]
+
+
 class ConsaLayerCache:
-    """One layer's cache: [B, full groups, seen, D] and [B, sliding groups, <= W + S, D] tensors."""
+    """One layer's cache: per slice of window_slices(kv_windows), [B, groups, positions, D] keys and
+    values, the full slice (window 0) with every position seen, a ring slice with window W the
+    `sinks` first and the W most recent (<= W + sinks)."""
 
     # Flags transformers' generic code reads. Not "sliding": the full-cache part grows.
     is_sliding = False
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, full_kv_heads, window, sinks):
-        self.full_kv_heads, self.window, self.sinks = full_kv_heads, window, sinks
-        self.full_k = self.full_v = self.ring_k = self.ring_v = None
+    def __init__(self, kv_windows, sinks):
+        self.kv_windows, self.sinks = list(kv_windows), sinks
+        self.slices = window_slices(self.kv_windows)
+        self.parts = [None] * len(self.slices)  # (keys, values) per slice
         self.seen = 0
         self.keys = self.values = None  # transformers' generic code reads these; the split lives above
         self.is_initialized = False
 
     def update(self, key, value):
-        """Adds [B, KV, T, D] states; returns the keys and values the full and the sliding
-        slices attend over (positions [0, seen + T) and sliding_key_positions(seen, T))."""
-        nf, n, t = self.full_kv_heads, self.seen, key.shape[2]
-        fk, fv, sk, sv = key[:, :nf], value[:, :nf], key[:, nf:], value[:, nf:]
-        # Head slices are views of the whole projection: stored alone they would keep all of it
-        # alive, so what is kept is always a copy of its own (torch.cat copies too).
-        own = lambda x: x.clone(memory_format=torch.contiguous_format)  # noqa: E731
-        if self.full_k is None:
-            fk, fv = own(fk), own(fv)
-        else:
-            fk, fv = torch.cat([self.full_k, fk], dim=2), torch.cat([self.full_v, fv], dim=2)
-        first = self.ring_k is None
-        if not first:
-            sk, sv = torch.cat([self.ring_k, sk], dim=2), torch.cat([self.ring_v, sv], dim=2)
-        # The states now cover sliding_key_positions(n, t), in ascending order: the new sinks are
-        # its first entries and the new window its last ones.
-        head, start = kept_positions(n + t, self.window, self.sinks)
-        tail = n + t - start
-        if sk.shape[2] > head + tail:
-            self.ring_k = torch.cat([sk[:, :, :head], sk[:, :, sk.shape[2] - tail:]], dim=2)
-            self.ring_v = torch.cat([sv[:, :, :head], sv[:, :, sv.shape[2] - tail:]], dim=2)
-        else:
-            self.ring_k, self.ring_v = (own(sk), own(sv)) if first else (sk, sv)
-        self.full_k, self.full_v = fk, fv
+        """Adds [B, KV, T, D] states; returns [(keys, values)] per slice: what it attends over in
+        this forward, positions [0, seen + T) for the full slice, and
+        ConsaHybridCache.sliding_key_positions(W, T) for a ring slice with window W."""
+        n, t = self.seen, key.shape[2]
+        out = []
+        for i, (window, g0, g1) in enumerate(self.slices):
+            k, v = key[:, g0:g1], value[:, g0:g1]
+            if self.parts[i] is None:
+                # Head slices are views of the whole projection: stored alone they would keep all
+                # of it alive, so what is kept is always a copy of its own (torch.cat copies too).
+                k, v = k.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
+            else:
+                k, v = torch.cat([self.parts[i][0], k], dim=2), torch.cat([self.parts[i][1], v], dim=2)
+            out.append((k, v))
+            kept_k, kept_v = k, v
+            if window:
+                # The states cover sliding_key_positions(window, t), ascending: the new sinks are
+                # their first entries and the new window their last ones.
+                head, start = kept_positions(n + t, window, self.sinks)
+                tail = n + t - start
+                if k.shape[2] > head + tail:
+                    kept_k = torch.cat([k[:, :, :head], k[:, :, k.shape[2] - tail:]], dim=2)
+                    kept_v = torch.cat([v[:, :, :head], v[:, :, v.shape[2] - tail:]], dim=2)
+            self.parts[i] = (kept_k, kept_v)
         self.seen = n + t
         self.is_initialized = True
-        return fk, fv, sk, sv
+        return out
 
     def tensors(self):
-        return [x for x in (self.full_k, self.full_v, self.ring_k, self.ring_v) if x is not None]
+        return [x for part in self.parts if part is not None for x in part]
 
     def nbytes(self):
         return sum(x.numel() * x.element_size() for x in self.tensors())
 
     def _map(self, fn):
-        self.full_k, self.full_v, self.ring_k, self.ring_v = (
-            None if x is None else fn(x) for x in (self.full_k, self.full_v, self.ring_k, self.ring_v))
+        self.parts = [None if part is None else (fn(part[0]), fn(part[1])) for part in self.parts]
 
     def get_seq_length(self, *args):
         return self.seen
@@ -165,20 +180,21 @@ class ConsaLayerCache:
         raise NotImplementedError("a sliding-window cache cannot be cropped: evicted positions are gone")
 
     def reset(self):
-        self.__init__(self.full_kv_heads, self.window, self.sinks)
+        self.__init__(self.kv_windows, self.sinks)
 
 
 class ConsaHybridCache(Cache):
-    """KV cache of the hybrid: full-cache groups keep every position, sliding groups only the
-    `sinks` first and `window` most recent ones. Layers are ConsaLayerCache objects."""
+    """KV cache of the hybrid: full-cache groups keep every position, a group with window W only
+    the `sinks` first and the W most recent ones. Layers are ConsaLayerCache objects."""
 
     def __init__(self, config):
         try:
             super().__init__(layers=[])  # transformers >= 4.56
         except TypeError:
             super().__init__()
-        self.window, self.sinks, full_kv, _ = config.hybrid_layout()
-        self.layers = [ConsaLayerCache(n, self.window, self.sinks) for n in full_kv]
+        layout = config.hybrid_layout()
+        self.sinks = layout.sinks
+        self.layers = [ConsaLayerCache(w, self.sinks) for w in layout.kv_windows]
 
     @property
     def is_compileable(self):
@@ -200,15 +216,15 @@ class ConsaHybridCache(Cache):
         return len(self.layers)
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-        raise NotImplementedError("ConsaHybridCache holds two head slices; ConsaAttention calls update_split")
+        raise NotImplementedError("ConsaHybridCache holds several head slices; ConsaAttention calls update_split")
 
     def update_split(self, key_states, value_states, layer_idx):
         return self.layers[layer_idx].update(key_states, value_states)
 
-    def sliding_key_positions(self, new_tokens, device):
-        """Cache positions of the keys a sliding slice attends over in the next forward."""
+    def sliding_key_positions(self, window, new_tokens, device):
+        """Cache positions of the keys a ring slice with `window` attends over in the next forward."""
         seen = self.get_seq_length()
-        head, start = kept_positions(seen, self.window, self.sinks)
+        head, start = kept_positions(seen, window, self.sinks)
         return torch.cat([torch.arange(head, device=device), torch.arange(start, seen + new_tokens, device=device)])
 
     def get_seq_length(self, layer_idx=0):
@@ -272,56 +288,46 @@ class ConsaMLP(nn.Module):
 
 class AttentionMasks:
     """The boolean masks of one forward (True: attend), built on first use and shared by every
-    layer. Positions are cache positions: `past` cached tokens, then `new` ones."""
+    layer. Positions are cache positions: `past` cached tokens, then `new` ones. `ring_keys` maps
+    each ring window to the cache positions of the keys its slices attend over."""
 
-    def __init__(self, window, sinks, past, new, padding, sliding_keys, device):
-        self.window, self.sinks = window, sinks
-        self.past, self.new, self.padding, self.sliding_keys = past, new, padding, sliding_keys
+    def __init__(self, sinks, past, new, padding, ring_keys, device):
+        self.sinks, self.past, self.new, self.padding, self.ring_keys = sinks, past, new, padding, ring_keys
         self.queries = torch.arange(past, past + new, device=device)[:, None]
+        self.all_keys = torch.arange(past + new, device=device)
         self._cache = {}
-
-    def _in_window(self, keys):
-        return (keys > self.queries - self.window) | (keys < self.sinks)
-
-    def _finish(self, mask, padding):
-        if padding is not None:
-            mask = mask & padding[:, None, None, :].bool()
-        # A padded query may see no key at all: let it see every key rather than give NaNs (its
-        # output is never used).
-        return mask | ~mask.any(dim=-1, keepdim=True)
 
     def _get(self, name, build):
         if name not in self._cache:
             self._cache[name] = build()
         return self._cache[name]
 
-    def full(self, head_full, eager):
-        """Mask of a full-cache slice whose query heads use full attention where head_full holds."""
-        if all(head_full):
+    def _build(self, keys, head_windows):
+        """[1 or B, 1 or H, Q, K]: query i sees key j iff j <= i and, for a head with window W,
+        (j > i - W or j < sinks); a window 0 is full causal attention. One entry in head_windows
+        gives a mask shared by all heads."""
+        # Window 0 as one wider than any distance, so one formula covers both.
+        reach = torch.tensor([w or self.past + self.new + 1 for w in head_windows], device=keys.device)
+        k, q = keys[None, None, :], self.queries[None]
+        mask = (k <= q) & ((k > q - reach[:, None, None]) | (k < self.sinks))
+        mask = mask[None]
+        if self.padding is not None:
+            mask = mask & self.padding[:, keys][:, None, None, :].bool()
+        # A padded query may see no key at all: let it see every key rather than give NaNs (its
+        # output is never used).
+        return mask | ~mask.any(dim=-1, keepdim=True)
+
+    def mask(self, window, head_windows, eager):
+        """Mask of a slice whose cache window is `window` (0: the full slice) and whose query heads
+        have `head_windows` (a tuple); None where sdpa's own causal mask does."""
+        shared = all(w == window for w in head_windows)
+        if shared and window == 0 and not eager and self.padding is None and (self.past == 0 or self.new == 1):
             # Plain causal attention over every cached key: sdpa needs no mask for it when the
             # queries start at 0 (its is_causal) or are a single decode step.
-            if not eager and self.padding is None and (self.past == 0 or self.new == 1):
-                return None
-            return self._get("full", lambda: self._finish(self._causal()[None, None], self.padding))
-        return self._get(("heads",) + tuple(head_full), lambda: self._per_head(head_full))
-
-    def _causal(self):
-        keys = torch.arange(self.past + self.new, device=self.queries.device)[None, :]
-        return self._get("causal", lambda: keys <= self.queries)
-
-    def _per_head(self, head_full):
-        keys = torch.arange(self.past + self.new, device=self.queries.device)[None, :]
-        causal = self._causal()
-        select = torch.tensor(head_full, device=causal.device)[:, None, None]
-        mask = torch.where(select, causal[None], causal[None] & self._in_window(keys)[None])
-        return self._finish(mask[None], self.padding)
-
-    def sliding(self):
-        def build():
-            keys = self.sliding_keys[None, :]
-            padding = None if self.padding is None else self.padding[:, self.sliding_keys]
-            return self._finish(((keys <= self.queries) & self._in_window(keys))[None, None], padding)
-        return self._get("sliding", build)
+            return None
+        keys = self.ring_keys[window] if window else self.all_keys
+        heads = (window,) if shared else tuple(head_windows)
+        return self._get((window, heads), lambda: self._build(keys, heads))
 
     def additive(self, mask, dtype):
         """The eager form of a boolean mask: 0 where attended, the dtype's minimum elsewhere."""
@@ -335,7 +341,7 @@ class ConsaAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
-        _, _, full_kv, full_heads = config.hybrid_layout()
+        layout = config.hybrid_layout()
         kind = config.base_model_type()
         self.head_dim = config.head_dim
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -356,12 +362,10 @@ class ConsaAttention(nn.Module):
             self.k_norm = ConsaRMSNorm(d, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.full_kv_heads = full_kv[layer_idx]
-        full_q = self.full_kv_heads * self.num_key_value_groups
-        if full_heads is None:
-            self.head_full = [True] * full_q
-        else:
-            self.head_full = [h in set(full_heads[layer_idx]) for h in range(full_q)]
+        # Per slice of equal cache window: (window, first group, end group, its heads' windows).
+        group, heads = self.num_key_value_groups, layout.head_windows[layer_idx]
+        self.slices = [(w, g0, g1, tuple(heads[g0 * group:g1 * group]))
+                       for w, g0, g1 in window_slices(layout.kv_windows[layer_idx])]
 
     def _attend(self, query, key, value, mask, masks):
         """One head slice through the configured attention function; returns [B, T, heads, D]."""
@@ -386,18 +390,14 @@ class ConsaAttention(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
-        nf = self.full_kv_heads
         if past_key_values is not None:
-            fk, fv, sk, sv = past_key_values.update_split(k, v, self.layer_idx)
+            states = past_key_values.update_split(k, v, self.layer_idx)
         else:
-            fk, fv, sk, sv = k[:, :nf], v[:, :nf], k[:, nf:], v[:, nf:]
+            states = [(k[:, g0:g1], v[:, g0:g1]) for _, g0, g1, _ in self.slices]
         eager = (getattr(self.config, "_attn_implementation", None) or "eager") == "eager"
-        full_q = nf * self.num_key_value_groups
-        parts = []
-        if nf > 0:
-            parts.append(self._attend(q[:, :full_q], fk, fv, masks.full(self.head_full, eager), masks))
-        if nf < self.num_kv_heads:
-            parts.append(self._attend(q[:, full_q:], sk, sv, masks.sliding(), masks))
+        group, parts = self.num_key_value_groups, []
+        for (window, g0, g1, heads), (sk, sv) in zip(self.slices, states):
+            parts.append(self._attend(q[:, g0 * group:g1 * group], sk, sv, masks.mask(window, heads, eager), masks))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return self.o_proj(out.reshape(batch, length, -1))
 
@@ -450,7 +450,9 @@ class ConsaHybridModel(ConsaHybridPreTrainedModel):
         # Not a buffer: computed from the config on each device, so loading on the meta device
         # (transformers 5) has nothing to re-initialize.
         self._inv_freq = {}
-        self.window, self.sinks, _, _ = config.hybrid_layout()
+        layout = config.hybrid_layout()
+        self.sinks = layout.sinks
+        self.ring_windows = sorted({w for layer in layout.kv_windows for w in layer if w}, reverse=True)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -500,11 +502,12 @@ class ConsaHybridModel(ConsaHybridPreTrainedModel):
                     # Sinks are the first cache positions; with left padding they would be pads.
                     raise ValueError("padded batches are not supported with attention sinks; run the "
                                      "sequences unpadded, one at a time")
+        # Before any layer updates the cache: the keys each ring window's slices attend over.
         if cache is not None:
-            sliding_keys = cache.sliding_key_positions(new, device)
+            ring_keys = {w: cache.sliding_key_positions(w, new, device) for w in self.ring_windows}
         else:
-            sliding_keys = torch.arange(new, device=device)
-        masks = AttentionMasks(self.window, self.sinks, past, new, padding, sliding_keys, device)
+            ring_keys = {w: torch.arange(new, device=device) for w in self.ring_windows}
+        masks = AttentionMasks(self.sinks, past, new, padding, ring_keys, device)
         cos, sin = self.rope(position_ids, inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
@@ -554,13 +557,13 @@ class ConsaHybridForCausalLM(ConsaHybridPreTrainedModel, GenerationMixin):
 
     def kv_cache_bytes(self, context, bytes_per_element=None, batch=1):
         """KV-cache bytes of `batch` sequences of `context` tokens from the layout alone: full
-        groups hold `context` positions, sliding ones min(context, window + sinks); keys and
+        groups hold `context` positions, a group with window W min(context, W + sinks); keys and
         values, head_dim elements each. consa's assignment.json computes the same figure."""
         if bytes_per_element is None:
             bytes_per_element = self.lm_head.weight.element_size()
-        window, sinks, full_kv, _ = self.config.hybrid_layout()
-        kv = self.config.num_key_value_heads
-        positions = sum(n * context + (kv - n) * min(context, window + sinks) for n in full_kv)
+        layout = self.config.hybrid_layout()
+        positions = sum(min(context, w + layout.sinks) if w else context
+                        for layer in layout.kv_windows for w in layer)
         return 2 * self.config.head_dim * bytes_per_element * batch * positions
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
