@@ -7,9 +7,10 @@
 # then scripts/plot_frontier.py over the three (docs/results.md#kv-budgets-and-several-windows).
 #   OUT=/some/dir bash scripts/gpu_frontier.sh        (CONSA=path/to/consa skips the build)
 # $OUT receives frontier.txt (the logs and the table), frontier.png and frontier.tar.gz (each
-# sweep's tables and each run's assignment.json and eval.json). BUDGETS replaces the budgets;
-# DEVICE (default cuda) and EXTRA (more overrides and flags, e.g. train.steps=4 --duo-steps 4 for a
-# quick look on the CPU) go to every sweep.
+# sweep's tables and each run's assignment.json and eval.json). BUDGETS replaces the budgets,
+# SAMPLES the retrieval samples per cell (32), RUNS the folder (runs/frontier). DEVICE (default
+# cuda) and EXTRA (more overrides and flags, e.g. train.steps=4 --duo-steps 4 for a quick look on
+# the CPU) go to every sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -21,9 +22,9 @@ fi
 # Per 128-token sequence in float32 a KV head costs 32 KiB on full attention, 4 KiB on window 16
 # and 2 KiB on window 8; 8 heads. Each budget separates the settings differently (results.md).
 BUDGETS=${BUDGETS:-60KiB,76KiB,88KiB,112KiB,120KiB}
-RUNS=runs/frontier
+RUNS=${RUNS:-runs/frontier}
 rm -rf "$RUNS"
-EVAL=(--lengths 64,128 --samples 32)
+EVAL=(--lengths 64,128 --samples "${SAMPLES:-32}")
 sweep() {  # name, methods, recipe overrides...
   local name=$1 methods=$2
   shift 2
@@ -31,7 +32,6 @@ sweep() {  # name, methods, recipe overrides...
   # shellcheck disable=SC2086  # EXTRA is a list of words
   "$CONSA" sweep recipes/demo_kv_budget.yaml model.device="${DEVICE:-cuda}" "$@" ${EXTRA:-} --kv-budgets "$BUDGETS" \
     --methods "$methods" "${EVAL[@]}" --out "$RUNS/$name" 2>&1 | grep -v "^stage 1 (gates) step"
-  cat "$RUNS/$name/sweep.md"
 }
 start=$(date +%s.%N)
 {
@@ -46,4 +46,4 @@ start=$(date +%s.%N)
   python3 scripts/plot_frontier.py "$OUT/frontier.png" "$RUNS/w16=W16" "$RUNS/w8=W8" "$RUNS/w16_8=W16|8" \
     || echo "plot: failed (no matplotlib?)"
 } 2>&1 | tee "$OUT/frontier.txt"
-tar czf "$OUT/frontier.tar.gz" --exclude=checkpoint.pt --exclude=model -C runs frontier
+tar czf "$OUT/frontier.tar.gz" --exclude=checkpoint.pt --exclude=model -C "$(dirname "$RUNS")" "$(basename "$RUNS")"
