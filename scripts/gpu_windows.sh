@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine, in one command: the checks of several windows per unit. On one H200 the
-# build, the frontier and the CUDA tests take about 5 minutes, the Hugging Face classes 5 more.
+# build, the frontier and the CUDA tests take about 5 minutes; the Hugging Face classes take over
+# 5 more, so under a 10-minute limit run scripts/check_hf_classes.sh on its own as well.
 #   1. build consa and its tests against the local PyTorch's LibTorch (CUDA kernels with nvcc);
 #   2. the KV-budget frontier on the demo model (scripts/gpu_frontier.sh);
 #   3. the [cuda] tests of TorchScript exports and decode attention, one window and several;
