@@ -38,14 +38,6 @@ std::vector<std::string> without_options(const std::vector<std::string>& argv, c
   return out;
 }
 
-// A pair's target, or its budget.
-std::string point(const SweepRun& run) {
-  std::ostringstream s;
-  if (run.kv_budget > 0) s << run.kv_budget << " bytes";
-  else s << run.target;
-  return s.str();
-}
-
 // --devices: the pairs not done yet run side by side, one per device, each as `consa sweep` of
 // that one pair with model.device set (its output in the pair's folder, sweep.log); then the
 // tables are written from every pair's eval.json, as a sequential sweep writes them.
@@ -58,7 +50,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
   for (const SweepRun& run : runs) {
     const std::string dir = sweep_run_dir(o.out_dir, run);
     if (std::filesystem::exists(std::filesystem::path(dir) / "eval.json"))
-      std::cout << "sweep: " << run.method << " at " << point(run) << ": done earlier (" << dir << "/eval.json)\n";
+      std::cout << "sweep: " << run.method << " at " << sweep_run_label(run) << ": done earlier (" << dir << "/eval.json)\n";
     else
       pending.push_back(run);
   }
@@ -87,7 +79,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
                                                                o.kv_budgets.empty() ? target.str() : budget,
                                                                "--out", o.out_dir})
         child.push_back(extra);
-      std::cout << "sweep: " << p.method << " at " << point(p) << " on " << device << " -> " << dir << " (log: " << dir
+      std::cout << "sweep: " << p.method << " at " << sweep_run_label(p) << " on " << device << " -> " << dir << " (log: " << dir
                 << "/sweep.log)\n" << std::flush;
       running[spawn_logged(child, dir + "/sweep.log")] = {next, device};
       ++next;
@@ -101,7 +93,7 @@ int sweep_on_devices(const std::vector<std::string>& argv, const Recipe& recipe,
     free_devices.push_back(it->second.second);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       ++failures;
-      std::cerr << "consa: error: sweep: " << p.method << " at " << point(p) << " on " << it->second.second
+      std::cerr << "consa: error: sweep: " << p.method << " at " << sweep_run_label(p) << " on " << it->second.second
                 << " failed; see " << sweep_run_dir(o.out_dir, p) << "/sweep.log\n";
     }
     running.erase(it);

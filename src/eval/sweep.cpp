@@ -40,12 +40,11 @@ void evaluate_run(CausalLM& model, const Assignment& layout, const SweepOptions&
   write_file_atomically((fs::path(dir) / "eval.json").string(), j.dump(2) + "\n");
 }
 
-// How a run's place in the sweep prints: its target, or its budget in bytes.
+}  // namespace
+
 std::string sweep_run_label(const SweepRun& run) {
   return run.kv_budget > 0 ? std::to_string(run.kv_budget) + " bytes" : target_label(run.target);
 }
-
-}  // namespace
 
 std::string sweep_run_dir(const std::string& out_dir, const std::string& method, double target) {
   return (fs::path(out_dir) / (method + "_t" + target_label(target))).string();

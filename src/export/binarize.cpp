@@ -289,7 +289,7 @@ Assignment assignment_from_window_choices(const ModelConfig& config, const GateO
     a.windows.push_back(windows);
     a.scores.push_back(layer_scores);
   }
-  if (!a.local_windows().empty()) a.swa.window = a.local_windows().front();  // the widest window in use
+  a.swa.window = a.local_windows().front();  // the widest window in use (never empty)
   return a;
 }
 

@@ -46,6 +46,9 @@ struct SweepSummary {
 
 SweepSummary run_sweep(const Recipe& recipe, const SweepOptions& options, std::ostream& log);
 
+// How a pair's place in the sweep prints: its target, or its budget ("65536 bytes").
+std::string sweep_run_label(const SweepRun& run);
+
 // The folder of one pair: "<out>/<method>_t<target>", or "<out>/<method>_b<bytes>" for a budget.
 std::string sweep_run_dir(const std::string& out_dir, const std::string& method, double target);
 std::string sweep_run_dir(const std::string& out_dir, const SweepRun& run);
