@@ -53,7 +53,6 @@ LayerHeadLayout hybrid_layout(const Assignment& a, int64_t layer) {
     for (int64_t h : heads) {
       const AttentionSpan span = head_span(h);
       out.q_order.push_back(h);
-      out.head_full.push_back(span.is_full());
       out.head_windows.push_back(span.is_full() ? 0 : span.window);
     }
   }

@@ -16,7 +16,6 @@ struct LayerHeadLayout {
   std::vector<int64_t> kv_order;  // stored KV group i is original group kv_order[i]
   std::vector<int64_t> q_order;   // stored query head i is original head q_order[i]
   int64_t full_kv_heads = 0;      // stored groups [0, full_kv_heads) keep every position
-  std::vector<bool> head_full;    // per stored query head: full attention (else sliding window)
   std::vector<int64_t> kv_windows;    // per stored KV group: its cache's window (0: every position)
   std::vector<int64_t> head_windows;  // per stored query head: its window (0: full attention)
 };
