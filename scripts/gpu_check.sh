@@ -12,11 +12,14 @@ OUT=${OUT:-$PWD/gpu-out}
 BUILD=${BUILD:-build-gpu}
 LOGS=/tmp/consa-gpu-logs  # build logs stay on the machine; their tails are printed on failure
 mkdir -p "$OUT" "$LOGS"
+OUT=$(cd "$OUT" && pwd)  # before the cd below
+cd "$(dirname "$0")/.."
+source scripts/gpu_deps.sh  # tokenizer.json's libraries, from .debs/ when carried (carry: [".debs"])
 PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/summary.txt"
 python3 -c 'import torch;print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUT/summary.txt"
 
-if ! cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
+if ! cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX;$CONSA_DEPS_PREFIX" \
      >"$LOGS/configure.log" 2>&1; then
   tail -40 "$LOGS/configure.log"; exit 1
 fi

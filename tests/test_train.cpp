@@ -166,13 +166,28 @@ TEST_CASE("objective terms against closed forms", "[train]") {
   LossTerms shifted = compute_objective(w, tokens, mask, hidden, weight, student_logits, hidden + 0.5);
   CHECK(shifted.mse.item<double>() == Approx(0.25));
   CHECK(shifted.total.item<double>() == Approx(0.5).epsilon(1e-5));
-  // KL(p || q) for two known distributions at one position: q's logits are the weight's column.
-  at::Tensor p = at::log(at::tensor({0.5f, 0.25f, 0.25f})).reshape({1, 1, 3});
+  // KL(p || q) for two known distributions at the one scored position: q's logits are the
+  // weight's column. The teacher's last position (no next token) differs and does not count.
+  at::Tensor p = at::log(at::tensor({0.5f, 0.25f, 0.25f, 0.8f, 0.1f, 0.1f})).reshape({1, 2, 3});
   at::Tensor q = at::log(at::tensor({0.25f, 0.5f, 0.25f})).reshape({3, 1});
   w.mse = 0.0;
-  LossTerms kl = compute_objective(w, at::zeros({1, 1}, at::kLong), at::zeros({1, 0}), at::ones({1, 1, 1}), q, p,
-                                   at::zeros({1, 1, 1}));
+  LossTerms kl = compute_objective(w, at::zeros({1, 2}, at::kLong), at::ones({1, 1}), at::ones({1, 2, 1}), q, p,
+                                   at::zeros({1, 2, 1}));
   CHECK(kl.kl.item<double>() == Approx(0.5 * std::log(2.0) + 0.25 * std::log(0.5)).epsilon(1e-5));
+  // Distillation counts only the positions cross-entropy scores: a teacher that differs from the
+  // student at unscored positions alone costs nothing, and MSE is the masked brute-force mean.
+  w.mse = 1.0;
+  at::Tensor off_target = student_logits.clone(), hidden_off = hidden.clone();
+  off_target[0][1] += at::randn({4});
+  off_target[0][2] += at::randn({4});
+  hidden_off[0][1] += 1.0;
+  hidden_off[0][2] += 3.0;
+  LossTerms masked = compute_objective(w, tokens, mask, hidden, weight, off_target, hidden_off);
+  CHECK(masked.kl.item<double>() == Approx(0.0).margin(1e-6));
+  CHECK(masked.mse.item<double>() == 0.0);
+  at::Tensor both = at::ones({1, 2});
+  LossTerms scored = compute_objective(w, tokens, both, hidden, weight, student_logits, hidden_off);
+  CHECK(scored.mse.item<double>() == Approx((1.0 + 0.0) / 2).epsilon(1e-6));  // positions 0 and 1, mean over H
   // Cross-entropy alone goes through the chunked path, with the full-logits value.
   w = ObjectiveWeights{};
   CHECK(compute_objective(w, tokens, mask, hidden, weight, {}, {}).ce.item<double>() ==

@@ -12,6 +12,7 @@
 #include "consa/core/error.h"
 #include "consa/gate/kv_budget.h"
 #include "consa/model/rope.h"
+#include "consa/train/objective.h"
 
 namespace consa {
 
@@ -188,10 +189,9 @@ at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineP
       model->attention(l).swa_span = o.swa;
     }
     at::Tensor student = model->hidden_states(tokens, batch.document_ids).to(at::kFloat);
-    // Positions whose next token is an answer token (the stream's cross-entropy mask); the
-    // squared distance sums over hidden units and averages over positions, as DuoAttention's.
-    at::Tensor mask = at::cat({batch.ce_mask, at::zeros({batch.ce_mask.size(0), 1})}, 1).to(student.device());
-    at::Tensor distill = ((student - teacher).pow(2).sum(-1) * mask).sum() / mask.sum().clamp_min(1.0);
+    // Over the positions whose next token is an answer token, the squared distance summed over
+    // hidden units, as DuoAttention's.
+    at::Tensor distill = mean_over_target_positions((student - teacher).pow(2).sum(-1), batch.ce_mask);
     at::Tensor loss = distill + o.duo_l1 * alpha.sum();
     optimizer.zero_grad();
     loss.backward();

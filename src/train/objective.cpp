@@ -15,6 +15,14 @@ at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& 
   return (nll * m).sum() / m.sum().clamp_min(1.0);
 }
 
+at::Tensor mean_over_target_positions(const at::Tensor& per_position, const at::Tensor& ce_mask) {
+  const int64_t len = per_position.size(1);
+  CONSA_CHECK(ce_mask.dim() == 2 && ce_mask.size(0) == per_position.size(0) && ce_mask.size(1) == len - 1,
+              "objective: mask of shape ", ce_mask.sizes(), " for ", per_position.sizes(), " positions");
+  at::Tensor m = to_device_async(ce_mask, per_position.device()).to(per_position.scalar_type());
+  return (per_position.narrow(1, 0, len - 1) * m).sum() / m.sum().clamp_min(1.0);
+}
+
 LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens, const at::Tensor& ce_mask,
                             const at::Tensor& hidden, const at::Tensor& output_weight,
                             const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden, bool fused_kernels) {
@@ -33,13 +41,16 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
     CONSA_CHECK(teacher_logits.defined(), "objective.kl needs teacher logits");
     at::Tensor t = at::log_softmax(teacher_logits.to(at::kFloat), -1);
     at::Tensor s = at::log_softmax(logits.to(at::kFloat), -1);
-    at::Tensor kl = (t.exp() * (t - s)).sum(-1).mean();  // KL(teacher || student) per position
+    // KL(teacher || student) where a target is scored: on a synthetic sample the filler is noise,
+    // and matching the teacher's guesses at it would outweigh the answer (as duo's loss, too).
+    at::Tensor kl = mean_over_target_positions((t.exp() * (t - s)).sum(-1), ce_mask);
     terms.kl = kl.detach();
     total = total + w.kl * kl;
   }
   if (w.mse > 0) {
     CONSA_CHECK(teacher_hidden.defined(), "objective.mse needs teacher hidden states");
-    at::Tensor mse = (hidden.to(at::kFloat) - teacher_hidden.to(at::kFloat)).pow(2).mean();
+    at::Tensor mse =
+        mean_over_target_positions((hidden.to(at::kFloat) - teacher_hidden.to(at::kFloat)).pow(2).mean(-1), ce_mask);
     terms.mse = mse.detach();
     total = total + w.mse * mse;
   }

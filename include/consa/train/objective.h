@@ -1,6 +1,6 @@
 #pragma once
 // The training objective: a weighted sum of next-token cross-entropy, distillation KL on logits
-// and MSE on final hidden states. The teacher is the same model with every unit on full
+// and MSE on final hidden states, each over the positions whose next token is a target. The teacher is the same model with every unit on full
 // attention (consa/train/trainer.h decides which weights).
 #include <ATen/ATen.h>
 
@@ -31,6 +31,11 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
                             const at::Tensor& hidden, const at::Tensor& output_weight,
                             const at::Tensor& teacher_logits, const at::Tensor& teacher_hidden,
                             bool fused_kernels = false);
+
+// The mean of per-position values [B, L] over the positions whose next token is a target
+// (ce_mask [B, L-1], 1 where it counts); the last position predicts nothing. The distillation terms
+// (KL, MSE, duo's) average over these positions, as cross-entropy does.
+at::Tensor mean_over_target_positions(const at::Tensor& per_position, const at::Tensor& ce_mask);
 
 // Masked mean next-token cross-entropy (fp32). Reads nothing back from the device.
 at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& mask);
