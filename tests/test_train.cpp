@@ -166,8 +166,10 @@ TEST_CASE("objective terms against closed forms", "[train]") {
   LossTerms shifted = compute_objective(w, tokens, mask, hidden, weight, student_logits, hidden + 0.5);
   CHECK(shifted.mse.item<double>() == Approx(0.25));
   CHECK(shifted.total.item<double>() == Approx(0.5).epsilon(1e-5));
-  // KL(p || q) for two known distributions at the one scored position: q's logits are the
-  // weight's column. The teacher's last position (no next token) differs and does not count.
+  // With distill_scored_only: KL(p || q) for two known distributions at the one scored position:
+  // q's logits are the weight's column. The teacher's last position (no next token) differs and
+  // does not count.
+  w.distill_scored_only = true;
   at::Tensor p = at::log(at::tensor({0.5f, 0.25f, 0.25f, 0.8f, 0.1f, 0.1f})).reshape({1, 2, 3});
   at::Tensor q = at::log(at::tensor({0.25f, 0.5f, 0.25f})).reshape({3, 1});
   w.mse = 0.0;
@@ -188,6 +190,13 @@ TEST_CASE("objective terms against closed forms", "[train]") {
   at::Tensor both = at::ones({1, 2});
   LossTerms scored = compute_objective(w, tokens, both, hidden, weight, student_logits, hidden_off);
   CHECK(scored.mse.item<double>() == Approx((1.0 + 0.0) / 2).epsilon(1e-6));  // positions 0 and 1, mean over H
+  // By default every position counts: the brute-force means over all of them.
+  w.distill_scored_only = false;
+  LossTerms every = compute_objective(w, tokens, mask, hidden, weight, off_target, hidden_off);
+  const at::Tensor t_log = at::log_softmax(off_target, -1), s_log = at::log_softmax(student_logits, -1);
+  CHECK(every.kl.item<double>() == Approx((t_log.exp() * (t_log - s_log)).sum(-1).mean().item<double>()).epsilon(1e-5));
+  CHECK(every.kl.item<double>() > 0.0);
+  CHECK(every.mse.item<double>() == Approx((0.0 + 1.0 + 9.0) / 3).epsilon(1e-6));
   // Cross-entropy alone goes through the chunked path, with the full-logits value.
   w = ObjectiveWeights{};
   CHECK(compute_objective(w, tokens, mask, hidden, weight, {}, {}).ce.item<double>() ==

@@ -41,16 +41,15 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
     CONSA_CHECK(teacher_logits.defined(), "objective.kl needs teacher logits");
     at::Tensor t = at::log_softmax(teacher_logits.to(at::kFloat), -1);
     at::Tensor s = at::log_softmax(logits.to(at::kFloat), -1);
-    // KL(teacher || student) where a target is scored: on a synthetic sample the filler is noise,
-    // and matching the teacher's guesses at it would outweigh the answer (as duo's loss, too).
-    at::Tensor kl = mean_over_target_positions((t.exp() * (t - s)).sum(-1), ce_mask);
+    const at::Tensor per_position = (t.exp() * (t - s)).sum(-1);  // KL(teacher || student)
+    at::Tensor kl = w.distill_scored_only ? mean_over_target_positions(per_position, ce_mask) : per_position.mean();
     terms.kl = kl.detach();
     total = total + w.kl * kl;
   }
   if (w.mse > 0) {
     CONSA_CHECK(teacher_hidden.defined(), "objective.mse needs teacher hidden states");
-    at::Tensor mse =
-        mean_over_target_positions((hidden.to(at::kFloat) - teacher_hidden.to(at::kFloat)).pow(2).mean(-1), ce_mask);
+    const at::Tensor diff = hidden.to(at::kFloat) - teacher_hidden.to(at::kFloat);
+    at::Tensor mse = w.distill_scored_only ? mean_over_target_positions(diff.pow(2).mean(-1), ce_mask) : diff.pow(2).mean();
     terms.mse = mse.detach();
     total = total + w.mse * mse;
   }

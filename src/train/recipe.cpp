@@ -286,6 +286,7 @@ Recipe parse(const YAML::Node& root, const std::string& file) {
   r.objective.kl = objective.number("kl", r.objective.kl, 0, kInf);
   r.objective.mse = objective.number("mse", r.objective.mse, 0, kInf);
   r.objective.chunked_cross_entropy = objective.boolean("chunked_cross_entropy", r.objective.chunked_cross_entropy);
+  r.objective.distill_scored_only = objective.boolean("distill_scored_only", r.objective.distill_scored_only);
   objective.finish();
   CONSA_CHECK(r.objective.ce + r.objective.kl + r.objective.mse > 0, file,
               ": objective: at least one of ce, kl, mse must be > 0");
@@ -427,7 +428,7 @@ std::string recipe_to_yaml(const Recipe& r) {
   out << YAML::Key << "objective" << YAML::Value << YAML::BeginMap << YAML::Key << "ce" << YAML::Value
       << r.objective.ce << YAML::Key << "kl" << YAML::Value << r.objective.kl << YAML::Key << "mse" << YAML::Value
       << r.objective.mse << YAML::Key << "chunked_cross_entropy" << YAML::Value << r.objective.chunked_cross_entropy
-      << YAML::EndMap;
+      << YAML::Key << "distill_scored_only" << YAML::Value << r.objective.distill_scored_only << YAML::EndMap;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "seq_len" << YAML::Value
       << r.data.seq_len << YAML::Key << "batch_size" << YAML::Value << r.data.batch_size << YAML::Key
       << "heldout_batches" << YAML::Value << r.data.heldout_batches << YAML::Key << "shards" << YAML::Value

@@ -1,6 +1,6 @@
 #pragma once
 // The training objective: a weighted sum of next-token cross-entropy, distillation KL on logits
-// and MSE on final hidden states, each over the positions whose next token is a target. The teacher is the same model with every unit on full
+// and MSE on final hidden states (over every position, or with distill_scored_only the scored ones). The teacher is the same model with every unit on full
 // attention (consa/train/trainer.h decides which weights).
 #include <ATen/ATen.h>
 
@@ -15,6 +15,9 @@ struct ObjectiveWeights {
   // Qwen3-0.6B, 6-10% slower with ATen ops and 4% faster with consa's CUDA kernels (1.7B: 1.3%
   // slower; docs/performance.md).
   bool chunked_cross_entropy = false;
+  // KL and MSE over the positions cross-entropy scores only (a synthetic sample's answer), not
+  // every position: where the filler is noise, matching the teacher there outweighs the answer.
+  bool distill_scored_only = false;
   bool needs_teacher() const { return kl > 0 || mse > 0; }
 };
 
@@ -33,8 +36,8 @@ LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens,
                             bool fused_kernels = false);
 
 // The mean of per-position values [B, L] over the positions whose next token is a target
-// (ce_mask [B, L-1], 1 where it counts); the last position predicts nothing. The distillation terms
-// (KL, MSE, duo's) average over these positions, as cross-entropy does.
+// (ce_mask [B, L-1], 1 where it counts); the last position predicts nothing. Duo's distillation,
+// and KL and MSE with distill_scored_only, average over these positions, as cross-entropy does.
 at::Tensor mean_over_target_positions(const at::Tensor& per_position, const at::Tensor& ce_mask);
 
 // Masked mean next-token cross-entropy (fp32). Reads nothing back from the device.
