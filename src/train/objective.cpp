@@ -6,21 +6,27 @@
 
 namespace consa {
 
+namespace {
+// The mean of values [B, L-1] where mask [B, L-1] is 1 (0 when nothing counts).
+at::Tensor masked_mean(const at::Tensor& values, const at::Tensor& mask) {
+  at::Tensor m = to_device_async(mask, values.device()).to(values.scalar_type());
+  return (values * m).sum() / m.sum().clamp_min(1.0);
+}
+}  // namespace
+
 at::Tensor next_token_cross_entropy(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& mask) {
   const int64_t len = tokens.size(1);
   at::Tensor log_probs = at::log_softmax(logits.narrow(1, 0, len - 1).to(at::kFloat), -1);
   at::Tensor targets = tokens.narrow(1, 1, len - 1).to(logits.device()).unsqueeze(-1);
   at::Tensor nll = -log_probs.gather(-1, targets).squeeze(-1);  // [B, L-1]
-  at::Tensor m = to_device_async(mask, nll.device());
-  return (nll * m).sum() / m.sum().clamp_min(1.0);
+  return masked_mean(nll, mask);
 }
 
 at::Tensor mean_over_target_positions(const at::Tensor& per_position, const at::Tensor& ce_mask) {
   const int64_t len = per_position.size(1);
   CONSA_CHECK(ce_mask.dim() == 2 && ce_mask.size(0) == per_position.size(0) && ce_mask.size(1) == len - 1,
               "objective: mask of shape ", ce_mask.sizes(), " for ", per_position.sizes(), " positions");
-  at::Tensor m = to_device_async(ce_mask, per_position.device()).to(per_position.scalar_type());
-  return (per_position.narrow(1, 0, len - 1) * m).sum() / m.sum().clamp_min(1.0);
+  return masked_mean(per_position.narrow(1, 0, len - 1), ce_mask);
 }
 
 LossTerms compute_objective(const ObjectiveWeights& w, const at::Tensor& tokens, const at::Tensor& ce_mask,

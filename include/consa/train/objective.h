@@ -1,7 +1,8 @@
 #pragma once
 // The training objective: a weighted sum of next-token cross-entropy, distillation KL on logits
-// and MSE on final hidden states (over every position, or with distill_scored_only the scored ones). The teacher is the same model with every unit on full
-// attention (consa/train/trainer.h decides which weights).
+// and MSE on final hidden states (over every position, or with distill_scored_only the scored
+// ones). The teacher is the same model with every unit on full attention (consa/train/trainer.h
+// decides which weights).
 #include <ATen/ATen.h>
 
 namespace consa {
