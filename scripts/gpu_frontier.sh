@@ -8,9 +8,10 @@
 #   OUT=/some/dir bash scripts/gpu_frontier.sh        (CONSA=path/to/consa skips the build)
 # $OUT receives frontier.txt (the logs and the table), frontier.png and frontier.tar.gz (each
 # sweep's tables and each run's assignment.json and eval.json). BUDGETS replaces the budgets,
-# SAMPLES the retrieval samples per cell (32), RUNS the folder (runs/frontier). DEVICE (default
-# cuda) and EXTRA (more overrides and flags, e.g. train.steps=4 --duo-steps 4 for a quick look on
-# the CPU) go to every sweep.
+# SAMPLES the retrieval samples per cell (64), HELDOUT the held-out batches of perplexity (64:
+# 1,024 answer tokens; the recipe's 2 give 32, too few to tell allocations apart), RUNS the
+# folder (runs/frontier). DEVICE (default cuda) and EXTRA (more overrides and flags, e.g.
+# train.steps=4 --duo-steps 4 for a quick look on the CPU) go to every sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -24,13 +25,13 @@ fi
 BUDGETS=${BUDGETS:-60KiB,76KiB,88KiB,112KiB,120KiB}
 RUNS=${RUNS:-runs/frontier}
 rm -rf "$RUNS"
-EVAL=(--lengths 64,128 --samples "${SAMPLES:-32}")
+EVAL=(--lengths 64,128 --samples "${SAMPLES:-64}")
 sweep() {  # name, methods, recipe overrides...
   local name=$1 methods=$2
   shift 2
   echo "== $name: $*"
   # shellcheck disable=SC2086  # EXTRA is a list of words
-  "$CONSA" sweep recipes/demo_kv_budget.yaml model.device="${DEVICE:-cuda}" "$@" ${EXTRA:-} --kv-budgets "$BUDGETS" \
+  "$CONSA" sweep recipes/demo_kv_budget.yaml model.device="${DEVICE:-cuda}" data.heldout_batches="${HELDOUT:-64}" "$@" ${EXTRA:-} --kv-budgets "$BUDGETS" \
     --methods "$methods" "${EVAL[@]}" --out "$RUNS/$name" 2>&1 | grep -v "^stage 1 (gates) step"
 }
 start=$(date +%s.%N)

@@ -3,7 +3,10 @@
 attention, other), and how busy the GPU was over the step. Reads the Chrome traces that
 `consa bench train --trace DIR` writes.
 
-usage: trace_summary.py TRACE.json [--top 15]
+usage: trace_summary.py TRACE.json [--top 15] [--steps N]
+
+--steps N divides the kernel counts and times by the N steps a trace holds (8 for the decode
+traces of `consa bench decode --trace DIR`).
 """
 import argparse
 import collections
@@ -25,6 +28,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("trace")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--steps", type=int, default=1, help="steps in the trace: figures per step")
     args = p.parse_args()
     with open(args.trace) as f:
         events = json.load(f)["traceEvents"]
@@ -44,9 +48,12 @@ def main():
         short = e["name"][:90]
         by_name[short] += e["dur"]
         count[short] += 1
+    if args.steps > 1:
+        print(f"  per step: {len(kernels) / args.steps:.0f} kernels, {total / args.steps:.0f} us of kernel time, "
+              f"{total / len(kernels):.2f} us per kernel on average")
     print("  " + ", ".join(f"{k} {v / 1e3:.1f} ms ({100 * v / total:.0f}%)" for k, v in by_kind.most_common()))
     for name, dur in by_name.most_common(args.top):
-        print(f"  {dur / 1e3:8.2f} ms {100 * dur / total:5.1f}% x{count[name]:<5} {name}")
+        print(f"  {dur / 1e3:8.2f} ms {100 * dur / total:5.1f}% x{count[name]:<5} {dur / count[name]:7.2f} us each  {name}")
 
 
 if __name__ == "__main__":
