@@ -74,7 +74,7 @@ consa::Assignment random_assignment(consa::CausalLM& model, consa::GateUnit unit
   Assignment a = Assignment::for_model(c);
   a.unit = unit;
   a.swa = swa;
-  const int64_t units = unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;
+  const int64_t units = units_per_layer(unit, c);
   at::manual_seed(seed);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     std::vector<bool> full;

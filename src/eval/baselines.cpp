@@ -23,10 +23,6 @@ constexpr EnumName<BaselineMethod> kMethods[] = {{BaselineMethod::Uniform, "unif
                                                  {BaselineMethod::AttentionSpan, "attention-span"},
                                                  {BaselineMethod::Duo, "duo"}};
 
-int64_t units_per_layer(const ModelConfig& c, GateUnit unit) {
-  return unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? c.num_kv_heads : c.num_heads;
-}
-
 // Per-head values [layers, heads] -> per-unit means [layers, units].
 at::Tensor heads_to_units(const at::Tensor& per_head, const ModelConfig& c, GateUnit unit) {
   if (unit == GateUnit::Head) return per_head;
@@ -36,7 +32,7 @@ at::Tensor heads_to_units(const at::Tensor& per_head, const ModelConfig& c, Gate
 
 // Full attention on evenly spaced units of each group (the whole model, or each layer).
 at::Tensor uniform_scores(const ModelConfig& c, const BaselineOptions& o) {
-  const int64_t units = units_per_layer(c, o.unit);
+  const int64_t units = units_per_layer(o.unit, c);
   at::Tensor scores = at::full({c.num_layers, units}, -1.0, at::kDouble);
   auto mark = [&](int64_t first, int64_t count) {
     const int64_t full = count - std::llround(o.target * static_cast<double>(count));
@@ -56,7 +52,7 @@ at::Tensor uniform_scores(const ModelConfig& c, const BaselineOptions& o) {
 
 at::Tensor random_scores(const ModelConfig& c, const BaselineOptions& o) {
   auto gen = at::detail::createCPUGenerator(o.seed);
-  return at::rand({c.num_layers, units_per_layer(c, o.unit)}, gen, at::kDouble);
+  return at::rand({c.num_layers, units_per_layer(o.unit, c)}, gen, at::kDouble);
 }
 
 // Several windows: choose_levels below, the units to move chosen by `pick` (candidates, count).
@@ -112,7 +108,7 @@ Assignment window_baseline(BaselineMethod method, const ModelConfig& c, const Ba
     return out;
   };
   const LevelPick& pick = method == BaselineMethod::Uniform ? evenly : at_random;
-  const int64_t units = units_per_layer(c, o.unit), n = c.num_layers * units;
+  const int64_t units = units_per_layer(o.unit, c), n = c.num_layers * units;
   std::vector<int64_t> choice(n, 0);
   if (o.scope == ConstraintScope::PerLayer) {
     for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -164,7 +160,7 @@ class FrozenWeights {
 at::Tensor duo_scores(CausalLM& model, const BaselineOptions& o, const BaselineProgress& progress) {
   const ModelConfig& c = model->config();
   FrozenWeights frozen(model);
-  at::Tensor alpha = at::ones({c.num_layers, units_per_layer(c, o.unit)}, at::kFloat).requires_grad_(true);
+  at::Tensor alpha = at::ones({c.num_layers, units_per_layer(o.unit, c)}, at::kFloat).requires_grad_(true);
   torch::optim::Adam optimizer({alpha}, torch::optim::AdamOptions(o.duo_lr));
   DataOptions data = o.data;
   data.seed = o.seed;

@@ -255,7 +255,7 @@ Assignment Assignment::from_json(const json& j, const std::string& source) {
               " and ", a.swa.sinks);
   CONSA_CHECK(static_cast<int64_t>(a.full.size()) == a.num_layers, source, ": ", a.full.size(),
               " layers listed, model has ", a.num_layers);
-  const int64_t units = a.unit == GateUnit::Layer ? 1 : a.unit == GateUnit::KvHead ? a.num_kv_heads : a.num_heads;
+  const int64_t units = consa::units_per_layer(a.unit, a.num_heads, a.num_kv_heads);
   for (size_t l = 0; l < a.full.size(); ++l)
     CONSA_CHECK(static_cast<int64_t>(a.full[l].size()) == units && a.scores[l].size() == a.full[l].size(), source,
                 ": layers[", l, "] has ", a.full[l].size(), " units and ", a.scores[l].size(),

@@ -265,9 +265,7 @@ Assignment assignment_from_window_scores(const ModelConfig& config, const GateOp
 Assignment assignment_from_window_choices(const ModelConfig& config, const GateOptions& gates,
                                           const std::vector<int64_t>& choice, const std::vector<double>& scores) {
   const std::vector<AttentionSpan> local = gates.local_spans();
-  const int64_t units = gates.unit == GateUnit::Layer ? 1
-                        : gates.unit == GateUnit::KvHead ? config.num_kv_heads
-                                                         : config.num_heads;
+  const int64_t units = units_per_layer(gates.unit, config);
   CONSA_CHECK(static_cast<int64_t>(choice.size()) == config.num_layers * units && scores.size() == choice.size(),
               "window choices: one per unit expected (", config.num_layers * units, "), got ", choice.size());
   Assignment a = Assignment::for_model(config);

@@ -17,6 +17,10 @@ GateUnit parse_gate_unit(const std::string& name) { return parse_enum(kGateUnits
 
 const char* gate_unit_name(GateUnit unit) { return enum_name(kGateUnits, unit); }
 
+int64_t units_per_layer(GateUnit unit, int64_t num_heads, int64_t num_kv_heads) {
+  return unit == GateUnit::Layer ? 1 : unit == GateUnit::KvHead ? num_kv_heads : num_heads;
+}
+
 AttentionGatesImpl::AttentionGatesImpl(const ModelConfig& config, GateOptions options)
     : options_(options),
       hard_concrete_(options.hard_concrete),
@@ -28,9 +32,7 @@ AttentionGatesImpl::AttentionGatesImpl(const ModelConfig& config, GateOptions op
                 "gates: windows must be distinct and > 0, listed widest first, got ", options_.narrower_windows[i],
                 " after ", wider);
   }
-  const int64_t units = options_.unit == GateUnit::Layer    ? 1
-                        : options_.unit == GateUnit::KvHead ? config.num_kv_heads
-                                                            : config.num_heads;
+  const int64_t units = consa::units_per_layer(options_.unit, config);
   log_alpha = register_parameter(
       "log_alpha",
       at::full({config.num_layers, units * options_.levels()}, hard_concrete_.initial_log_alpha(), at::kFloat));

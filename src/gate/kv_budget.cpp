@@ -31,7 +31,7 @@ KvBudgetPlan plan_kv_budget(const ModelConfig& c, const GateOptions& gates, cons
               ", where SWA caches as much as full attention; use a longer context");
   const int64_t kv_heads_per_unit = gates.unit == GateUnit::Layer ? c.num_kv_heads : 1;
   KvBudgetPlan plan;
-  plan.units = c.num_layers * (gates.unit == GateUnit::Layer ? 1 : c.num_kv_heads);
+  plan.units = c.num_layers * units_per_layer(gates.unit, c);
   const int64_t per_position = product(product(2 * kv_heads_per_unit, c.head_dim, where), budget.element_bytes, where);
   plan.full_unit_bytes = product(per_position, budget.context, where);
   for (const AttentionSpan& span : gates.local_spans())

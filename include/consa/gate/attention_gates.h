@@ -22,6 +22,11 @@ namespace consa {
 enum class GateUnit { Layer, KvHead, Head };
 GateUnit parse_gate_unit(const std::string& name);  // "layer" | "kv_head" | "head"
 const char* gate_unit_name(GateUnit unit);
+// Gate units in one layer: 1, its KV heads or its query heads.
+int64_t units_per_layer(GateUnit unit, int64_t num_heads, int64_t num_kv_heads);
+inline int64_t units_per_layer(GateUnit unit, const ModelConfig& c) {
+  return units_per_layer(unit, c.num_heads, c.num_kv_heads);
+}
 
 struct GateOptions {
   GateUnit unit = GateUnit::KvHead;
