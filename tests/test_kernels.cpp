@@ -429,36 +429,40 @@ TEST_CASE("CUDA decode-attention kernel matches softmax attention over full cach
 TEST_CASE("CUDA decode attention over a layer's full caches and rings in one launch matches both apart", "[cuda]") {
   REQUIRE(fused_kernels_built());
   at::manual_seed(19);
-  // Full caches of 32K (2 KV heads), rings of 1024 (6 KV heads), per-head rows on the full side.
-  const int64_t batch = 2, full = 2, ring_heads = 6, group = 2, keys = 32773, ring = 1024, dim = 128;
+  // Full caches of 32K (2 KV heads), rings of 6 KV heads, per-head rows on the full side. Each
+  // source is split on its own: a ring of 1024 into fewer splits than the full caches, one of 100
+  // into one (its rows written directly, the full caches' merged).
+  const int64_t batch = 2, full = 2, ring_heads = 6, group = 2, keys = 32773, dim = 128;
   const double scale = 1 / std::sqrt(static_cast<double>(dim));
-  std::vector<at::Tensor> inputs = {at::randn({batch, (full + ring_heads) * group, 1, dim}, cuda_f32),
-                                    at::randn({batch, full, keys, dim}, cuda_f32) * 2,
-                                    at::randn({batch, full, keys, dim}, cuda_f32),
-                                    at::randn({batch, ring_heads, ring, dim}, cuda_f32) * 2,
-                                    at::randn({batch, ring_heads, ring, dim}, cuda_f32)};
-  for (at::Tensor& x : inputs) x = x.to(at::kBFloat16).to(at::kFloat);
-  const at::Tensor bias = random_visibility_bias({full, group, keys}, 0.8, cuda_f32);
-  const at::Tensor ring_bias = random_visibility_bias({ring}, 0.9, cuda_f32);
-  const int64_t split = full * group;
-  const at::Tensor q64 = inputs[0].to(at::kDouble);
-  const at::Tensor want =
-      at::cat({decode_attention_brute_force(q64.narrow(1, 0, split), inputs[1], inputs[2], bias, scale),
-               decode_attention_brute_force(q64.narrow(1, split, ring_heads * group), inputs[3], inputs[4], ring_bias,
-                                            scale)},
-              1);
-  for (at::ScalarType type : {at::kFloat, at::kBFloat16}) {
-    std::vector<at::Tensor> t;
-    for (const at::Tensor& x : inputs) t.push_back(x.to(type));
-    REQUIRE(kernels::decode_attention_kernel_takes(t[0], t[1], t[2], bias, t[3], t[4], ring_bias));
-    const double fused = rel_err(
-        kernels::hybrid_decode_attention(t[0], t[1], t[2], bias, t[3], t[4], ring_bias, scale, true).cpu(), want);
-    const double math = rel_err(
-        kernels::hybrid_decode_attention(t[0], t[1], t[2], bias, t[3], t[4], ring_bias, scale, false).cpu(), want);
-    std::cout << "cuda kernels: hybrid decode_attention " << c10::toString(type) << ": " << fused << " (math " << math
-              << ")\n";
-    CHECK(fused <= (type == at::kFloat ? 1e-5 : 1e-2));
-    CHECK(fused <= 1.5 * math + 1e-5);
+  for (const int64_t ring : {1024, 100}) {
+    std::vector<at::Tensor> inputs = {at::randn({batch, (full + ring_heads) * group, 1, dim}, cuda_f32),
+                                      at::randn({batch, full, keys, dim}, cuda_f32) * 2,
+                                      at::randn({batch, full, keys, dim}, cuda_f32),
+                                      at::randn({batch, ring_heads, ring, dim}, cuda_f32) * 2,
+                                      at::randn({batch, ring_heads, ring, dim}, cuda_f32)};
+    for (at::Tensor& x : inputs) x = x.to(at::kBFloat16).to(at::kFloat);
+    const at::Tensor bias = random_visibility_bias({full, group, keys}, 0.8, cuda_f32);
+    const at::Tensor ring_bias = random_visibility_bias({ring}, 0.9, cuda_f32);
+    const int64_t split = full * group;
+    const at::Tensor q64 = inputs[0].to(at::kDouble);
+    const at::Tensor want =
+        at::cat({decode_attention_brute_force(q64.narrow(1, 0, split), inputs[1], inputs[2], bias, scale),
+                 decode_attention_brute_force(q64.narrow(1, split, ring_heads * group), inputs[3], inputs[4],
+                                              ring_bias, scale)},
+                1);
+    for (at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+      std::vector<at::Tensor> t;
+      for (const at::Tensor& x : inputs) t.push_back(x.to(type));
+      REQUIRE(kernels::decode_attention_kernel_takes(t[0], t[1], t[2], bias, t[3], t[4], ring_bias));
+      const double fused = rel_err(
+          kernels::hybrid_decode_attention(t[0], t[1], t[2], bias, t[3], t[4], ring_bias, scale, true).cpu(), want);
+      const double math = rel_err(
+          kernels::hybrid_decode_attention(t[0], t[1], t[2], bias, t[3], t[4], ring_bias, scale, false).cpu(), want);
+      std::cout << "cuda kernels: hybrid decode_attention ring " << ring << " " << c10::toString(type) << ": "
+                << fused << " (math " << math << ")\n";
+      CHECK(fused <= (type == at::kFloat ? 1e-5 : 1e-2));
+      CHECK(fused <= 1.5 * math + 1e-5);
+    }
   }
 }
 

@@ -15,6 +15,11 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kUnroll = 4;  // key passes loaded before any is used: bytes in flight per lane
+// Splits per KV head: each at least kMinSplitKeys long (a block's fixed cost: its queries, the
+// merge, the partial write), at most kMaxSplits (the merge's block holds one per thread).
+constexpr int64_t kMinSplitKeys = 128, kMaxSplits = 128;
+constexpr int kCombineThreads = 128;
+static_assert(kMaxSplits <= kCombineThreads, "the merge loads one split per thread");
 
 __device__ __forceinline__ float neg_inf() { return -INFINITY; }
 
@@ -24,22 +29,13 @@ struct Running {
   float m, l, acc[V];
 };
 
-template <int V>
-__device__ __forceinline__ void running_add(Running<V>& r, float s, const float (&v)[V]) {
-  if (s == neg_inf()) return;
-  const float m = fmaxf(r.m, s);
-  const float keep = __expf(r.m - m), p = __expf(s - m);  // r.m = -inf gives keep = 0
-  r.l = r.l * keep + p;
-#pragma unroll
-  for (int k = 0; k < V; ++k) r.acc[k] = r.acc[k] * keep + p * v[k];
-  r.m = m;
-}
-
 // Grid: (splits, batch * (n0 + n1)): each block takes one split of one KV head of source 0 (the
 // full cache, n0 heads) or source 1 (the ring, n1 heads), whose query heads are adjacent in q
-// [B, (n0 + n1) G, D]. A source's bias rows [n G] have `bias_stride` (0: one row for all). With one
-// split the block writes `out` [B, (n0 + n1) G, D] directly; otherwise o_part [rows, splits, D]
-// (normalised) and lse_part [rows, splits].
+// [B, (n0 + n1) G, D]. Each source has its own number of splits (at most the grid's; blocks past
+// it return at once), so a short ring is not cut as finely as a long cache. A source's bias rows
+// [n G] have `bias_stride` (0: one row for all). A source with one split writes `out`
+// [B, (n0 + n1) G, D] directly; otherwise o_part [rows, grid splits, D] (normalised) and lse_part
+// [rows, grid splits].
 template <typename T, int D, int MaxG>
 __global__ void __launch_bounds__(kThreads) decode_partial_kernel(const T* __restrict__ q, DecodeSource s0,
                                                                   DecodeSource s1, T* __restrict__ out,
@@ -51,12 +47,14 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(const T* __res
   constexpr int kGroupsPerBlock = kWarps * kKeysPerWarp;  // running softmaxes per query head
   static_assert(kLanes >= 1 && kLanes <= 32 && 32 % kLanes == 0, "head_dim must be 1 to 32 packs");
 
-  const int split = blockIdx.x, splits = gridDim.x;
+  const int split = blockIdx.x, stride_splits = gridDim.x;
   const int64_t bh = blockIdx.y;  // b * (n0 + n1) + j: the query rows bh * group + g
   const int64_t heads = s0.kv_heads + s1.kv_heads, b = bh / heads;
   const int j = static_cast<int>(bh % heads);
   const bool ring = j >= s0.kv_heads;
   const DecodeSource& src = ring ? s1 : s0;
+  const int splits = static_cast<int>(src.splits);
+  if (split >= splits) return;  // the whole block: before any barrier
   const int h = ring ? j - static_cast<int>(s0.kv_heads) : j;
   const int64_t keys = src.keys, chunk = (keys + splits - 1) / splits;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -116,23 +114,51 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(const T* __res
         for (int i = 0; i < V; ++i) kp[u].v[i] = vp[u].v[i] = from_float<T>(0.0f);
       }
     }
+    // All kUnroll keys' scores first (their lane sums are independent, so they overlap), then
+    // one rescale of each running softmax for the kUnroll keys together.
+    float sc[kUnroll][MaxG];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      float kf[V], vf[V];
+      float kf[V];
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        kf[i] = to_float(kp[u].v[i]);
-        vf[i] = to_float(vp[u].v[i]);
-      }
+      for (int i = 0; i < V; ++i) kf[i] = to_float(kp[u].v[i]);
 #pragma unroll
       for (int g = 0; g < MaxG; ++g) {
-        if (g >= group) continue;
-        float s = 0.0f;
+        float dot = 0.0f;
+        if (g < group) {
 #pragma unroll
-        for (int i = 0; i < V; ++i) s += qv[g][i] * kf[i];
-        s = sum_over_lanes<kLanes>(s);
-        running_add(run[g], b[u][g] == neg_inf() ? neg_inf() : s + b[u][g], vf);
+          for (int i = 0; i < V; ++i) dot += qv[g][i] * kf[i];
+        }
+        sc[u][g] = dot;
       }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int g = 0; g < MaxG; ++g)
+        if (g < group) sc[u][g] = sum_over_lanes<kLanes>(sc[u][g]);
+#pragma unroll
+    for (int g = 0; g < MaxG; ++g) {
+      if (g >= group) continue;
+      float m = run[g].m;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        sc[u][g] = b[u][g] == neg_inf() ? neg_inf() : sc[u][g] + b[u][g];
+        m = fmaxf(m, sc[u][g]);
+      }
+      if (m == neg_inf()) continue;  // nothing seen yet
+      const float keep = __expf(run[g].m - m);  // run.m = -inf gives keep = 0
+      run[g].l *= keep;
+#pragma unroll
+      for (int i = 0; i < V; ++i) run[g].acc[i] *= keep;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const float p = __expf(sc[u][g] - m);  // a masked key: exp(-inf) = 0
+        run[g].l += p;
+#pragma unroll
+        for (int i = 0; i < V; ++i) run[g].acc[i] += p * to_float(vp[u].v[i]);
+      }
+      run[g].m = m;
     }
   }
 
@@ -168,29 +194,48 @@ __global__ void __launch_bounds__(kThreads) decode_partial_kernel(const T* __res
     if (splits == 1) {
       out[row * D + d] = from_float<T>(o);
     } else {
-      o_part[(row * splits + split) * D + d] = o;
-      if (d == 0) lse_part[row * splits + split] = l > 0.0f ? m + __logf(l) : neg_inf();
+      o_part[(row * stride_splits + split) * D + d] = o;
+      if (d == 0) lse_part[row * stride_splits + split] = l > 0.0f ? m + __logf(l) : neg_inf();
     }
   }
 }
 
-// One block per query row [B n G]: out = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse).
+// Reduces one value per thread over the block (kCombineThreads) with `op`; every thread gets it.
+template <typename Op>
+__device__ __forceinline__ float over_block(float x, Op op) {
+  __shared__ float warps[kCombineThreads / 32];
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  __syncthreads();  // `warps` may still be read from a previous call
+  if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = x;
+  __syncthreads();
+  x = warps[0];
+#pragma unroll
+  for (int w = 1; w < kCombineThreads / 32; ++w) x = op(x, warps[w]);
+  return x;
+}
+
+// One block of kCombineThreads per query row [B n G] of a source with several splits:
+// out = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse). Each thread loads one split's
+// lse, so the weights take two block reductions rather than a walk over the splits.
 template <typename T>
-__global__ void decode_combine_kernel(const float* __restrict__ o_part, const float* __restrict__ lse_part,
-                                      T* __restrict__ out, int splits, int dim) {
+__global__ void __launch_bounds__(kCombineThreads)
+    decode_combine_kernel(const float* __restrict__ o_part, const float* __restrict__ lse_part, T* __restrict__ out,
+                          int stride_splits, int splits0, int splits1, int heads0, int heads, int group, int dim) {
   const int64_t row = blockIdx.x;
-  const float* lse = lse_part + row * splits;
-  float m = neg_inf();
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, lse[s]);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-    float total = 0.0f, acc = 0.0f;
-    if (m != neg_inf()) {
-      for (int s = 0; s < splits; ++s) {
-        const float w = __expf(lse[s] - m);
-        total += w;
-        acc += w * o_part[(row * splits + s) * dim + d];
-      }
-    }
+  const int splits = (row / group) % heads < heads0 ? splits0 : splits1;
+  if (splits <= 1) return;  // the partial kernel wrote this row
+  __shared__ float weight[kMaxSplits];
+  const float lse = threadIdx.x < splits ? lse_part[row * stride_splits + threadIdx.x] : neg_inf();
+  const float m = over_block(lse, [](float a, float b) { return fmaxf(a, b); });
+  const float w = m == neg_inf() ? 0.0f : __expf(lse - m);  // lse = -inf: 0
+  if (threadIdx.x < kMaxSplits) weight[threadIdx.x] = w;
+  const float total = over_block(w, [](float a, float b) { return a + b; });  // its barriers publish `weight`
+  const float* o = o_part + row * stride_splits * dim;
+  for (int d = threadIdx.x; d < dim; d += kCombineThreads) {
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) acc += weight[s] * o[s * dim + d];
     out[row * dim + d] = from_float<T>(total > 0.0f ? acc / total : 0.0f);
   }
 }
@@ -204,8 +249,10 @@ const char* launch_decode(const DecodeAttentionArgs& a, cudaStream_t stream) {
                                                                    a.sources[1], out, a.o_part, a.lse_part,
                                                                    static_cast<int>(a.group), a.scale);
   if (a.splits > 1)
-    decode_combine_kernel<T><<<static_cast<unsigned>(a.batch * heads * a.group), D < 128 ? D : 128, 0, stream>>>(
-        a.o_part, a.lse_part, out, static_cast<int>(a.splits), D);
+    decode_combine_kernel<T><<<static_cast<unsigned>(a.batch * heads * a.group), kCombineThreads, 0, stream>>>(
+        a.o_part, a.lse_part, out, static_cast<int>(a.splits), static_cast<int>(a.sources[0].splits),
+        static_cast<int>(a.sources[1].splits), static_cast<int>(a.sources[0].kv_heads), static_cast<int>(heads),
+        static_cast<int>(a.group), D);
   return launch_status();
 }
 
@@ -262,9 +309,7 @@ int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t grou
     return nullptr;
   });
   // As many splits as keep every block resident in one wave (a second, partial wave would take
-  // as long as the first), each at least kMinSplitKeys long (a block's fixed cost: its queries,
-  // the merge, the partial write) and at most kMaxSplits per head (the merge walks them in turn).
-  constexpr int64_t kMinSplitKeys = 256, kMaxSplits = 64;
+  // as long as the first), within kMinSplitKeys and kMaxSplits.
   const int64_t most = (keys + kMinSplitKeys - 1) / kMinSplitKeys;
   return std::max<int64_t>(1, std::min({resident / kv_rows, most, kMaxSplits}));
 }

@@ -1,6 +1,7 @@
 #include "fused_cuda.h"
 
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -206,10 +207,17 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   a.group = q.size(1) / heads;
   a.head_dim = dim;
   a.scale = static_cast<float>(scale);
-  // The splits are sized for the source with the most keys (the full caches): its blocks are the
-  // long ones, and the ring's short blocks fill in around them.
-  const cuda::DecodeSource& longest = a.sources[1].keys > a.sources[0].keys ? a.sources[1] : a.sources[0];
-  a.splits = cuda::decode_attention_splits(type, dim, a.group, batch * longest.kv_heads, longest.keys);
+  // Each source is split for its own rows and keys, the shorter one (the ring) at most as finely
+  // as the longer (the full caches): the long blocks set the step's time, and the ring's short
+  // blocks fill in around them.
+  const bool ring_longer = a.sources[1].keys > a.sources[0].keys;
+  cuda::DecodeSource& longest = a.sources[ring_longer ? 1 : 0];
+  cuda::DecodeSource& other = a.sources[ring_longer ? 0 : 1];
+  longest.splits = cuda::decode_attention_splits(type, dim, a.group, batch * longest.kv_heads, longest.keys);
+  other.splits = other.kv_heads == 0 ? 0
+                 : std::min(longest.splits,
+                            cuda::decode_attention_splits(type, dim, a.group, batch * other.kv_heads, other.keys));
+  a.splits = longest.splits;
   at::Tensor o_part, lse_part;
   if (a.splits > 1) {
     o_part = at::empty({batch * heads * a.group, a.splits, dim}, k.options().dtype(at::kFloat));

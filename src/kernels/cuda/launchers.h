@@ -75,13 +75,14 @@ struct DecodeSource {
   const void *k, *v;
   const float* bias;
   int64_t bias_stride, kv_heads, keys;
+  int64_t splits;  // of each KV head's keys, at most DecodeAttentionArgs::splits
 };
 struct DecodeAttentionArgs {
   const void* q;
   DecodeSource sources[2];
   void* out;
   float *o_part, *lse_part;
-  int64_t batch, group, head_dim, splits;
+  int64_t batch, group, head_dim, splits;  // splits: the most of either source (the grid's)
   float scale;
 };
 // Whether the kernel takes this head_dim (64, 128 or 256 within 32 packs) and group (<= 8).
