@@ -23,10 +23,7 @@ TRAIN_ARGS=${TRAIN_ARGS:-"$TIMING"}
 REFERENCE_ARGS=${REFERENCE_ARGS:-"$TIMING"}
 DECODE_ARGS=${DECODE_ARGS:-"--shape qwen3-0.6b --contexts 4096,32768 --sparsity 0,0.5,0.75 --batch 1,8 --kernels aten,fused --repeats 1"}
 mkdir -p "$OUT"
-if [ -z "${CONSA:-}" ]; then
-  bash scripts/build_gpu.sh
-  CONSA=build-gpu/consa
-fi
+source scripts/gpu_consa.sh  # $CONSA
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi"; } | tee "$OUT/bench.txt"
 for part in $PARTS; do
   start=$(date +%s)

@@ -11,10 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT/traces"
-if [ -z "${CONSA:-}" ]; then
-  bash scripts/build_gpu.sh
-  CONSA=build-gpu/consa
-fi
+source scripts/gpu_consa.sh  # $CONSA
 "$CONSA" bench decode --shape "${SHAPE:-qwen3-0.6b}" --contexts "${CONTEXTS:-4096,32768}" \
   --sparsity "${SPARSITY:-0,0.75}" --batch "${BATCH:-1}" --kernels fused --repeats 3 \
   --trace "$OUT/traces" --out "$OUT/decode.json" 2>&1 | tee "$OUT/decode.txt"

@@ -16,10 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-if [ -z "${CONSA:-}" ]; then
-  bash scripts/build_gpu.sh
-  CONSA=build-gpu/consa
-fi
+source scripts/gpu_consa.sh  # $CONSA
 # Per 128-token sequence in float32 a KV head costs 32 KiB on full attention, 4 KiB on window 16
 # and 2 KiB on window 8; 8 heads. Each budget separates the settings differently (results.md).
 BUDGETS=${BUDGETS:-60KiB,76KiB,88KiB,112KiB,120KiB}
