@@ -219,8 +219,7 @@ namespace {
 // "1024,128": distinct windows >= 1, returned widest first.
 std::vector<int64_t> parse_window_list(const std::string& text, const std::string& flag) {
   std::vector<int64_t> windows;
-  std::stringstream items(text);
-  for (std::string item; std::getline(items, item, ',');) {
+  for (const std::string& item : parse_name_list(text)) {
     size_t used = 0;
     long long w = 0;
     try {

@@ -144,8 +144,8 @@ int run_sweep(int argc, char** argv) {
   o.targets = parse_number_list(args["targets"].as<std::string>(), "--targets");
   if (args.count("kv-budgets")) {
     o.targets.clear();
-    std::stringstream items(args["kv-budgets"].as<std::string>());
-    for (std::string item; std::getline(items, item, ',');) o.kv_budgets.push_back(parse_byte_size(item, "--kv-budgets"));
+    for (const std::string& item : parse_name_list(args["kv-budgets"].as<std::string>()))
+      o.kv_budgets.push_back(parse_byte_size(item, "--kv-budgets"));
     CONSA_CHECK(!o.kv_budgets.empty(), "consa sweep: --kv-budgets: expected a list such as 96MiB,64MiB");
   }
   o.methods = parse_name_list(args["methods"].as<std::string>());
