@@ -40,11 +40,17 @@ __device__ __forceinline__ Pack<T> load_pack(const T* p) { return *reinterpret_c
 template <typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T>& pack) { *reinterpret_cast<Pack<T>*>(p) = pack; }
 
-// Sum over the `Lanes` consecutive lanes that share a row (a power of two up to 32).
+// `op` (associative) over the `Lanes` consecutive lanes that share a row (a power of two up to
+// 32); every lane of the row gets the result.
+template <int Lanes, typename Op>
+__device__ __forceinline__ float over_lanes(float v, Op op) {
+#pragma unroll
+  for (int offset = Lanes / 2; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset, Lanes));
+  return v;
+}
 template <int Lanes>
 __device__ __forceinline__ float sum_over_lanes(float v) {
-  for (int offset = Lanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset, Lanes);
-  return v;
+  return over_lanes<Lanes>(v, [](float a, float b) { return a + b; });
 }
 
 // CUDA's message for the last launch, or nullptr.

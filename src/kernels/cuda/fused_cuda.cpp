@@ -207,17 +207,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   a.group = q.size(1) / heads;
   a.head_dim = dim;
   a.scale = static_cast<float>(scale);
-  // Each source is split for its own rows and keys, the shorter one (the ring) at most as finely
-  // as the longer (the full caches): the long blocks set the step's time, and the ring's short
-  // blocks fill in around them.
-  const bool ring_longer = a.sources[1].keys > a.sources[0].keys;
-  cuda::DecodeSource& longest = a.sources[ring_longer ? 1 : 0];
-  cuda::DecodeSource& other = a.sources[ring_longer ? 0 : 1];
-  longest.splits = cuda::decode_attention_splits(type, dim, a.group, batch * longest.kv_heads, longest.keys);
-  other.splits = other.kv_heads == 0 ? 0
-                 : std::min(longest.splits,
-                            cuda::decode_attention_splits(type, dim, a.group, batch * other.kv_heads, other.keys));
-  a.splits = longest.splits;
+  cuda::plan_decode_splits(type, a);
   at::Tensor o_part, lse_part;
   if (a.splits > 1) {
     o_part = at::empty({batch * heads * a.group, a.splits, dim}, k.options().dtype(at::kFloat));

@@ -67,7 +67,7 @@ const char* cross_entropy_backward(ElementType type, void* logits, const int64_t
 // bias_stride = keys gives each query head h * group + g of the source its own row. q [batch,
 // (n0 + n1) group, head_dim] holds the query heads of source 0's KV heads, then source 1's (n1 = 0:
 // one source). scores = q.k * scale + bias, softmax and the weighted values in fp32, out like q,
-// rounded once. The keys are cut into `splits` (decode_attention_splits) whose partial results
+// rounded once. The keys are cut into splits (plan_decode_splits) whose partial results
 // o_part [rows, splits, head_dim] and lse_part [rows, splits] (fp32, rows = batch (n0 + n1) group;
 // unused with one split) are merged by a second kernel. A query that sees no key gets zeros.
 constexpr int64_t kDecodeMaxGroup = 8;
@@ -87,9 +87,9 @@ struct DecodeAttentionArgs {
 };
 // Whether the kernel takes this head_dim (64, 128 or 256 within 32 packs) and group (<= 8).
 bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group);
-// How many splits the keys (at most `keys` per head) of `kv_rows` = batch (n0 + n1) heads are cut
-// into on this GPU.
-int64_t decode_attention_splits(ElementType type, int64_t head_dim, int64_t group, int64_t kv_rows, int64_t keys);
+// Sets each source's splits and args.splits for this GPU from the sources' kv_heads and keys,
+// args.batch, group and head_dim.
+void plan_decode_splits(ElementType type, DecodeAttentionArgs& args);
 const char* decode_attention(ElementType type, const DecodeAttentionArgs& args, void* stream);
 
 // A decode step's projection output qkv [batch, 1, (heads + 2 kv_heads) head_dim] to attention's
