@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -115,6 +116,11 @@ consa::Assignment random_window_assignment(consa::CausalLM& model, consa::GateUn
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
+}
+
+double peak_rel_err(const at::Tensor& got, const at::Tensor& want) {
+  const double scale = want.abs().max().item<double>();
+  return max_abs_diff(got, want) / std::max(scale, 1e-30);
 }
 
 std::vector<at::Tensor> attention_gradients(

@@ -36,6 +36,8 @@ consa::Assignment random_window_assignment(consa::CausalLM& model, consa::GateUn
                                            const std::vector<int64_t>& windows, int64_t sinks, uint64_t seed);
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+// Max |got - want| relative to want's largest magnitude (at least 1e-30).
+double peak_rel_err(const at::Tensor& got, const at::Tensor& want);
 // `attend` on copies of q, k, v and gate weights z that require gradients, and the gradients of
 // sum(out * weights): {out, dq, dk, dv, dz}.
 std::vector<at::Tensor> attention_gradients(

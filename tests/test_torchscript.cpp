@@ -246,8 +246,9 @@ TEST_CASE("exports with consa's fused operators compute what the portable export
           return text;
         };
         const std::string fused_code = code_of(fused), portable_code = code_of(portable);
-        for (const char* op : {"consa::rms_norm", "consa::add_rms_norm", "consa::rope", "consa::decode_attention",
-                               "consa::decode_qkv", "consa::swiglu", "consa::hybrid_decode_attention"})
+        for (const char* op : {"consa::rms_norm", "consa::rope", "consa::decode_attention", "consa::decode_qkv",
+                               "consa::hybrid_decode_attention", "consa::linear", "consa::rms_norm_linear",
+                               "consa::swiglu_linear"})
           CHECK(fused_code.find(op) != std::string::npos);
         CHECK(portable_code.find("consa::") == std::string::npos);
       }

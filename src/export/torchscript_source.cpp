@@ -36,6 +36,19 @@ def _rms(self, x: Tensor, w: Tensor) -> Tensor:
 )JIT";
 }
 
+// The layer's input norm and QKV projection.
+std::string input_projection(bool fused, const std::string& qkv_bias) {
+  if (fused) return "consa.rms_norm_linear(x, self.input_norm, self.eps, self.qkv_w, " + qkv_bias + ")";
+  return "torch.linear(self._rms(x, self.input_norm), self.qkv_w, " + qkv_bias + ")";
+}
+
+// The final norm and the head.
+std::string head_projection(bool fused, const ModelConfig& c) {
+  const std::string head = c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head";
+  if (fused) return "consa.rms_norm_linear(x, self.norm, self.eps, " + head + ", None)";
+  return "torch.linear(self._rms(x, self.norm), " + head + ", None)";
+}
+
 }  // namespace
 
 torch::jit::ResolverPtr source_resolver(bool fused) {
@@ -96,7 +109,7 @@ def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
     b = x.size(0)
     t = x.size(1)
     # q, k and v projections in one matmul (their weights stacked at export).
-    qkv = torch.linear(self._rms(x, self.input_norm), self.qkv_w, )JIT" << qkv_bias << R"JIT()
+    qkv = )JIT" << input_projection(fused, qkv_bias) << R"JIT(
     nq = self.num_heads * self.head_dim
     nk = self.num_kv_heads * self.head_dim
     q = qkv[:, :, :nq].view(b, t, self.num_heads, self.head_dim)
@@ -120,21 +133,20 @@ def _output(self, x: Tensor, outs: List[Tensor]) -> Tensor:
     # (one slice: no concatenation, which would copy it)
     attention = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     heads = attention.transpose(1, 2).reshape(x.size(0), x.size(1), self.num_heads * self.head_dim)
-    attended = torch.linear(heads, self.o_w, )JIT" << (c.o_bias ? "self.o_b" : "None") << R"JIT()
 )JIT";
-  if (fused)
-    s << R"JIT(    x, h = consa.add_rms_norm(attended, x, self.post_norm, self.eps)
+  const std::string o_bias = c.o_bias ? "self.o_b" : "None";
+  if (fused)  // each projection with its residual add, its input's norm or SwiGLU: one kernel at a decode step
+    s << "    x = consa.linear(heads, self.o_w, " << o_bias << R"JIT(, x)
+    gate_up = consa.rms_norm_linear(x, self.post_norm, self.eps, self.gate_up_w, None)  # gate and up stacked
+    return consa.swiglu_linear(gate_up, self.down_w, x)
 )JIT";
   else
-    s << R"JIT(    x = x + attended
-    h = self._rms(x, self.post_norm)
+    s << "    x = x + torch.linear(heads, self.o_w, " << o_bias << R"JIT()
+    gate_up = torch.linear(self._rms(x, self.post_norm), self.gate_up_w, None)  # gate and up projections stacked
+    inner = gate_up.size(-1) // 2
+    return x + torch.linear(torch.silu(gate_up[:, :, :inner]) * gate_up[:, :, inner:], self.down_w, None)
 )JIT";
   s << R"JIT(
-    gate_up = torch.linear(h, self.gate_up_w, None)  # gate and up projections stacked
-    inner = gate_up.size(-1) // 2
-)JIT" << (fused ? "    mlp = consa.swiglu(gate_up[:, :, :inner], gate_up[:, :, inner:])\n"
-                    : "    mlp = torch.silu(gate_up[:, :, :inner]) * gate_up[:, :, inner:]\n")
-    << R"JIT(    return x + torch.linear(mlp, self.down_w, None)
 
 def _attend_one(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     # One query per sequence, q [B, n*G, 1, D]; k, v [B, n, tk, D]; bias fp32, 0 (visible) or
@@ -240,7 +252,7 @@ def decode(self, x: Tensor, cos: Tensor, sin: Tensor, position: Tensor, slots: L
     full_bias = self._slice_bias(full_table, 0, nf, self.full_mode, 0)
 )JIT";
   if (fused && single_ring) {  // one kernel from the projection to q and the cache writes; both slices in one launch
-    s << "    qkv = torch.linear(self._rms(x, self.input_norm), self.qkv_w, " << qkv_bias << ")\n"
+    s << "    qkv = " << input_projection(fused, qkv_bias) << "\n"
       << "    q = consa.decode_qkv(qkv, " << (c.qk_norm ? "self.q_norm, self.k_norm" : "None, None")
       << ", self.eps, cos, sin, position, slots[0], cache[0], cache[1], cache[2], cache[3])\n";
     s << R"JIT(    ring_bias = self._slice_bias(ring_tables[0], nf, self.num_kv_heads, self.ring_mode[0], 1)
@@ -351,8 +363,7 @@ def extend(self, input_ids: Tensor, cache: List[Tensor], last_only: bool) -> Ten
     state[0] += t
     if last_only:
         x = x[:, t - 1:]
-    return torch.linear(self._rms(x, self.norm), )JIT" << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head")
-    << R"JIT(, None)
+    return )JIT" << head_projection(fused, c) << R"JIT(
 
 def _bias_table(self, position: Tensor, k_pos: Tensor) -> Tensor:
     # fp32 (dtype 6) [1 + windows, keys]: 0 where the query at `position` sees key position k_pos
@@ -382,8 +393,7 @@ def decode_step(self, input_ids: Tensor, cache: List[Tensor], position: Tensor) 
   for (int64_t l = 0; l < c.num_layers; ++l)
     s << "    x = self.layer_" << l << ".decode(x, cos, sin, position, slots, " << layer_cache(l)
       << ", full_table, ring_tables)\n";
-  s << R"JIT(    return torch.linear(self._rms(x, self.norm), )JIT"
-    << (c.tie_word_embeddings ? "self.embed_tokens" : "self.lm_head") << R"JIT(, None)
+  s << "    return " << head_projection(fused, c) << R"JIT(
 
 def forward(self, input_ids: Tensor) -> Tensor:
     cache = self.init_cache(input_ids.size(0), input_ids.size(1))

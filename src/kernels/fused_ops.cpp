@@ -305,5 +305,59 @@ at::Tensor decode_qkv(const at::Tensor& qkv, const at::Tensor& q_norm, const at:
   return q;
 }
 
+namespace {
+at::Tensor add_residual(const at::Tensor& y, const at::Tensor& residual) {
+  return residual.defined() ? residual + y : y;
+}
+}  // namespace
+
+bool linear_kernel_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& residual, const at::Tensor& norm_weight) {
+#if CONSA_WITH_CUDA_KERNELS
+  const auto input = norm_weight.defined() ? cuda::LinearInput::RmsNorm : cuda::LinearInput::Plain;
+  return detail::decode_linear_cuda_takes(input, x, weight, bias, residual, norm_weight);
+#else
+  return false;
+#endif
+}
+
+bool swiglu_linear_kernel_takes(const at::Tensor& gate_up, const at::Tensor& weight, const at::Tensor& residual) {
+#if CONSA_WITH_CUDA_KERNELS
+  return detail::decode_linear_cuda_takes(cuda::LinearInput::Swiglu, gate_up, weight, at::Tensor(), residual,
+                                          at::Tensor());
+#else
+  return false;
+#endif
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
+                  bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && linear_kernel_takes(x, weight, bias, residual))
+    return detail::decode_linear_cuda(cuda::LinearInput::Plain, x, weight, bias, residual, at::Tensor(), 0.0);
+#endif
+  return add_residual(at::linear(x, weight, bias), residual);
+}
+
+at::Tensor rms_norm_linear(const at::Tensor& x, const at::Tensor& norm_weight, double eps, const at::Tensor& weight,
+                           const at::Tensor& bias, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && linear_kernel_takes(x, weight, bias, at::Tensor(), norm_weight))
+    return detail::decode_linear_cuda(cuda::LinearInput::RmsNorm, x, weight, bias, at::Tensor(), norm_weight, eps);
+#endif
+  return at::linear(rms_norm(x, norm_weight, eps, fused), weight, bias);
+}
+
+at::Tensor swiglu_linear(const at::Tensor& gate_up, const at::Tensor& weight, const at::Tensor& residual, bool fused) {
+#if CONSA_WITH_CUDA_KERNELS
+  if (fused && swiglu_linear_kernel_takes(gate_up, weight, residual))
+    return detail::decode_linear_cuda(cuda::LinearInput::Swiglu, gate_up, weight, at::Tensor(), residual, at::Tensor(),
+                                      0.0);
+#endif
+  const int64_t inner = gate_up.size(-1) / 2;
+  const at::Tensor product = swiglu(gate_up.narrow(-1, 0, inner), gate_up.narrow(-1, inner, inner), fused);
+  return add_residual(at::linear(product, weight), residual);
+}
+
 }  // namespace kernels
 }  // namespace consa

@@ -52,6 +52,21 @@ at::Tensor decode_qkv_op(const at::Tensor& qkv, const c10::optional<at::Tensor>&
                     full_k, full_v, ring_k, ring_v, on_kernels(qkv));
 }
 
+at::Tensor linear_op(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     const c10::optional<at::Tensor>& residual) {
+  return linear(for_kernels(x), weight, bias.value_or(at::Tensor()), residual.value_or(at::Tensor()), on_kernels(x));
+}
+
+at::Tensor rms_norm_linear_op(const at::Tensor& x, const at::Tensor& norm_weight, double eps, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias) {
+  return rms_norm_linear(for_kernels(x), norm_weight, eps, weight, bias.value_or(at::Tensor()), on_kernels(x));
+}
+
+at::Tensor swiglu_linear_op(const at::Tensor& gate_up, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& residual) {
+  return swiglu_linear(for_kernels(gate_up), weight, residual.value_or(at::Tensor()), on_kernels(gate_up));
+}
+
 }  // namespace
 
 // One registration for every backend (CompositeImplicitAutograd): each function picks the
@@ -69,6 +84,11 @@ TORCH_LIBRARY(consa, m) {
   m.def("decode_qkv(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin, Tensor position, "
         "Tensor slot, Tensor(a!) full_k, Tensor(b!) full_v, Tensor(c!) ring_k, Tensor(d!) ring_v) -> Tensor",
         &decode_qkv_op);
+  // A decode step's projections with their input's norm or SwiGLU and the residual add.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual) -> Tensor", &linear_op);
+  m.def("rms_norm_linear(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor? bias) -> Tensor",
+        &rms_norm_linear_op);
+  m.def("swiglu_linear(Tensor gate_up, Tensor weight, Tensor? residual) -> Tensor", &swiglu_linear_op);
 }
 
 void register_torch_ops() {}  // linking this object file runs TORCH_LIBRARY's registration

@@ -90,5 +90,21 @@ bool decode_qkv_kernel_takes(const at::Tensor& qkv, const at::Tensor& q_norm, co
                              const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
                              const at::Tensor& ring_k, const at::Tensor& ring_v);
 
+// A decode step's projections: linear(x', weight, bias), then + residual, where x' is x (linear),
+// rms_norm(x, norm_weight, eps) (rms_norm_linear) or silu(gate) * up of x = [gate, up] along the
+// last dimension (swiglu_linear). bias and residual may be undefined. The kernel (CUDA, at most 4
+// rows of x, the input features whole 16-byte packs) reads each weight once and does x' and the
+// add on the way, rounding where the math path stores except for the normalised x (kept in fp32);
+// elsewhere the math path composes rms_norm or swiglu, at::linear and the add.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
+                  bool fused);
+at::Tensor rms_norm_linear(const at::Tensor& x, const at::Tensor& norm_weight, double eps, const at::Tensor& weight,
+                           const at::Tensor& bias, bool fused);
+at::Tensor swiglu_linear(const at::Tensor& gate_up, const at::Tensor& weight, const at::Tensor& residual, bool fused);
+// Whether each of them with fused = true runs the kernel (norm_weight defined: rms_norm_linear).
+bool linear_kernel_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& residual, const at::Tensor& norm_weight = {});
+bool swiglu_linear_kernel_takes(const at::Tensor& gate_up, const at::Tensor& weight, const at::Tensor& residual);
+
 }  // namespace kernels
 }  // namespace consa

@@ -11,6 +11,9 @@
 //   decode_qkv(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin,
 //              Tensor position, Tensor slot, Tensor(a!) full_k, Tensor(b!) full_v,
 //              Tensor(c!) ring_k, Tensor(d!) ring_v) -> Tensor     (the caches written in place)
+//   linear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual) -> Tensor
+//   rms_norm_linear(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor? bias) -> Tensor
+//   swiglu_linear(Tensor gate_up, Tensor weight, Tensor? residual) -> Tensor
 // Each runs consa's CUDA kernel where this build has them and the tensors are on a GPU, and its
 // math path elsewhere (consa/kernels/fused_ops.h); they are inference operators (no autograd
 // of their own). The same registration is built as libconsa_ops.so, which Python loads with

@@ -29,6 +29,15 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <typename T>
 __device__ __forceinline__ float round_to(float v) { return to_float(from_float<T>(v)); }
 
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+
+// SwiGLU's silu(gate) * up as the math path rounds it: silu(gate) is stored before the product.
+template <typename T>
+__device__ __forceinline__ T swiglu_value(T gate, T up) {
+  const float g = to_float(gate);
+  return from_float<T>(round_to<T>(g * sigmoid(g)) * to_float(up));
+}
+
 // 16 bytes of T, moved in one load or store (callers keep offsets 16-byte aligned).
 template <typename T>
 struct alignas(16) Pack {
@@ -51,6 +60,20 @@ __device__ __forceinline__ float over_lanes(float v, Op op) {
 template <int Lanes>
 __device__ __forceinline__ float sum_over_lanes(float v) {
   return over_lanes<Lanes>(v, [](float a, float b) { return a + b; });
+}
+
+// Elements of a 16-byte pack.
+inline int pack_elements(ElementType type) { return type == ElementType::Float32 ? 4 : 8; }
+
+// The current GPU's multiprocessors (queried once per process).
+inline int multiprocessor_count() {
+  static const int count = [] {
+    int device = 0, multiprocessors = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+    return multiprocessors > 0 ? multiprocessors : 1;
+  }();
+  return count;
 }
 
 // CUDA's message for the last launch, or nullptr.

@@ -305,8 +305,6 @@ const char* launch_for_group(const DecodeAttentionArgs& a, cudaStream_t stream) 
   return launch_decode<T, D, 8>(a, stream);
 }
 
-int pack_elements(ElementType type) { return type == ElementType::Float32 ? 4 : 8; }
-
 }  // namespace
 
 bool decode_attention_takes(ElementType type, int64_t head_dim, int64_t group) {
@@ -320,11 +318,9 @@ namespace {
 template <typename T, int D, int MaxG>
 int64_t resident_blocks() {
   static const int64_t blocks = [] {
-    int device = 0, multiprocessors = 0, per_multiprocessor = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+    int per_multiprocessor = 0;
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, decode_partial_kernel<T, D, MaxG>, kThreads, 0);
-    return static_cast<int64_t>(std::max(1, multiprocessors) * std::max(1, per_multiprocessor));
+    return static_cast<int64_t>(multiprocessor_count()) * std::max(1, per_multiprocessor);
   }();
   return blocks;
 }

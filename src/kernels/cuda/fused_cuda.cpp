@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <vector>
 
 #include "consa/core/error.h"
 #include "launchers.h"
@@ -277,6 +278,53 @@ at::Tensor decode_qkv_cuda(const at::Tensor& qkv, const at::Tensor& q_norm, cons
   a.ring = ring_k.size(2);
   check_launch(cuda::decode_qkv(element_type(qkv.scalar_type()), a, current_stream(qkv)), "decode_qkv");
   return q;
+}
+
+namespace {
+// The input features of x under `input` (SwiGLU: half of x's last dimension).
+int64_t linear_in_features(cuda::LinearInput input, const at::Tensor& x) {
+  return input == cuda::LinearInput::Swiglu ? x.size(-1) / 2 : x.size(-1);
+}
+}  // namespace
+
+bool decode_linear_cuda_takes(cuda::LinearInput input, const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& norm_weight) {
+  if (x.dim() < 1 || x.numel() == 0 || weight.dim() != 2) return false;
+  const int64_t in = linear_in_features(input, x), out = weight.size(0), rows = x.numel() / x.size(-1);
+  if (weight.size(1) != in || out == 0 || (input == cuda::LinearInput::Swiglu && x.size(-1) != 2 * in)) return false;
+  if (bias.defined() && (bias.dim() != 1 || bias.size(0) != out)) return false;
+  if (residual.defined() && (residual.dim() != x.dim() || residual.numel() != rows * out || residual.size(-1) != out))
+    return false;
+  if ((input == cuda::LinearInput::RmsNorm) != norm_weight.defined() ||
+      (norm_weight.defined() && (norm_weight.dim() != 1 || norm_weight.size(0) != in)))
+    return false;
+  const at::ScalarType type = x.scalar_type();
+  return (type == at::kFloat || type == at::kHalf || type == at::kBFloat16) &&
+         cuda::decode_linear_takes(element_type(type), rows, in) &&
+         cuda_kernels_take({x, weight, bias, residual, norm_weight}, in, int64_t{1} << 20);
+}
+
+at::Tensor decode_linear_cuda(cuda::LinearInput input, const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& norm_weight,
+                              double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  at::Tensor out = at::empty(shape, x.options());
+  cuda::DecodeLinearArgs a{};
+  a.input = input;
+  a.x = x.data_ptr();
+  a.weight = weight.data_ptr();
+  a.bias = data_or_null(bias);
+  a.residual = data_or_null(residual);
+  a.norm_weight = data_or_null(norm_weight);
+  a.out = out.data_ptr();
+  a.rows = x.numel() / x.size(-1);
+  a.in_features = linear_in_features(input, x);
+  a.out_features = weight.size(0);
+  a.eps = static_cast<float>(eps);
+  check_launch(cuda::decode_linear(element_type(x.scalar_type()), a, current_stream(x)), "decode_linear");
+  return out;
 }
 
 }  // namespace consa::kernels::detail

@@ -5,6 +5,8 @@
 
 #include <tuple>
 
+#include "launchers.h"
+
 namespace consa::kernels::detail {
 
 // Whether the kernels take these tensors as they are: CUDA, one floating type, contiguous,
@@ -60,5 +62,14 @@ at::Tensor decode_qkv_cuda(const at::Tensor& qkv, const at::Tensor& q_norm, cons
                            const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
                            const at::Tensor& slot, const at::Tensor& full_k, const at::Tensor& full_v,
                            const at::Tensor& ring_k, const at::Tensor& ring_v);
+
+// A linear layer over few rows with its input's RMSNorm or SwiGLU and its output's residual add
+// (cuda::decode_linear; consa/kernels/fused_ops.h, kernels::linear and the functions beside it).
+// norm_weight, bias, residual: undefined for none; out has x's shape with weight's rows last.
+bool decode_linear_cuda_takes(cuda::LinearInput input, const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& norm_weight);
+at::Tensor decode_linear_cuda(cuda::LinearInput input, const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& norm_weight,
+                              double eps);
 
 }  // namespace consa::kernels::detail

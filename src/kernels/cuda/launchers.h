@@ -108,4 +108,25 @@ struct DecodeQkvArgs {
 bool decode_qkv_takes(int64_t head_dim);
 const char* decode_qkv(ElementType type, const DecodeQkvArgs& args, void* stream);
 
+// A linear layer over few rows (a decode step's projections, where a GEMM's tiles would stream
+// the weights at a fraction of bandwidth): out [rows, out_features] = x' W^T for W
+// [out_features, in_features], rounded once, + bias, then + residual (rounded again, as the math
+// path adds the residual to the stored product). x' is x [rows, in_features] itself, its RMSNorm
+// (norm_weight [in_features], eps; kept in fp32, where the math path rounds the normalised x and
+// its product with the weight) or SwiGLU's product of its halves, x [rows, 2 in_features] =
+// [gate, up] (rounded as swiglu_forward rounds it). bias, residual: null for none. in_features
+// must be whole 16-byte packs; rows at most kDecodeLinearMaxRows (beyond a few rows a GEMM's
+// tensor cores win: the FMAs per weight grow with the rows).
+enum class LinearInput { Plain, RmsNorm, Swiglu };
+constexpr int64_t kDecodeLinearMaxRows = 4;
+struct DecodeLinearArgs {
+  LinearInput input;
+  const void *x, *weight, *bias, *residual, *norm_weight;
+  void* out;
+  int64_t rows, in_features, out_features;
+  float eps;
+};
+bool decode_linear_takes(ElementType type, int64_t rows, int64_t in_features);
+const char* decode_linear(ElementType type, const DecodeLinearArgs& args, void* stream);
+
 }  // namespace consa::kernels::cuda

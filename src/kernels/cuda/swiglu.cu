@@ -6,15 +6,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
-
-// The math path rounds silu(gate) before the product; so does this.
-template <typename T>
-__device__ __forceinline__ T swiglu_value(T gate, T up) {
-  const float g = to_float(gate);
-  return from_float<T>(round_to<T>(g * sigmoid(g)) * to_float(up));
-}
-
 template <typename T>
 __device__ __forceinline__ void swiglu_grads(T dy, T gate, T up, T& gate_grad, T& up_grad) {
   const float g = to_float(gate), s = sigmoid(g), d = to_float(dy);
