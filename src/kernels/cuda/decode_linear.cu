@@ -3,8 +3,8 @@
 // warps together) computes a few output features over the whole input: its lanes stride over the
 // 16-byte packs of the weight rows with kLoads packs in flight each and keep every row's partial
 // dot products in registers until one sum at the end. x (a few KB, read by every warp) stays in
-// the caches. The input's RMSNorm or SwiGLU and the output's bias and
-// residual add happen on the way, each saving a launch and a round trip through memory.
+// the caches. The input's RMSNorm or SwiGLU and the output's bias and residual add happen on the
+// way, each saving a launch and a round trip through memory.
 #include "common.cuh"
 
 namespace consa::kernels::cuda {
